@@ -1,0 +1,30 @@
+"""mlpot: machine-learned interatomic potentials, from reference data to molecular dynamics.
+
+    import mlpot
+    potential = mlpot.load("runs/acac/model")      # a Potential (torch module)
+    atoms.calc = mlpot.Calculator("runs/acac/model")  # an ASE calculator
+"""
+
+__version__ = "0.1.0"
+
+
+def load(path):
+    """Load a saved potential (see :mod:`mlpot.serialize`); never executes code from the file."""
+    from mlpot.serialize import load as _load
+
+    return _load(path)
+
+
+def __getattr__(name):
+    if name == "Calculator":
+        from mlpot.dynamics.calculator import MlpotCalculator
+
+        return MlpotCalculator
+    if name == "Potential":
+        from mlpot.potential import Potential
+
+        return Potential
+    raise AttributeError(f"module 'mlpot' has no attribute {name!r}")
+
+
+__all__ = ["load", "Calculator", "Potential", "__version__"]

@@ -1,0 +1,132 @@
+"""Typed run configuration (YAML), strict: unknown keys are errors.
+
+A config file mirrors :class:`RunConfig`::
+
+    data:
+      train: acac/train_300K.xyz
+      isolated_atoms: acac/isolated_atoms.xyz   # optional; else E0 by least squares
+      test: [acac/test_MD_300K.xyz]
+    model:
+      kind: bpnn            # or linear
+      cutoff: 5.0           # Å
+    training:
+      max_minutes: 10
+    seed: 0
+    out: runs/acac
+Relative paths in a config file are taken relative to the file's folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from mlpot.errors import ConfigError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(Strict):
+    train: str  # extxyz / ASE db / rMD17 npz with energies (and forces)
+    valid: str | None = None  # separate validation file; else valid_fraction of train
+    test: list[str] = []  # evaluated after training, reported in metrics.json
+    isolated_atoms: str | None = None  # single-atom frames giving E0
+    energy_key: str = "energy"
+    forces_key: str = "forces"
+    valid_fraction: float = Field(0.05, ge=0.0, lt=1.0)
+    max_train: int | None = None  # use at most this many training frames (after the split)
+
+
+class ModelConfig(Strict):
+    kind: Literal["bpnn", "linear"] = "bpnn"
+    cutoff: float = Field(5.0, gt=0)  # Å
+    angular_cutoff: float | None = None  # Å, defaults to cutoff
+    cutoff_function: Literal["cosine", "polynomial"] = "cosine"
+    angular_kind: Literal["G4", "G5"] = "G4"
+    n_radial: int = Field(16, ge=1)  # G2 Gaussians per neighbour element
+    n_angular_eta: int = Field(3, ge=0)  # G4 radial widths per element pair
+    zetas: list[float] = [1.0, 2.0, 4.0, 16.0]
+    hidden: list[int] = [64, 64]  # bpnn hidden layer widths
+    activation: Literal["silu", "tanh", "celu", "softplus", "gelu"] = "silu"
+    ridge: float | None = None  # linear: fixed ridge strength; None picks it on validation
+
+    @field_validator("zetas")
+    @classmethod
+    def _zetas_at_least_one(cls, value):
+        if any(z < 1 for z in value):
+            raise ValueError("every zeta must be >= 1")
+        return value
+
+
+class TrainingConfig(Strict):
+    max_minutes: float | None = 10.0  # wall-clock budget, summed over resumes
+    max_epochs: int = 100000
+    batch_size: int = Field(8, ge=1)
+    learning_rate: float = Field(2e-3, gt=0)
+    min_learning_rate: float = 1e-5
+    weight_decay: float = 0.0
+    lr_factor: float = Field(0.5, gt=0, lt=1)  # ReduceLROnPlateau factor
+    lr_patience: int = 20  # epochs without validation improvement before lowering the rate
+    patience: int = 200  # early stopping: epochs without validation improvement
+    ema_decay: float = Field(0.99, ge=0, lt=1)  # 0 disables the moving average
+    grad_clip: float | None = 10.0
+    sigma_energy: float = Field(0.001, gt=0)  # eV/atom, see mlpot.train.loss
+    sigma_force: float = Field(0.03, gt=0)  # eV/Å
+    sigma_stress: float = Field(0.001, gt=0)  # eV/Å³
+    dtype: Literal["float32", "float64"] = "float32"
+    snapshot_minutes: list[float] = []  # also save the model at these training minutes
+
+
+class RunConfig(Strict):
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    training: TrainingConfig = TrainingConfig()
+    seed: int = 0
+    out: str = "runs/mlpot"
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> RunConfig:
+    """Read a YAML config, apply dotted ``overrides`` ({"training.max_minutes": 5}), validate."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"{path}: cannot read YAML ({error})") from error
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    data = raw.get("data")
+    if isinstance(data, dict):  # paths relative to the config file
+        for key in ("train", "valid", "isolated_atoms"):
+            if data.get(key):
+                data[key] = _relative_to(path.parent, data[key])
+        if isinstance(data.get("test"), list):
+            data["test"] = [_relative_to(path.parent, p) for p in data["test"]]
+    if raw.get("out"):
+        raw["out"] = _relative_to(path.parent, raw["out"])
+    return config_from_dict(raw, overrides, source=str(path))
+
+
+def config_from_dict(raw: dict, overrides: dict | None = None, source: str = "config") -> RunConfig:
+    """Validate a config dict after applying dotted overrides; ConfigError on any problem."""
+    raw = dict(raw)
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, last = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise ConfigError(f"{source}: {problems}") from None
+
+
+def _relative_to(folder: Path, value: str) -> str:
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else (folder / p))

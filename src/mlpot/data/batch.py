@@ -1,0 +1,76 @@
+"""Turning frames into batches: one disjoint graph of many structures (see ``mlpot.keys``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mlpot import keys
+from mlpot.data.records import Frame
+from mlpot.neighbors import graph_arrays
+
+
+class GraphCache:
+    """Neighbour graphs of frames, computed once per frame for a fixed cutoff.
+
+    Training data never moves, so its edges and triplets are computed a single time.
+    """
+
+    def __init__(self, frames: list[Frame], cutoff: float, angular_cutoff: float | None = None):
+        self.frames = frames
+        self.cutoff = cutoff
+        self.angular_cutoff = angular_cutoff
+        self._graphs: list[dict | None] = [None] * len(frames)
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def graph(self, index: int) -> dict[str, np.ndarray]:
+        if self._graphs[index] is None:
+            frame = self.frames[index]
+            self._graphs[index] = graph_arrays(frame.positions, frame.cell, frame.pbc,
+                                               self.cutoff, self.angular_cutoff)
+        return self._graphs[index]
+
+    def batch(self, indices, dtype=torch.float64) -> dict[str, torch.Tensor]:
+        """Collate the frames at ``indices`` into one batch."""
+        return collate([self.frames[k] for k in indices], [self.graph(k) for k in indices],
+                       dtype=dtype)
+
+
+def collate(frames: list[Frame], graphs: list[dict[str, np.ndarray]],
+            dtype=torch.float64) -> dict[str, torch.Tensor]:
+    """Concatenate frames and their graphs; indices are offset so the batch is one graph."""
+    n_atoms = np.array([len(f) for f in frames], dtype=np.int64)
+    atom_offsets = np.cumsum(n_atoms) - n_atoms
+    edge_counts = np.array([g[keys.EDGE_INDEX].shape[1] for g in graphs], dtype=np.int64)
+    edge_offsets = np.cumsum(edge_counts) - edge_counts
+
+    def cat(arrays, **kw):
+        return torch.from_numpy(np.concatenate(arrays, **kw))
+
+    batch = {
+        keys.POSITIONS: cat([f.positions for f in frames]).to(dtype),
+        keys.NUMBERS: cat([f.numbers for f in frames]),
+        keys.BATCH: torch.repeat_interleave(torch.arange(len(frames)), torch.from_numpy(n_atoms)),
+        keys.N_ATOMS: torch.from_numpy(n_atoms),
+        keys.CELL: torch.from_numpy(np.stack([f.cell for f in frames])).to(dtype),
+        keys.PBC: torch.from_numpy(np.stack([f.pbc for f in frames])),
+        keys.CHARGE: torch.tensor([f.charge for f in frames], dtype=dtype),
+        keys.EDGE_INDEX: cat([g[keys.EDGE_INDEX] + off for g, off in zip(graphs, atom_offsets)],
+                             axis=1),
+        keys.EDGE_SHIFT: cat([g[keys.EDGE_SHIFT] for g in graphs]).to(dtype),
+    }
+    if all(keys.TRIPLETS in g for g in graphs):
+        batch[keys.TRIPLETS] = cat([g[keys.TRIPLETS] + off for g, off in zip(graphs, edge_offsets)],
+                                   axis=1)
+    if all(f.energy is not None for f in frames):
+        batch[keys.ENERGY] = torch.tensor([f.energy for f in frames], dtype=dtype)
+    has_forces = np.array([f.forces is not None for f in frames])
+    if has_forces.any():
+        batch[keys.HAS_FORCES] = torch.from_numpy(has_forces)
+        batch[keys.FORCES] = cat([f.forces if f.forces is not None else np.zeros((len(f), 3))
+                                  for f in frames]).to(dtype)
+    if all(f.stress is not None for f in frames):
+        batch[keys.STRESS] = torch.from_numpy(np.stack([f.stress for f in frames])).to(dtype)
+    return batch

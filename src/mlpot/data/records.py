@@ -1,0 +1,233 @@
+"""Reading and validating reference structures (extxyz, ASE database, rMD17 npz).
+
+Every reader returns a list of :class:`Frame` in ASE units (Å, eV, eV/Å). Problems
+are reported as :class:`~mlpot.errors.DataError` naming the file, frame and field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms, units
+
+from mlpot.errors import DataError
+
+MIN_DISTANCE = 0.1  # Å; closer atoms are taken as a broken structure
+KCAL_PER_MOL = units.kcal / units.mol  # eV per (kcal/mol)
+ISOLATED_ATOM_TYPES = {"isolatedatom", "isolated_atom"}
+
+
+@dataclasses.dataclass
+class Frame:
+    """One structure with optional labels, in ASE units."""
+
+    numbers: np.ndarray  # (n,) int64
+    positions: np.ndarray  # (n, 3) float64, Å
+    cell: np.ndarray  # (3, 3) float64, Å, rows are lattice vectors
+    pbc: np.ndarray  # (3,) bool
+    energy: float | None = None  # eV
+    forces: np.ndarray | None = None  # (n, 3) float64, eV/Å
+    stress: np.ndarray | None = None  # (3, 3) float64, eV/Å³
+    charge: float = 0.0  # e
+    config_type: str | None = None
+    source: str = "<memory>"
+    index: int = 0
+
+    def __len__(self) -> int:
+        return len(self.numbers)
+
+    @property
+    def is_isolated_atom(self) -> bool:
+        """True for single-atom reference frames (config_type IsolatedAtom or one atom alone)."""
+        if self.config_type is not None and self.config_type.lower() in ISOLATED_ATOM_TYPES:
+            return True
+        return len(self.numbers) == 1 and not self.pbc.any()
+
+    def to_atoms(self) -> Atoms:
+        """An ``ase.Atoms`` of this frame (labels not attached)."""
+        atoms = Atoms(numbers=self.numbers, positions=self.positions, cell=self.cell, pbc=self.pbc)
+        atoms.info["charge"] = self.charge
+        return atoms
+
+
+def frame_from_atoms(atoms: Atoms, *, source: str, index: int, energy_key: str = "energy",
+                     forces_key: str = "forces", stress_key: str = "stress") -> Frame:
+    """Build a Frame from an ``ase.Atoms``, finding labels in info/arrays or an attached calculator."""
+    results = dict(getattr(atoms.calc, "results", {}) or {})
+    energy = atoms.info.get(energy_key)
+    if energy is None and energy_key in ("energy", "free_energy"):
+        energy = results.get(energy_key, results.get("energy"))
+    forces = atoms.arrays.get(forces_key)
+    if forces is None and forces_key == "forces":
+        forces = results.get("forces")
+    stress = atoms.info.get(stress_key)
+    if stress is None and stress_key == "stress":
+        stress = results.get("stress")
+    if stress is not None:
+        stress = np.asarray(stress, dtype=float)
+        if stress.shape == (6,):  # Voigt order xx yy zz yz xz xy
+            xx, yy, zz, yz, xz, xy = stress
+            stress = np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
+    try:
+        energy = None if energy is None else float(energy)
+    except (TypeError, ValueError):
+        raise DataError(f"energy is not a number: {energy!r}", source=source, frame=index,
+                        field=energy_key) from None
+    return Frame(
+        numbers=np.asarray(atoms.numbers, dtype=np.int64),
+        positions=np.asarray(atoms.positions, dtype=np.float64),
+        cell=np.asarray(atoms.cell.array, dtype=np.float64),
+        pbc=np.asarray(atoms.pbc, dtype=bool),
+        energy=energy,
+        forces=None if forces is None else np.asarray(forces, dtype=np.float64),
+        stress=stress,
+        charge=float(atoms.info.get("charge", 0.0)),
+        config_type=atoms.info.get("config_type"),
+        source=source,
+        index=index,
+    )
+
+
+def _read_ase_file(path: Path, fmt: str | None, **keys) -> list[Frame]:
+    from ase.io import iread
+
+    frames = []
+    try:
+        for index, atoms in enumerate(iread(str(path), index=":", format=fmt)):
+            frames.append(frame_from_atoms(atoms, source=str(path), index=index, **keys))
+    except DataError:
+        raise
+    except Exception as error:  # ASE raises many kinds on malformed input
+        raise DataError(f"cannot parse ({type(error).__name__}: {error})", source=str(path),
+                        frame=len(frames)) from error
+    return frames
+
+
+def _read_ase_db(path: Path, **keys) -> list[Frame]:
+    import ase.db
+
+    frames = []
+    with ase.db.connect(str(path)) as db:
+        for index, row in enumerate(db.select()):
+            atoms = row.toatoms(add_additional_information=True)
+            info = dict(row.key_value_pairs)
+            info.update(row.data or {})
+            for key in (keys.get("energy_key", "energy"),):
+                if key in info:
+                    atoms.info[key] = info[key]
+            forces_key = keys.get("forces_key", "forces")
+            if forces_key in info:
+                atoms.arrays[forces_key] = np.asarray(info[forces_key])
+            atoms.info.update({k: v for k, v in info.items() if k in ("charge", "config_type")})
+            frames.append(frame_from_atoms(atoms, source=str(path), index=index, **keys))
+    return frames
+
+
+def _read_npz(path: Path) -> list[Frame]:
+    """rMD17-style npz: nuclear_charges, coords (Å), energies (kcal/mol), forces (kcal/mol/Å)."""
+    with np.load(path) as data:
+        missing = [k for k in ("nuclear_charges", "coords", "energies") if k not in data]
+        if missing:
+            raise DataError(f"npz lacks required arrays {missing}", source=str(path),
+                            field=missing[0])
+        numbers = np.asarray(data["nuclear_charges"], dtype=np.int64)
+        coords = np.asarray(data["coords"], dtype=np.float64)
+        energies = np.asarray(data["energies"], dtype=np.float64) * KCAL_PER_MOL
+        forces = (np.asarray(data["forces"], dtype=np.float64) * KCAL_PER_MOL
+                  if "forces" in data else None)
+    return [
+        Frame(numbers=numbers.copy(), positions=coords[i], cell=np.zeros((3, 3)),
+              pbc=np.zeros(3, dtype=bool), energy=float(energies[i]),
+              forces=None if forces is None else forces[i], source=str(path), index=i)
+        for i in range(len(coords))
+    ]
+
+
+def read_frames(path: str | Path, *, energy_key: str = "energy", forces_key: str = "forces",
+                stress_key: str = "stress", require_energy: bool = True,
+                validate: bool = True) -> list[Frame]:
+    """Read every frame of an extxyz/xyz file, an ASE database (.db) or an rMD17 .npz.
+
+    ``energy_key``/``forces_key`` name the info/arrays entries holding labels (e.g.
+    ``REF_energy``); ``energy``/``forces`` are also found on an attached calculator.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError("file does not exist", source=str(path))
+    keys = dict(energy_key=energy_key, forces_key=forces_key, stress_key=stress_key)
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        frames = _read_npz(path)
+    elif suffix in (".db", ".sqlite"):
+        frames = _read_ase_db(path, **keys)
+    else:
+        frames = _read_ase_file(path, "extxyz" if suffix in (".xyz", ".extxyz") else None, **keys)
+    if not frames:
+        raise DataError("contains no structures", source=str(path))
+    if validate:
+        for frame in frames:
+            validate_frame(frame, require_energy=require_energy, energy_key=energy_key,
+                           forces_key=forces_key)
+    return frames
+
+
+def validate_frame(frame: Frame, *, require_energy: bool = True, energy_key: str = "energy",
+                   forces_key: str = "forces") -> None:
+    """Raise DataError if the frame is missing its energy, holds NaN, or has overlapping atoms."""
+    where = dict(source=frame.source, frame=frame.index)
+    n = len(frame.numbers)
+    if n == 0:
+        raise DataError("structure has no atoms", field="numbers", **where)
+    if np.any(frame.numbers <= 0) or np.any(frame.numbers > 118):
+        raise DataError(f"invalid atomic numbers {sorted(set(frame.numbers.tolist()))}",
+                        field="numbers", **where)
+    if frame.positions.shape != (n, 3) or not np.all(np.isfinite(frame.positions)):
+        raise DataError("positions are not finite (n, 3) numbers", field="positions", **where)
+    if require_energy and frame.energy is None:
+        raise DataError("energy is missing", field=energy_key, **where)
+    if frame.energy is not None and not np.isfinite(frame.energy):
+        raise DataError(f"energy is {frame.energy}", field=energy_key, **where)
+    if frame.forces is not None:
+        if frame.forces.shape != (n, 3):
+            raise DataError(f"forces have shape {frame.forces.shape}, expected ({n}, 3)",
+                            field=forces_key, **where)
+        if not np.all(np.isfinite(frame.forces)):
+            raise DataError("forces contain NaN or inf", field=forces_key, **where)
+    if frame.stress is not None and not np.all(np.isfinite(frame.stress)):
+        raise DataError("stress contains NaN or inf", field="stress", **where)
+    if frame.pbc.any() and abs(np.linalg.det(frame.cell[frame.pbc][:, frame.pbc])
+                               if frame.pbc.all() else 1.0) < 1e-12:
+        raise DataError("periodic structure has a singular cell", field="cell", **where)
+    _check_min_distance(frame, where)
+
+
+def _check_min_distance(frame: Frame, where: dict) -> None:
+    from mlpot.neighbors import neighbor_pairs
+
+    if len(frame.numbers) < 2:
+        return
+    # a tiny cutoff makes vesin's cell grid huge: search at 1 Å and filter
+    i, j, _, distances = neighbor_pairs(frame.positions, frame.cell, frame.pbc, 1.0,
+                                        return_distances=True)
+    close = distances < MIN_DISTANCE
+    i, j, distances = i[close], j[close], distances[close]
+    if len(i):
+        k = int(np.argmin(distances))
+        raise DataError(f"atoms {i[k]} and {j[k]} are {distances[k]:.4f} Å apart "
+                        f"(closer than {MIN_DISTANCE} Å)", field="positions", **where)
+
+
+def check_elements(frames: list[Frame], elements: list[int]) -> None:
+    """Raise DataError for the first frame holding an element outside ``elements``."""
+    known = set(int(z) for z in elements)
+    for frame in frames:
+        unknown = set(frame.numbers.tolist()) - known
+        if unknown:
+            from ase.data import chemical_symbols
+
+            names = ", ".join(chemical_symbols[z] for z in sorted(unknown))
+            known_names = ", ".join(chemical_symbols[z] for z in sorted(known))
+            raise DataError(f"element(s) {names} unknown to the model (it knows {known_names})",
+                            source=frame.source, frame=frame.index, field="numbers")

@@ -1,0 +1,22 @@
+"""Smooth cutoff functions f_c(r): 1 at r = 0, 0 with vanishing slope at r = r_c (Å)."""
+
+import math
+
+import torch
+
+
+def cosine_cutoff(r: torch.Tensor, cutoff: float) -> torch.Tensor:
+    """Behler's f_c = ½[cos(π r / r_c) + 1] for r < r_c, else 0 (continuous first derivative)."""
+    return torch.where(r < cutoff, 0.5 * (torch.cos(math.pi * r / cutoff) + 1.0),
+                       torch.zeros_like(r))
+
+
+def polynomial_cutoff(r: torch.Tensor, cutoff: float) -> torch.Tensor:
+    """f_c = 1 − 10x³ + 15x⁴ − 6x⁵, x = r / r_c (Behler 2011, J. Chem. Phys. 134, 074106):
+    continuous up to the second derivative, so forces are smooth at the cutoff too."""
+    x = (r / cutoff).clamp(max=1.0)
+    return torch.where(r < cutoff, 1.0 + x**3 * (-10.0 + x * (15.0 - 6.0 * x)),
+                       torch.zeros_like(r))
+
+
+CUTOFF_FUNCTIONS = {"cosine": cosine_cutoff, "polynomial": polynomial_cutoff}

@@ -1,0 +1,1 @@
+"""Using a potential: the ASE calculator and molecular dynamics."""

@@ -1,0 +1,50 @@
+"""ASE calculator for a saved or in-memory mlpot potential (after ase/calculators/lj.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from ase.calculators.calculator import Calculator, all_changes
+from ase.stress import full_3x3_to_voigt_6_stress
+
+from mlpot import keys
+from mlpot.data.records import frame_from_atoms
+
+
+class MlpotCalculator(Calculator):
+    """Energy, free energy, forces and (for periodic cells) stress from an mlpot potential.
+
+    Args:
+        model: path of a saved model folder, or a :class:`~mlpot.potential.Potential`.
+        dtype: "float64" (default, for MD energy conservation) or "float32".
+    """
+
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+
+    def __init__(self, model, dtype: str = "float64", **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(model, torch.nn.Module):
+            from mlpot.serialize import load
+
+            model = load(model)
+        self.potential = model.to(getattr(torch, dtype)).eval()
+        self.dtype = getattr(torch, dtype)
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        Calculator.calculate(self, atoms, properties, system_changes)
+        frame = frame_from_atoms(self.atoms, source="<atoms>", index=0)
+        frame.energy = frame.forces = frame.stress = None
+        batch = self.potential.batch([frame], dtype=self.dtype)
+        want_stress = "stress" in properties and bool(self.atoms.pbc.all())
+        out = self.potential(batch, forces=True, stress=want_stress, create_graph=False)
+        energy = float(out[keys.ENERGY][0])
+        self.results["energy"] = self.results["free_energy"] = energy
+        self.results["energies"] = out[keys.ATOMIC_ENERGY].detach().numpy().astype(np.float64)
+        self.results["forces"] = out[keys.FORCES].detach().numpy().astype(np.float64)
+        if want_stress:
+            stress = out[keys.STRESS][0].detach().numpy().astype(np.float64)
+            self.results["stress"] = full_3x3_to_voigt_6_stress(stress)
+        elif "stress" in properties:
+            from ase.calculators.calculator import PropertyNotImplementedError
+
+            raise PropertyNotImplementedError("stress needs a cell periodic in all directions")

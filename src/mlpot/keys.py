@@ -1,0 +1,23 @@
+"""The batch contract: names of the fields a batch (a dict of tensors) may hold.
+
+Many structures form one disjoint graph; per-atom fields are concatenated and
+``BATCH`` says which structure each atom belongs to. Units are ASE's (eV, Å, e).
+"""
+
+POSITIONS = "positions"  # (n_atoms, 3) float | Cartesian positions, Å
+NUMBERS = "numbers"  # (n_atoms,) int64 | atomic numbers
+BATCH = "batch"  # (n_atoms,) int64 | index of the structure each atom belongs to
+CELL = "cell"  # (n_structures, 3, 3) float | lattice vectors as rows, Å (zeros if none)
+PBC = "pbc"  # (n_structures, 3) bool | periodic directions
+CHARGE = "charge"  # (n_structures,) float | total charge, e
+N_ATOMS = "n_atoms"  # (n_structures,) int64 | atoms per structure
+
+EDGE_INDEX = "edge_index"  # (2, n_edges) int64 | (centre i, neighbour j), both directions present
+EDGE_SHIFT = "edge_shift"  # (n_edges, 3) float | integer cell shifts S: r_ij = r_j - r_i + S @ cell
+TRIPLETS = "triplets"  # (2, n_triplets) int64 | pairs of edges (ij, ik) with j < k sharing centre i
+
+ENERGY = "energy"  # (n_structures,) float | total energy, eV
+FORCES = "forces"  # (n_atoms, 3) float | forces, eV/Å
+STRESS = "stress"  # (n_structures, 3, 3) float | stress, eV/Å³ (ASE sign convention)
+HAS_FORCES = "has_forces"  # (n_structures,) bool | whether reference forces exist for the structure
+ATOMIC_ENERGY = "atomic_energy"  # (n_atoms,) float | per-atom energy contributions, eV

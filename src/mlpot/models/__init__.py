@@ -1,0 +1,16 @@
+"""Models: per-atom energies from a batch. They know nothing of losses, files or ASE."""
+
+from mlpot.models.bpnn import BehlerParrinello
+from mlpot.models.linear import LinearModel
+
+MODEL_KINDS = {"bpnn": BehlerParrinello, "linear": LinearModel}
+
+
+def build_model(kind: str, **kwargs):
+    """The model class named ``kind`` built from its ``config()`` dict."""
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; known: {sorted(MODEL_KINDS)}")
+    return MODEL_KINDS[kind](**kwargs)
+
+
+__all__ = ["BehlerParrinello", "LinearModel", "MODEL_KINDS", "build_model"]

@@ -1,0 +1,91 @@
+"""Behler–Parrinello network: one MLP per element on standardised symmetry functions.
+
+E_i = s · [NN_{Z_i}(x_i) − NN_{Z_i}(x⁰_{Z_i})], x = (G − μ_Z) / σ_Z, where x⁰ is the
+standardised descriptor of an atom with no neighbours. An isolated atom therefore has
+E_i = 0 exactly, so the potential returns its reference energy E0 (see Potential).
+"""
+
+from __future__ import annotations
+
+import torch
+from ase.data import chemical_symbols
+from torch import nn
+
+from mlpot import keys
+from mlpot.descriptors.symmetry import SymmetryFunctions
+
+ACTIVATIONS = {"silu": nn.SiLU, "tanh": nn.Tanh, "celu": nn.CELU, "softplus": nn.Softplus,
+               "gelu": nn.GELU}
+
+
+def mlp(n_in: int, hidden: list[int], activation: str) -> nn.Sequential:
+    """Fully connected network n_in → hidden… → 1 with a smooth activation."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)} (smooth), "
+                         f"not {activation!r}")
+    layers, width = [], n_in
+    for size in hidden:
+        layers += [nn.Linear(width, size), ACTIVATIONS[activation]()]
+        width = size
+    layers.append(nn.Linear(width, 1))
+    return nn.Sequential(*layers)
+
+
+class BehlerParrinello(nn.Module):
+    """Per-element MLPs on symmetry functions; returns per-atom energies (eV)."""
+
+    kind = "bpnn"
+
+    def __init__(self, descriptor: dict | SymmetryFunctions, hidden=(64, 64),
+                 activation: str = "silu"):
+        super().__init__()
+        if isinstance(descriptor, dict):
+            descriptor = SymmetryFunctions(**descriptor)
+        self.descriptor = descriptor
+        self.hidden = [int(h) for h in hidden]
+        self.activation = activation
+        n_el, n_feat = len(descriptor.elements), descriptor.n_features
+        self.networks = nn.ModuleDict({chemical_symbols[z]: mlp(n_feat, self.hidden, activation)
+                                       for z in descriptor.elements})
+        self.register_buffer("feature_mean", torch.zeros(n_el, n_feat, dtype=torch.float64))
+        self.register_buffer("feature_std", torch.ones(n_el, n_feat, dtype=torch.float64))
+        self.register_buffer("energy_scale", torch.tensor(1.0, dtype=torch.float64))
+
+    @property
+    def elements(self) -> list[int]:
+        return self.descriptor.elements
+
+    @property
+    def cutoff(self) -> float:
+        return self.descriptor.cutoff
+
+    @property
+    def angular_cutoff(self) -> float:
+        return self.descriptor.angular_cutoff
+
+    def config(self) -> dict:
+        return dict(descriptor=self.descriptor.config(), hidden=self.hidden,
+                    activation=self.activation)
+
+    @torch.no_grad()
+    def set_statistics(self, mean: torch.Tensor, std: torch.Tensor, energy_scale: float) -> None:
+        """Descriptor mean/std per element (n_elements, n_features) and the energy scale (eV)."""
+        self.feature_mean.copy_(mean)
+        self.feature_std.copy_(std)
+        self.energy_scale.fill_(float(energy_scale))
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        features = self.descriptor(batch)
+        species = self.descriptor.species_index[batch[keys.NUMBERS]]
+        dtype = features.dtype
+        mean, std = self.feature_mean.to(dtype), self.feature_std.to(dtype)
+        energy = features.new_zeros(features.shape[0])
+        for e, z in enumerate(self.descriptor.elements):
+            atoms = torch.nonzero(species == e).squeeze(1)
+            if len(atoms) == 0:
+                continue
+            x = (features[atoms] - mean[e]) / std[e]
+            x0 = (-mean[e] / std[e]).unsqueeze(0)
+            out = self.networks[chemical_symbols[z]](torch.cat([x, x0])).squeeze(1)
+            energy = energy.index_put((atoms,), out[:-1] - out[-1])
+        return {keys.ATOMIC_ENERGY: energy * self.energy_scale.to(dtype)}

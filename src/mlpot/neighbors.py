@@ -1,0 +1,74 @@
+"""Neighbour lists (from vesin) and angular triplets, for molecules and periodic cells.
+
+An edge (i, j, S) means atom j, shifted by the integer cell vector S, lies within the
+cutoff of atom i: r_ij = r_j - r_i + S @ cell. Both directions of every pair are listed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from vesin import NeighborList
+
+from mlpot import keys
+
+
+def neighbor_pairs(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float,
+                   return_distances: bool = False):
+    """Full neighbour list within ``cutoff`` (Å), sorted by centre atom.
+
+    Returns (i, j, S) as int64 arrays, and distances (Å) if asked.
+    """
+    positions = np.ascontiguousarray(positions, dtype=np.float64)
+    pbc = np.asarray(pbc, dtype=bool)
+    box = np.asarray(cell, dtype=np.float64) if pbc.any() else np.zeros((3, 3))
+    calculator = NeighborList(cutoff=float(cutoff), full_list=True)
+    i, j, shifts, distances = calculator.compute(points=positions, box=box,
+                                                 periodic=[bool(p) for p in pbc],
+                                                 quantities="ijSd")
+    order = np.lexsort((j, i))
+    i, j = i[order].astype(np.int64), j[order].astype(np.int64)
+    shifts, distances = shifts[order].astype(np.int64), distances[order]
+    if return_distances:
+        return i, j, shifts, distances
+    return i, j, shifts
+
+
+def triplets_from_edges(centers: np.ndarray, n_atoms: int) -> np.ndarray:
+    """All pairs of edges (a, b), a < b, that share a centre atom; ``centers`` sorted.
+
+    Returns (2, n_triplets) int64 edge indices. Each unordered neighbour pair (j, k)
+    of atom i appears once.
+    """
+    n_edges = len(centers)
+    counts = np.bincount(centers, minlength=n_atoms)
+    starts = np.cumsum(counts) - counts
+    local = np.arange(n_edges) - starts[centers]
+    n_partners = counts[centers] - 1 - local
+    first = np.repeat(np.arange(n_edges), n_partners)
+    offsets = np.arange(len(first)) - np.repeat(np.cumsum(n_partners) - n_partners, n_partners)
+    return np.stack([first, first + 1 + offsets]).astype(np.int64)
+
+
+def graph_arrays(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float,
+                 angular_cutoff: float | None = None) -> dict[str, np.ndarray]:
+    """Edges and cell shifts of one structure as numpy arrays; with ``angular_cutoff`` (Å)
+    also the triplets formed by edges shorter than it."""
+    i, j, shifts, distances = neighbor_pairs(positions, cell, pbc, cutoff, return_distances=True)
+    graph = {keys.EDGE_INDEX: np.stack([i, j]), keys.EDGE_SHIFT: shifts.astype(np.float64)}
+    if angular_cutoff is not None:
+        short = np.nonzero(distances < angular_cutoff)[0]
+        graph[keys.TRIPLETS] = short[triplets_from_edges(i[short], len(positions))]
+    return graph
+
+
+def edge_vectors(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """r_ij = r_j - r_i + S @ cell for every edge, (n_edges, 3) Å; differentiable."""
+    i, j = batch[keys.EDGE_INDEX]
+    positions = batch[keys.POSITIONS]
+    vectors = positions[j] - positions[i]
+    shifts = batch[keys.EDGE_SHIFT]
+    if shifts.numel() and bool(torch.any(shifts != 0)):
+        cell = batch[keys.CELL][batch[keys.BATCH][i]]  # (n_edges, 3, 3)
+        vectors = vectors + torch.einsum("ea,eab->eb", shifts.to(positions.dtype), cell)
+    return vectors

@@ -1,0 +1,105 @@
+"""Potential: E = Σ_i E0(Z_i) + Σ_i E_i(model); forces and stress by autograd, in one place.
+
+F = −∂E/∂r and σ = (1/V) ∂E/∂ε (ASE's sign convention), where ε is a symmetric strain applied
+to positions and cell together. No model predicts forces or stress directly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from ase.data import atomic_numbers, chemical_symbols
+from torch import nn
+
+from mlpot import keys
+from mlpot.data.batch import collate
+from mlpot.data.records import Frame, check_elements
+from mlpot.neighbors import graph_arrays
+
+
+class Potential(nn.Module):
+    """A model of per-atom energies plus per-element reference energies E0 (eV).
+
+    Args:
+        model: module mapping a batch to ``{"atomic_energy": (n_atoms,)}``, with
+            ``elements``, ``cutoff`` and ``angular_cutoff`` attributes.
+        reference_energies: E0 by chemical symbol, eV (``{"H": -13.57, ...}``).
+    """
+
+    def __init__(self, model: nn.Module, reference_energies: dict[str, float]):
+        super().__init__()
+        self.model = model
+        missing = [chemical_symbols[z] for z in model.elements
+                   if chemical_symbols[z] not in reference_energies]
+        if missing:
+            raise ValueError(f"reference energies missing for {missing}")
+        self.reference_energies = {s: float(e) for s, e in reference_energies.items()
+                                   if atomic_numbers[s] in model.elements}
+        e0 = torch.zeros(119, dtype=torch.float64)
+        for symbol, value in self.reference_energies.items():
+            e0[atomic_numbers[symbol]] = value
+        self.register_buffer("e0", e0, persistent=False)
+
+    @property
+    def elements(self) -> list[int]:
+        return self.model.elements
+
+    @property
+    def cutoff(self) -> float:
+        return self.model.cutoff
+
+    def graph(self, frame: Frame) -> dict[str, np.ndarray]:
+        """Neighbour graph of one frame at this potential's cutoffs."""
+        return graph_arrays(frame.positions, frame.cell, frame.pbc, self.model.cutoff,
+                            self.model.angular_cutoff)
+
+    def batch(self, frames: list[Frame], dtype=None) -> dict[str, torch.Tensor]:
+        """Collate frames (checking their elements) into a batch for this potential."""
+        check_elements(frames, self.elements)
+        dtype = dtype or self.dtype
+        return collate(frames, [self.graph(f) for f in frames], dtype=dtype)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        parameter = next(self.parameters(), None)
+        return parameter.dtype if parameter is not None else torch.float64
+
+    def forward(self, batch: dict[str, torch.Tensor], forces: bool = True, stress: bool = False,
+                create_graph: bool | None = None) -> dict[str, torch.Tensor]:
+        """Energies (n_structures,) eV; forces (n_atoms, 3) eV/Å; stress (n_structures, 3, 3) eV/Å³.
+
+        ``create_graph`` (default: when training) keeps the graph for a loss on forces.
+        """
+        if create_graph is None:
+            create_graph = self.training
+        batch = dict(batch)
+        positions = batch[keys.POSITIONS]
+        n_structures = batch[keys.CELL].shape[0]
+        strain = None
+        if forces or stress:
+            positions = positions.detach().requires_grad_(True)
+            batch[keys.POSITIONS] = positions
+        if stress:
+            strain = torch.zeros(n_structures, 3, 3, dtype=positions.dtype,
+                                 device=positions.device, requires_grad=True)
+            symmetric = 0.5 * (strain + strain.transpose(1, 2))
+            batch[keys.POSITIONS] = positions + torch.einsum(
+                "na,nab->nb", positions, symmetric[batch[keys.BATCH]])
+            batch[keys.CELL] = batch[keys.CELL] + batch[keys.CELL] @ symmetric
+
+        atomic = self.model(batch)[keys.ATOMIC_ENERGY]
+        atomic = atomic + self.e0.to(atomic.dtype)[batch[keys.NUMBERS]]
+        energy = atomic.new_zeros(n_structures).index_add(0, batch[keys.BATCH], atomic)
+        out = {keys.ENERGY: energy, keys.ATOMIC_ENERGY: atomic}
+        if forces or stress:
+            inputs = [positions] + ([strain] if stress else [])
+            grads = torch.autograd.grad(energy.sum(), inputs, create_graph=create_graph,
+                                        allow_unused=True)
+            if forces:
+                out[keys.FORCES] = (-grads[0] if grads[0] is not None
+                                    else torch.zeros_like(positions))
+            if stress:
+                volume = torch.linalg.det(batch[keys.CELL].detach()).abs()
+                d_strain = grads[1] if grads[1] is not None else torch.zeros_like(strain)
+                out[keys.STRESS] = d_strain / volume[:, None, None]
+        return out

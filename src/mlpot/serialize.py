@@ -1,0 +1,100 @@
+"""Saving and loading potentials without pickle: a folder of JSON + safetensors.
+
+Layout of a saved model folder:
+  config.json        format, model kind and its constructor arguments, E0 by symbol
+  metadata.json      free-form facts (training run, metrics, versions)
+  model.safetensors  every tensor of the potential's state dict
+Loading reads JSON and raw tensors only; it never executes code from the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from mlpot.errors import ModelFileError
+from mlpot.models import build_model
+from mlpot.potential import Potential
+
+FORMAT = "mlpot-model"
+VERSION = 1
+
+
+def potential_config(potential: Potential) -> dict:
+    """JSON-able description from which :func:`build_potential` rebuilds the potential."""
+    return {"format": FORMAT, "version": VERSION, "model_kind": potential.model.kind,
+            "model": potential.model.config(),
+            "reference_energies": potential.reference_energies,
+            "dtype": str(potential.dtype).removeprefix("torch.")}
+
+
+def build_potential(config: dict) -> Potential:
+    """An untrained potential of the architecture ``config`` describes."""
+    model = build_model(config["model_kind"], **config["model"])
+    potential = Potential(model, config["reference_energies"])
+    return potential.to(getattr(torch, config.get("dtype", "float64")))
+
+
+def write_json_atomic(path: Path, data) -> None:
+    """Write JSON to ``path`` via a temporary file and rename, so readers never see half."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+def save(potential: Potential, path: str | Path, metadata: dict | None = None) -> Path:
+    """Save to folder ``path`` atomically (a finished folder replaces any old one)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    state = {k: v.detach().contiguous().clone() for k, v in potential.state_dict().items()}
+    save_file(state, str(tmp / "model.safetensors"))
+    write_json_atomic(tmp / "config.json", potential_config(potential))
+    write_json_atomic(tmp / "metadata.json", metadata or {})
+    old = None
+    if path.exists():
+        old = path.with_name(f".{path.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def load(path: str | Path) -> Potential:
+    """Load a potential saved by :func:`save` (in eval mode)."""
+    path = Path(path)
+    config_file, weights_file = path / "config.json", path / "model.safetensors"
+    if not config_file.exists() or not weights_file.exists():
+        raise ModelFileError(f"{path} is not an mlpot model folder "
+                             "(expected config.json and model.safetensors)")
+    config = json.loads(config_file.read_text())
+    if config.get("format") != FORMAT:
+        raise ModelFileError(f"{config_file}: format is {config.get('format')!r}, not {FORMAT!r}")
+    if config.get("version", 0) > VERSION:
+        raise ModelFileError(f"{config_file}: version {config['version']} is newer than this "
+                             f"mlpot reads ({VERSION})")
+    potential = build_potential(config)
+    state = load_file(str(weights_file))
+    try:
+        potential.load_state_dict(state)
+    except RuntimeError as error:
+        raise ModelFileError(f"{weights_file}: weights do not fit the architecture in "
+                             f"config.json ({error})") from error
+    return potential.eval()
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The metadata.json of a saved model ({} if absent)."""
+    file = Path(path) / "metadata.json"
+    return json.loads(file.read_text()) if file.exists() else {}

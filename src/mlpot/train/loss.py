@@ -1,0 +1,66 @@
+"""Dimensionless joint energy–force(–stress) loss from a Gaussian likelihood.
+
+Derivation. Take the reference labels as the model's prediction plus independent Gaussian
+noise: the per-atom energy error ΔE_b / N_b of structure b with standard deviation σ_E
+(eV/atom), each of its 3N_b force components with σ_F (eV/Å), each of the 6 independent
+stress components with σ_S (eV/Å³). The negative log-likelihood of a batch is then, up to
+constants,
+
+    −log p = ½ Σ_b (ΔE_b / (N_b σ_E))² + ½ Σ_{b,i,α} (ΔF_{iα} / σ_F)² + ½ Σ_{b,αβ} (Δσ_{αβ} / σ_S)²
+
+Every term is dimensionless. Dividing by the number of observations (one energy, 3N_b force
+components and 6 stress components per structure that has them) gives the loss below: the
+mean squared standardised residual per observation. So one energy weighs as much as one
+force component, and a structure with 3N force components contributes 3N times as many
+force terms as energy terms, exactly as the likelihood says. σ_E, σ_F and σ_S therefore set
+the relative weights by the accuracy one expects of each label. Frames without forces
+contribute their energy alone.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mlpot import keys
+
+_UPPER = (torch.tensor([0, 1, 2, 1, 0, 0]), torch.tensor([0, 1, 2, 2, 2, 1]))  # xx yy zz yz xz xy
+
+
+class EnergyForceLoss:
+    """Mean squared standardised residual per observation (see module docstring).
+
+    Args:
+        sigma_energy: expected energy error per atom, eV/atom.
+        sigma_force: expected force error per component, eV/Å.
+        sigma_stress: expected stress error per component, eV/Å³.
+    """
+
+    def __init__(self, sigma_energy: float = 0.001, sigma_force: float = 0.03,
+                 sigma_stress: float = 0.001):
+        self.sigma_energy = sigma_energy
+        self.sigma_force = sigma_force
+        self.sigma_stress = sigma_stress
+
+    def __call__(self, prediction: dict[str, torch.Tensor],
+                 batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        n_atoms = batch[keys.N_ATOMS].to(prediction[keys.ENERGY].dtype)
+        energy_sq = (((prediction[keys.ENERGY] - batch[keys.ENERGY]) / n_atoms)
+                     / self.sigma_energy) ** 2
+        total = energy_sq.sum()
+        count = torch.tensor(float(len(energy_sq)))
+        parts = {"energy": float(energy_sq.mean())}
+        if keys.FORCES in batch and keys.FORCES in prediction:
+            atom_has_forces = batch[keys.HAS_FORCES][batch[keys.BATCH]]
+            diff = (prediction[keys.FORCES] - batch[keys.FORCES])[atom_has_forces]
+            force_sq = (diff / self.sigma_force) ** 2
+            total = total + force_sq.sum()
+            count = count + force_sq.numel()
+            if force_sq.numel():
+                parts["forces"] = float(force_sq.mean())
+        if keys.STRESS in batch and keys.STRESS in prediction:
+            diff = (prediction[keys.STRESS] - batch[keys.STRESS])[:, _UPPER[0], _UPPER[1]]
+            stress_sq = (diff / self.sigma_stress) ** 2
+            total = total + stress_sq.sum()
+            count = count + stress_sq.numel()
+            parts["stress"] = float(stress_sq.mean())
+        return total / count, parts

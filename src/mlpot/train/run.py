@@ -1,0 +1,166 @@
+"""One training run from a RunConfig: read data, build and fit a potential, evaluate, plot.
+
+Everything lands in ``config.out``: ``model/`` (the potential), ``run.json`` (config, seed,
+versions, commit, data), ``log.csv``, ``metrics.json``, ``parity.png``, ``learning_curve.png``.
+"""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mlpot.config import RunConfig
+from mlpot.data.dataset import (elements_of, force_rms, per_atom_energy_residuals,
+                                reference_energies, split_indices, split_isolated_atoms)
+from mlpot.data.records import Frame, check_elements, read_frames
+from mlpot.descriptors.symmetry import SymmetryFunctions, default_angular, default_radial
+from mlpot.models import BehlerParrinello, LinearModel
+from mlpot.models.standardize import element_feature_stats
+from mlpot.potential import Potential
+from mlpot.serialize import load, save, write_json_atomic
+from mlpot.train.metrics import evaluate
+from mlpot.train.ridge import fit_linear
+from mlpot.train.trainer import Trainer
+
+
+def versions() -> dict:
+    """Versions of Python and the libraries a run depends on."""
+    import ase
+    import vesin
+
+    import mlpot
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "ase": ase.__version__, "vesin": vesin.__version__, "numpy": np.__version__,
+            "mlpot": mlpot.__version__}
+
+
+def git_commit() -> str | None:
+    """Commit of the mlpot source tree, if it is a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=Path(__file__).parent, capture_output=True, text=True,
+                               timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def load_data(config: RunConfig) -> dict[str, list[Frame]]:
+    """Training, validation, isolated-atom and test frames as the config says."""
+    data = config.data
+    read = dict(energy_key=data.energy_key, forces_key=data.forces_key)
+    isolated, train = split_isolated_atoms(read_frames(data.train, **read))
+    if data.isolated_atoms:
+        isolated += read_frames(data.isolated_atoms, **read)
+    if data.valid:
+        valid = split_isolated_atoms(read_frames(data.valid, **read))[1]
+    else:
+        valid_index, train_index = split_indices(len(train), (data.valid_fraction,), config.seed)
+        valid, train = [train[k] for k in valid_index], [train[k] for k in train_index]
+    if data.max_train is not None:
+        train = train[:data.max_train]
+    tests = {Path(p).stem: read_frames(p, **read) for p in data.test}
+    return {"train": train, "valid": valid, "isolated": isolated, **{
+        f"test:{name}": frames for name, frames in tests.items()}}
+
+
+def build_potential(config: RunConfig, elements: list[int], e0: dict[str, float]) -> Potential:
+    """An untrained potential of the configured kind for ``elements``."""
+    m = config.model
+    angular_cutoff = m.angular_cutoff or m.cutoff
+    descriptor = SymmetryFunctions(
+        elements, cutoff=m.cutoff, angular_cutoff=angular_cutoff,
+        radial=default_radial(m.cutoff, m.n_radial),
+        angular=default_angular(angular_cutoff, m.n_angular_eta, tuple(m.zetas)),
+        angular_kind=m.angular_kind, cutoff_function=m.cutoff_function)
+    if m.kind == "linear":
+        model = LinearModel(descriptor, ridge=m.ridge or 0.0)
+    else:
+        model = BehlerParrinello(descriptor, hidden=m.hidden, activation=m.activation)
+    return Potential(model, e0)
+
+
+@torch.no_grad()
+def fit_statistics(potential: Potential, train: list[Frame]) -> None:
+    """Set a Behler–Parrinello model's descriptor mean/std and energy scale from ``train``."""
+    model = potential.model
+    features, species = [], []
+    for start in range(0, len(train), 64):
+        batch = potential.batch(train[start:start + 64], dtype=torch.float64)
+        features.append(model.descriptor(batch))
+        species.append(model.descriptor.species_index[batch["numbers"]])
+    mean, std = element_feature_stats(torch.cat(features), torch.cat(species),
+                                      len(model.elements))
+    residual = per_atom_energy_residuals(train, potential.reference_energies)
+    scale = max(float(np.sqrt(np.mean(residual**2))), force_rms(train), 1e-3)
+    model.set_statistics(mean, std, scale)
+
+
+def run_training(config: RunConfig, resume: bool = False, progress: bool = True) -> dict:
+    """Train (or fit) the configured potential and evaluate it; returns the summary dict."""
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    started = time.time()
+    say = print if progress else (lambda *a, **k: None)
+    say(f"reading data ({config.data.train})", flush=True)
+    data = load_data(config)
+    train, valid = data["train"], data["valid"]
+    elements = elements_of(train + valid + data["isolated"])
+    e0, e0_source = reference_energies(train, elements, data["isolated"])
+    for name, frames in data.items():
+        if name.startswith("test:"):
+            check_elements(frames, elements)
+    say(f"{len(train)} training, {len(valid)} validation frames; elements {elements}; "
+        f"E0 from {e0_source}", flush=True)
+
+    potential = build_potential(config, elements, e0)
+    dtype = getattr(torch, config.training.dtype)
+    info = {"config": config.model_dump(), "seed": config.seed, "versions": versions(),
+            "git_commit": git_commit(), "command": sys.argv, "e0_source": e0_source,
+            "reference_energies": e0, "n_train": len(train), "n_valid": len(valid),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    write_json_atomic(out / "run.json", info)
+    metadata = {"seed": config.seed, "git_commit": info["git_commit"],
+                "versions": info["versions"], "training_config": config.model_dump()}
+
+    if config.model.kind == "linear":
+        say("fitting the linear model in closed form (ridge)", flush=True)
+        potential = potential.double()
+        fit = fit_linear(potential, train, valid, config.training.sigma_energy,
+                         config.training.sigma_force, config.model.ridge)
+        save(potential.to(dtype), out / "model", {**metadata, "fit": fit})
+        summary = {"stopped_by": "closed form", "fit": fit}
+    else:
+        fit_statistics(potential, train)
+        potential = potential.to(dtype)
+        trainer = Trainer(potential, train, valid, config.training, out, seed=config.seed,
+                          metadata=metadata)
+        summary = trainer.run(resume=resume)
+
+    best = load(out / "model")
+    metrics = {}
+    predictions = {}
+    for name, frames in [("valid", valid)] + [(k[5:], v) for k, v in data.items()
+                                                 if k.startswith("test:")]:
+        if frames:
+            metrics[name], predictions[name] = evaluate(best, frames, progress=progress)
+    summary.update(metrics=metrics, wall_seconds=time.time() - started, out=str(out))
+    write_json_atomic(out / "metrics.json", summary)
+    from mlpot import plots
+
+    plots.parity(data, predictions, out / "parity.png")
+    if (out / "log.csv").exists():
+        plots.learning_curve(out / "log.csv", out / "learning_curve.png")
+    return summary

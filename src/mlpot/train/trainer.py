@@ -1,0 +1,226 @@
+"""The training loop: AdamW, plateau learning-rate schedule, EMA weights, early stopping,
+an atomic checkpoint after every epoch, resume after a kill."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm.auto import tqdm
+
+from mlpot.config import TrainingConfig
+from mlpot.data.batch import GraphCache
+from mlpot.data.records import Frame
+from mlpot.potential import Potential
+from mlpot.serialize import save
+from mlpot.train.loss import EnergyForceLoss
+
+CHECKPOINT = "checkpoint.pt"
+LOG = "log.csv"
+
+
+def save_checkpoint_atomic(state: dict, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, then rename over ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "wb") as handle:
+        torch.save(state, handle)
+    os.replace(tmp, path)
+
+
+class Trainer:
+    """Fits a potential's parameters to energies and forces of ``train``; selects on ``valid``.
+
+    Writes into ``out``: ``checkpoint.pt`` (resume state), ``model/`` (best EMA weights on
+    validation), ``log.csv`` (one row per epoch) and ``snapshots/`` when asked.
+    """
+
+    def __init__(self, potential: Potential, train: list[Frame], valid: list[Frame],
+                 config: TrainingConfig, out: Path, seed: int = 0, metadata: dict | None = None):
+        self.potential = potential
+        self.config = config
+        self.out = Path(out)
+        self.metadata = metadata or {}
+        self.dtype = getattr(torch, config.dtype)
+        cutoff, angular = potential.model.cutoff, potential.model.angular_cutoff
+        self.train_graphs = GraphCache(train, cutoff, angular)
+        self.valid_graphs = GraphCache(valid, cutoff, angular)
+        self.loss = EnergyForceLoss(config.sigma_energy, config.sigma_force, config.sigma_stress)
+        self.optimizer = torch.optim.AdamW(potential.parameters(), lr=config.learning_rate,
+                                           weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, factor=config.lr_factor, patience=config.lr_patience,
+            min_lr=config.min_learning_rate)
+        self.ema = AveragedModel(potential, multi_avg_fn=get_ema_multi_avg_fn(
+            config.ema_decay), use_buffers=True) if config.ema_decay > 0 else None
+        self.generator = torch.Generator().manual_seed(seed)
+        self.epoch = 0
+        self.elapsed = 0.0  # training seconds, summed over resumes
+        self.best_loss = math.inf
+        self.bad_epochs = 0
+        self.history: list[dict] = []
+        self.snapshots_done: list[float] = []
+
+    # -- state ---------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {"model": self.potential.state_dict(),
+                "ema": self.ema.state_dict() if self.ema else {},
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "generator": self.generator.get_state(),
+                "epoch": self.epoch, "elapsed": self.elapsed, "best_loss": self.best_loss,
+                "bad_epochs": self.bad_epochs, "history": json.dumps(self.history),
+                "snapshots_done": list(self.snapshots_done)}
+
+    def load_state(self, state: dict) -> None:
+        self.potential.load_state_dict(state["model"])
+        if self.ema and state["ema"]:
+            self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        self.epoch, self.elapsed = int(state["epoch"]), float(state["elapsed"])
+        self.best_loss, self.bad_epochs = float(state["best_loss"]), int(state["bad_epochs"])
+        self.history = json.loads(state["history"])
+        self.snapshots_done = list(state["snapshots_done"])
+
+    def checkpoint(self) -> None:
+        save_checkpoint_atomic(self.state(), self.out / CHECKPOINT)
+
+    def resume(self) -> bool:
+        """Load ``checkpoint.pt`` if present (weights-only unpickling); True if resumed."""
+        path = self.out / CHECKPOINT
+        if not path.exists():
+            return False
+        self.load_state(torch.load(path, weights_only=True))
+        return True
+
+    @property
+    def evaluated(self) -> Potential:
+        """The weights used for validation and saving (the EMA average when enabled)."""
+        return self.ema.module if self.ema else self.potential
+
+    # -- loop ----------------------------------------------------------------------------
+    def _out_of_time(self, started: float) -> bool:
+        limit = self.config.max_minutes
+        return limit is not None and self.elapsed + time.monotonic() - started >= limit * 60
+
+    def train_epoch(self, started: float) -> dict:
+        self.potential.train()
+        order = torch.randperm(len(self.train_graphs), generator=self.generator).tolist()
+        size = self.config.batch_size
+        total, count = 0.0, 0
+        for start in range(0, len(order), size):
+            batch = self.train_graphs.batch(order[start:start + size], dtype=self.dtype)
+            prediction = self.potential(batch, forces=True, create_graph=True)
+            loss, _ = self.loss(prediction, batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.config.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.potential.parameters(), self.config.grad_clip)
+            self.optimizer.step()
+            if self.ema:
+                self.ema.update_parameters(self.potential)
+            total += float(loss) * len(batch["n_atoms"])
+            count += len(batch["n_atoms"])
+            self._take_snapshots(started)
+            if self._out_of_time(started):
+                break
+        return {"train_loss": total / max(count, 1)}
+
+    def validate(self) -> dict:
+        model = self.evaluated
+        model.eval()
+        sums = {"valid_loss": 0.0, "energy_sq": 0.0, "force_sq": 0.0}
+        n_struct, n_force = 0, 0
+        for start in range(0, len(self.valid_graphs), 32):
+            index = range(start, min(start + 32, len(self.valid_graphs)))
+            batch = self.valid_graphs.batch(index, dtype=self.dtype)
+            prediction = model(batch, forces=True, create_graph=False)
+            loss, _ = self.loss(prediction, batch)
+            n = len(index)
+            sums["valid_loss"] += float(loss) * n
+            per_atom = (prediction["energy"] - batch["energy"]).detach() / batch["n_atoms"]
+            sums["energy_sq"] += float((per_atom**2).sum())
+            if "forces" in batch:
+                has = batch["has_forces"][batch["batch"]]
+                diff = (prediction["forces"] - batch["forces"]).detach()[has]
+                sums["force_sq"] += float((diff**2).sum())
+                n_force += diff.numel()
+            n_struct += n
+        return {"valid_loss": sums["valid_loss"] / max(n_struct, 1),
+                "valid_energy_rmse": 1000 * math.sqrt(sums["energy_sq"] / max(n_struct, 1)),
+                "valid_force_rmse": (1000 * math.sqrt(sums["force_sq"] / n_force)
+                                     if n_force else None)}
+
+    def _take_snapshots(self, started: float) -> None:
+        minutes = (self.elapsed + time.monotonic() - started) / 60
+        for mark in self.config.snapshot_minutes:
+            if mark not in self.snapshots_done and minutes >= mark:
+                save(self.evaluated, self.out / "snapshots" / f"model_{mark:g}min",
+                     {**self.metadata, "snapshot_minutes": mark, "epoch": self.epoch})
+                self.snapshots_done.append(mark)
+
+    def run(self, resume: bool = False) -> dict:
+        """Train until the time budget, max_epochs or early stopping; returns a summary."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        resumed = self.resume() if resume else False
+        started = time.monotonic()
+        limit = self.config.max_minutes
+        bar = tqdm(total=self.config.max_epochs, initial=self.epoch, desc="train", unit="epoch",
+                   dynamic_ncols=True, mininterval=1.0)
+        reason = "max_epochs"
+        while self.epoch < self.config.max_epochs:
+            if self.bad_epochs >= self.config.patience:
+                reason = "early stopping"
+                break
+            if self._out_of_time(started):
+                reason = "time budget"
+                break
+            row = {"epoch": self.epoch + 1, **self.train_epoch(started), **self.validate()}
+            self.epoch += 1
+            row["lr"] = self.optimizer.param_groups[0]["lr"]
+            row["minutes"] = (self.elapsed + time.monotonic() - started) / 60
+            self.scheduler.step(row["valid_loss"])
+            if row["valid_loss"] < self.best_loss:
+                self.best_loss, self.bad_epochs = row["valid_loss"], 0
+                save(self.evaluated, self.out / "model",
+                     {**self.metadata, "epoch": self.epoch, "valid": row})
+            else:
+                self.bad_epochs += 1
+            self.history.append(row)
+            bar.update(1)
+            bar.set_postfix_str(f"valid E {row['valid_energy_rmse']:.2f} meV/at, F "
+                                f"{row['valid_force_rmse'] or float('nan'):.1f} meV/Å, "
+                                f"lr {row['lr']:.1e}, {row['minutes']:.1f}"
+                                + (f"/{limit:g}" if limit else "") + " min")
+            self._write_log()
+            self.elapsed += time.monotonic() - started
+            started = time.monotonic()
+            self.checkpoint()
+        bar.close()
+        self.elapsed += time.monotonic() - started
+        self.checkpoint()
+        return {"epochs": self.epoch, "minutes": self.elapsed / 60, "stopped_by": reason,
+                "best_valid_loss": self.best_loss, "resumed": resumed}
+
+    def _write_log(self) -> None:
+        if not self.history:
+            return
+        fields = list(self.history[0])
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(self.history)
+        path = self.out / LOG
+        fd, tmp = tempfile.mkstemp(dir=self.out, prefix=f".{LOG}.")
+        with os.fdopen(fd, "w") as handle:
+            handle.write(buffer.getvalue())
+        os.replace(tmp, path)
