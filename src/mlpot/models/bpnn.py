@@ -1,8 +1,12 @@
 """Behler–Parrinello network: one MLP per element on standardised symmetry functions.
 
-E_i = s · [NN_{Z_i}(x_i) − NN_{Z_i}(x⁰_{Z_i})], x = (G − μ_Z) / σ_Z, where x⁰ is the
-standardised descriptor of an atom with no neighbours. An isolated atom therefore has
-E_i = 0 exactly, so the potential returns its reference energy E0 (see Potential).
+E_i = w_{Z_i} · G_i + s · [NN_{Z_i}(x_i) − NN_{Z_i}(x⁰_{Z_i})],  x = (G − μ_Z) / σ_Z,
+
+where x⁰ is the standardised descriptor of an atom with no neighbours. An isolated atom
+(G = 0) therefore has E_i = 0 exactly, so the potential returns its reference energy E0.
+The linear term w·G (the same form as :class:`~mlpot.models.linear.LinearModel`) is
+initialised by a ridge fit to the training energies and stays trainable: it carries the
+large binding energy relative to free atoms, so the networks learn only what is left.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ class BehlerParrinello(nn.Module):
         self.register_buffer("feature_mean", torch.zeros(n_el, n_feat, dtype=torch.float64))
         self.register_buffer("feature_std", torch.ones(n_el, n_feat, dtype=torch.float64))
         self.register_buffer("energy_scale", torch.tensor(1.0, dtype=torch.float64))
+        self.weights = nn.Parameter(torch.zeros(n_el, n_feat, dtype=torch.float64))
 
     @property
     def elements(self) -> list[int]:
@@ -80,6 +85,7 @@ class BehlerParrinello(nn.Module):
         dtype = features.dtype
         mean, std = self.feature_mean.to(dtype), self.feature_std.to(dtype)
         energy = features.new_zeros(features.shape[0])
+        baseline = (features * self.weights.to(dtype)[species]).sum(-1)
         for e, z in enumerate(self.descriptor.elements):
             atoms = torch.nonzero(species == e).squeeze(1)
             if len(atoms) == 0:
@@ -88,4 +94,4 @@ class BehlerParrinello(nn.Module):
             x0 = (-mean[e] / std[e]).unsqueeze(0)
             out = self.networks[chemical_symbols[z]](torch.cat([x, x0])).squeeze(1)
             energy = energy.index_put((atoms,), out[:-1] - out[-1])
-        return {keys.ATOMIC_ENERGY: energy * self.energy_scale.to(dtype)}
+        return {keys.ATOMIC_ENERGY: baseline + energy * self.energy_scale.to(dtype)}

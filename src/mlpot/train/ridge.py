@@ -1,4 +1,7 @@
-"""Closed-form ridge fit of the linear model on energies and forces together.
+"""Closed-form ridge fit of the linear term w·G on energies and forces together.
+
+Used for :class:`~mlpot.models.linear.LinearModel` and to initialise the linear baseline
+inside :class:`~mlpot.models.bpnn.BehlerParrinello` (both hold ``weights`` (n_el, D)).
 
 With E_b = Σ_i E0(Z_i) + Σ_Z w_Z · S_{b,Z}, where S_{b,Z} = Σ_{i∈b, Z_i=Z} G_i, both the
 energies and the forces F = −Σ_Z w_Z · ∂S_Z/∂r are linear in w. Rows are standardised
@@ -19,7 +22,7 @@ from mlpot.potential import Potential
 
 
 def _design_rows(potential: Potential, frames: list[Frame], sigma_energy: float,
-                 sigma_force: float) -> tuple[torch.Tensor, torch.Tensor]:
+                 sigma_force: float | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Standardised design matrix A and targets y for ``frames`` (float64)."""
     descriptor = potential.model.descriptor
     batch = potential.batch(frames, dtype=torch.float64)
@@ -39,7 +42,7 @@ def _design_rows(potential: Potential, frames: list[Frame], sigma_energy: float,
     e0_sum = e0.new_zeros(n_struct).index_add(0, batch[keys.BATCH], e0)
     rows = [element_sums(positions).detach() / (n_atoms[:, None] * sigma_energy)]
     targets = [(batch[keys.ENERGY] - e0_sum) / (n_atoms * sigma_energy)]
-    if keys.FORCES in batch:
+    if keys.FORCES in batch and sigma_force is not None:
         # Structures are independent, so one forward-mode pass that moves atom a of every
         # structure along axis α gives ∂S_b/∂r_{b,a,α} for all b at once: 3·max(N) passes.
         offsets = torch.cumsum(batch[keys.N_ATOMS], 0) - batch[keys.N_ATOMS]
@@ -70,9 +73,12 @@ def _normal_equations(potential, frames, sigma_energy, sigma_force, batch_size):
 
 
 def fit_linear(potential: Potential, train: list[Frame], valid: list[Frame] | None = None,
-               sigma_energy: float = 0.001, sigma_force: float = 0.03,
+               sigma_energy: float = 0.001, sigma_force: float | None = 0.03,
                ridge: float | None = None, batch_size: int = 64) -> dict:
-    """Fit ``potential.model.weights`` in place; returns the chosen ridge and losses."""
+    """Fit ``potential.model.weights`` in place; returns the chosen ridge and losses.
+
+    ``sigma_force=None`` fits energies alone (fast: no descriptor derivatives).
+    """
     model = potential.model
     gram, rhs, _ = _normal_equations(potential, train, sigma_energy, sigma_force, batch_size)
     scale = torch.sqrt(torch.diagonal(gram) / gram.shape[0])
@@ -100,5 +106,6 @@ def fit_linear(potential: Potential, train: list[Frame], valid: list[Frame] | No
     weights = solve(chosen)
     with torch.no_grad():
         model.weights.copy_(weights.reshape(model.weights.shape))
-    model.ridge = chosen
+    if hasattr(model, "ridge"):
+        model.ridge = chosen
     return {"ridge": chosen, "valid_sum_squares": valid_loss}

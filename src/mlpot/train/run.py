@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from mlpot.config import RunConfig
-from mlpot.data.dataset import (elements_of, force_rms, per_atom_energy_residuals,
-                                reference_energies, split_indices, split_isolated_atoms)
+from mlpot.data.dataset import (elements_of, force_rms, reference_energies, split_indices,
+                                split_isolated_atoms)
 from mlpot.data.records import Frame, check_elements, read_frames
 from mlpot.descriptors.symmetry import SymmetryFunctions, default_angular, default_radial
 from mlpot.models import BehlerParrinello, LinearModel
@@ -93,7 +93,8 @@ def build_potential(config: RunConfig, elements: list[int], e0: dict[str, float]
 
 @torch.no_grad()
 def fit_statistics(potential: Potential, train: list[Frame]) -> None:
-    """Set a Behler–Parrinello model's descriptor mean/std and energy scale from ``train``."""
+    """Set a Behler–Parrinello model's descriptor mean/std and its output scale (eV) to the
+    RMS force component of ``train`` (forces are what the networks mostly learn)."""
     model = potential.model
     features, species = [], []
     for start in range(0, len(train), 64):
@@ -102,9 +103,7 @@ def fit_statistics(potential: Potential, train: list[Frame]) -> None:
         species.append(model.descriptor.species_index[batch["numbers"]])
     mean, std = element_feature_stats(torch.cat(features), torch.cat(species),
                                       len(model.elements))
-    residual = per_atom_energy_residuals(train, potential.reference_energies)
-    scale = max(float(np.sqrt(np.mean(residual**2))), force_rms(train), 1e-3)
-    model.set_statistics(mean, std, scale)
+    model.set_statistics(mean, std, max(force_rms(train), 1e-3))
 
 
 def run_training(config: RunConfig, resume: bool = False, progress: bool = True) -> dict:
@@ -144,6 +143,8 @@ def run_training(config: RunConfig, resume: bool = False, progress: bool = True)
         summary = {"stopped_by": "closed form", "fit": fit}
     else:
         fit_statistics(potential, train)
+        say("initialising the linear baseline: ridge fit to training energies", flush=True)
+        fit_linear(potential.double(), train, valid, config.training.sigma_energy, None)
         potential = potential.to(dtype)
         trainer = Trainer(potential, train, valid, config.training, out, seed=config.seed,
                           metadata=metadata)

@@ -174,8 +174,11 @@ class Trainer:
         resumed = self.resume() if resume else False
         started = time.monotonic()
         limit = self.config.max_minutes
-        bar = tqdm(total=self.config.max_epochs, initial=self.epoch, desc="train", unit="epoch",
-                   dynamic_ncols=True, mininterval=1.0)
+        # with a time budget the bar counts training minutes, else epochs
+        bar = (tqdm(total=limit, initial=round(self.elapsed / 60, 2), desc="train", unit="min",
+                    bar_format="{l_bar}{bar}| {n:.1f}/{total:g} min {postfix}", mininterval=1.0)
+               if limit else tqdm(total=self.config.max_epochs, initial=self.epoch, desc="train",
+                                  unit="epoch", mininterval=1.0))
         reason = "max_epochs"
         while self.epoch < self.config.max_epochs:
             if self.bad_epochs >= self.config.patience:
@@ -196,11 +199,10 @@ class Trainer:
             else:
                 self.bad_epochs += 1
             self.history.append(row)
-            bar.update(1)
-            bar.set_postfix_str(f"valid E {row['valid_energy_rmse']:.2f} meV/at, F "
-                                f"{row['valid_force_rmse'] or float('nan'):.1f} meV/Å, "
-                                f"lr {row['lr']:.1e}, {row['minutes']:.1f}"
-                                + (f"/{limit:g}" if limit else "") + " min")
+            bar.update(min(row["minutes"], limit) - bar.n if limit else 1)
+            bar.set_postfix_str(f"epoch {self.epoch}, valid E {row['valid_energy_rmse']:.2f} "
+                                f"meV/atom, F {row['valid_force_rmse'] or float('nan'):.1f} "
+                                f"meV/Å, lr {row['lr']:.1e}")
             self._write_log()
             self.elapsed += time.monotonic() - started
             started = time.monotonic()

@@ -1,0 +1,152 @@
+"""Command line: ``mlpot train|eval|md``. It parses arguments and calls the library; nothing more."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from mlpot.errors import MlpotError
+
+
+def _train(args) -> int:
+    from mlpot.config import config_from_dict, load_config
+    from mlpot.train.run import run_training
+
+    overrides = {}
+    for flag, key in [("train", "data.train"), ("valid", "data.valid"),
+                      ("isolated_atoms", "data.isolated_atoms"), ("energy_key", "data.energy_key"),
+                      ("forces_key", "data.forces_key"), ("model", "model.kind"),
+                      ("cutoff", "model.cutoff"), ("max_minutes", "training.max_minutes"),
+                      ("max_epochs", "training.max_epochs"), ("seed", "seed"), ("out", "out"),
+                      ("dtype", "training.dtype")]:
+        value = getattr(args, flag)
+        if value is not None:
+            overrides[key] = value
+    if args.test:
+        overrides["data.test"] = args.test
+    if args.config:
+        config = load_config(args.config, overrides)
+    else:
+        if not args.train:
+            raise MlpotError("give a CONFIG.yaml or --train FILE")
+        config = config_from_dict({}, overrides, source="command line")
+    summary = run_training(config, resume=args.resume)
+    out = Path(config.out)
+    print(f"model saved: {out / 'model'}")
+    print(f"metrics: {out / 'metrics.json'}   log: {out / 'log.csv'}   "
+          f"plots: {out / 'parity.png'}, {out / 'learning_curve.png'}")
+    for name, m in summary["metrics"].items():
+        force = f"{m['force_rmse']:.1f}" if m["force_rmse"] is not None else "n/a"
+        print(f"  {name:>16}: energy RMSE {m['energy_rmse']:.2f} meV/atom, "
+              f"force RMSE {force} meV/Å ({m['n_structures']} structures)")
+    return 0
+
+
+def _eval(args) -> int:
+    from mlpot.data.records import read_frames
+    from mlpot.serialize import load
+    from mlpot.train.metrics import evaluate
+
+    potential = load(args.model)
+    frames = read_frames(args.file, energy_key=args.energy_key, forces_key=args.forces_key)
+    frames = [f for f in frames if not f.is_isolated_atom] or frames
+    metrics, _ = evaluate(potential, frames, batch_size=args.batch_size,
+                          progress=not args.json)
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        print(f"{args.file}: {metrics['n_structures']} structures")
+        print(f"  energy MAE {metrics['energy_mae']:.3f}  RMSE {metrics['energy_rmse']:.3f} meV/atom")
+        if metrics["force_rmse"] is not None:
+            print(f"  force  MAE {metrics['force_mae']:.2f}  RMSE {metrics['force_rmse']:.2f} meV/Å")
+    return 0
+
+
+def _md(args) -> int:
+    from ase.io import read
+
+    from mlpot.dynamics.calculator import MlpotCalculator
+    from mlpot.dynamics.md import run_md
+
+    try:
+        atoms = read(args.structure, index=args.frame)
+    except Exception as error:
+        raise MlpotError(f"{args.structure}: cannot read frame {args.frame} ({error})") from error
+    calculator = MlpotCalculator(args.model, dtype=args.dtype)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log = Path(args.log) if args.log else out.with_suffix(".log")
+    summary = run_md(atoms, calculator, steps=args.steps, dt=args.dt,
+                     temperature=args.temperature, ensemble=args.ensemble,
+                     friction=args.friction, trajectory=out, log=log, interval=args.interval,
+                     seed=args.seed)
+    summary_path = out.with_suffix(".json")
+    summary_path.write_text(json.dumps(summary, indent=1))
+    print(f"trajectory: {out}   energy log: {log}   summary: {summary_path}")
+    print(f"  mean T {summary['mean_temperature_K']:.1f} K, total-energy drift "
+          f"{summary['energy_drift_eV_per_atom_per_ps'] * 1000:.3f} meV/atom/ps")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="mlpot", description=__doc__)
+    commands = top.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a potential (YAML config and/or flags)")
+    train.add_argument("config", nargs="?", help="YAML run config (flags below override it)")
+    train.add_argument("--train", help="training data: extxyz, ASE .db or rMD17 .npz")
+    train.add_argument("--valid", help="validation file (default: 5%% of --train)")
+    train.add_argument("--test", action="append", help="test file (repeatable)")
+    train.add_argument("--isolated-atoms", help="single-atom frames giving E0")
+    train.add_argument("--energy-key")
+    train.add_argument("--forces-key")
+    train.add_argument("--model", choices=["bpnn", "linear"])
+    train.add_argument("--cutoff", type=float, help="Å")
+    train.add_argument("--max-minutes", type=float, help="training time budget")
+    train.add_argument("--max-epochs", type=int)
+    train.add_argument("--dtype", choices=["float32", "float64"])
+    train.add_argument("--seed", type=int)
+    train.add_argument("--out", help="output folder; DIR/model is the trained potential")
+    train.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
+    train.set_defaults(run=_train)
+
+    evaluate = commands.add_parser("eval", help="errors of a model on a labelled file")
+    evaluate.add_argument("model")
+    evaluate.add_argument("file")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument("--energy-key", default="energy")
+    evaluate.add_argument("--forces-key", default="forces")
+    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.set_defaults(run=_eval)
+
+    md = commands.add_parser("md", help="molecular dynamics with a model (ASE)")
+    md.add_argument("model")
+    md.add_argument("structure", help="any file ASE reads")
+    md.add_argument("--frame", default="0", help="which frame of STRUCTURE (ASE index)")
+    md.add_argument("--steps", type=int, default=1000)
+    md.add_argument("--dt", type=float, default=0.5, help="time step, fs")
+    md.add_argument("--temperature", type=float, default=300.0, help="K")
+    md.add_argument("--ensemble", choices=["nve", "langevin"], default="nve")
+    md.add_argument("--friction", type=float, default=0.01, help="Langevin friction, 1/fs")
+    md.add_argument("--interval", type=int, default=10, help="write every N steps")
+    md.add_argument("--seed", type=int, default=0)
+    md.add_argument("--dtype", choices=["float32", "float64"], default="float64")
+    md.add_argument("--out", default="md.traj", help="trajectory file (ASE .traj)")
+    md.add_argument("--log", help="energy log (default: OUT with .log)")
+    md.set_defaults(run=_md)
+    return top
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except MlpotError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
