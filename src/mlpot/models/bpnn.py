@@ -1,12 +1,14 @@
 """Behler–Parrinello network: one MLP per element on standardised symmetry functions.
 
-E_i = w_{Z_i} · G_i + s · [NN_{Z_i}(x_i) − NN_{Z_i}(x⁰_{Z_i})],  x = (G − μ_Z) / σ_Z,
+E_i = b_{Z_i} c_i + s · [NN_{Z_i}(x_i) − NN_{Z_i}(x⁰_{Z_i})],  x = (G − μ_Z) / σ_Z,
 
-where x⁰ is the standardised descriptor of an atom with no neighbours. An isolated atom
-(G = 0) therefore has E_i = 0 exactly, so the potential returns its reference energy E0.
-The linear term w·G (the same form as :class:`~mlpot.models.linear.LinearModel`) is
-initialised by a ridge fit to the training energies and stays trainable: it carries the
-large binding energy relative to free atoms, so the networks learn only what is left.
+where x⁰ is the standardised descriptor of an atom with no neighbours and
+c_i = Σ_j f_c(r_ij) a smooth coordination number. An isolated atom (G = 0, c = 0) therefore
+has E_i = 0 exactly, so the potential returns its reference energy E0. The per-element
+coordination energies b_Z (eV) are fitted to the training energies by least squares and stay
+trainable: they carry the large binding energy relative to free atoms (eV per atom), so the
+networks learn only what is left. (A full linear term w·G does the same job but extrapolates
+wildly on environments outside the training set.)
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from torch import nn
 
 from mlpot import keys
 from mlpot.descriptors.symmetry import SymmetryFunctions
+from mlpot.neighbors import edge_vectors
 
 ACTIVATIONS = {"silu": nn.SiLU, "tanh": nn.Tanh, "celu": nn.CELU, "softplus": nn.Softplus,
                "gelu": nn.GELU}
@@ -54,7 +57,7 @@ class BehlerParrinello(nn.Module):
         self.register_buffer("feature_mean", torch.zeros(n_el, n_feat, dtype=torch.float64))
         self.register_buffer("feature_std", torch.ones(n_el, n_feat, dtype=torch.float64))
         self.register_buffer("energy_scale", torch.tensor(1.0, dtype=torch.float64))
-        self.weights = nn.Parameter(torch.zeros(n_el, n_feat, dtype=torch.float64))
+        self.coordination_energy = nn.Parameter(torch.zeros(n_el, dtype=torch.float64))
 
     @property
     def elements(self) -> list[int]:
@@ -73,11 +76,21 @@ class BehlerParrinello(nn.Module):
                     activation=self.activation)
 
     @torch.no_grad()
-    def set_statistics(self, mean: torch.Tensor, std: torch.Tensor, energy_scale: float) -> None:
-        """Descriptor mean/std per element (n_elements, n_features) and the energy scale (eV)."""
+    def set_statistics(self, mean: torch.Tensor, std: torch.Tensor, energy_scale: float,
+                       coordination_energy: torch.Tensor | None = None) -> None:
+        """Descriptor mean/std per element (n_elements, n_features), the networks' output
+        scale s (eV) and, if given, the coordination energies b_Z (n_elements,) eV."""
         self.feature_mean.copy_(mean)
         self.feature_std.copy_(std)
         self.energy_scale.fill_(float(energy_scale))
+        if coordination_energy is not None:
+            self.coordination_energy.copy_(coordination_energy)
+
+    def coordination(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Smooth coordination number c_i = Σ_j f_c(r_ij) of every atom, (n_atoms,)."""
+        r = edge_vectors(batch).norm(dim=-1)
+        fc = self.descriptor._cutoff(r, self.descriptor.cutoff)
+        return fc.new_zeros(len(batch[keys.NUMBERS])).index_add(0, batch[keys.EDGE_INDEX][0], fc)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         features = self.descriptor(batch)
@@ -85,7 +98,7 @@ class BehlerParrinello(nn.Module):
         dtype = features.dtype
         mean, std = self.feature_mean.to(dtype), self.feature_std.to(dtype)
         energy = features.new_zeros(features.shape[0])
-        baseline = (features * self.weights.to(dtype)[species]).sum(-1)
+        baseline = self.coordination_energy.to(dtype)[species] * self.coordination(batch)
         for e, z in enumerate(self.descriptor.elements):
             atoms = torch.nonzero(species == e).squeeze(1)
             if len(atoms) == 0:

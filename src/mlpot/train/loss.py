@@ -48,7 +48,7 @@ class EnergyForceLoss:
                      / self.sigma_energy) ** 2
         total = energy_sq.sum()
         count = torch.tensor(float(len(energy_sq)))
-        parts = {"energy": float(energy_sq.mean())}
+        parts = {"energy": float(energy_sq.detach().mean())}
         if keys.FORCES in batch and keys.FORCES in prediction:
             atom_has_forces = batch[keys.HAS_FORCES][batch[keys.BATCH]]
             diff = (prediction[keys.FORCES] - batch[keys.FORCES])[atom_has_forces]
@@ -56,11 +56,11 @@ class EnergyForceLoss:
             total = total + force_sq.sum()
             count = count + force_sq.numel()
             if force_sq.numel():
-                parts["forces"] = float(force_sq.mean())
+                parts["forces"] = float(force_sq.detach().mean())
         if keys.STRESS in batch and keys.STRESS in prediction:
             diff = (prediction[keys.STRESS] - batch[keys.STRESS])[:, _UPPER[0], _UPPER[1]]
             stress_sq = (diff / self.sigma_stress) ** 2
             total = total + stress_sq.sum()
             count = count + stress_sq.numel()
-            parts["stress"] = float(stress_sq.mean())
+            parts["stress"] = float(stress_sq.detach().mean())
         return total / count, parts

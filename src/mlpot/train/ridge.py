@@ -1,7 +1,4 @@
-"""Closed-form ridge fit of the linear term w·G on energies and forces together.
-
-Used for :class:`~mlpot.models.linear.LinearModel` and to initialise the linear baseline
-inside :class:`~mlpot.models.bpnn.BehlerParrinello` (both hold ``weights`` (n_el, D)).
+"""Closed-form ridge fit of the linear model on energies and forces together.
 
 With E_b = Σ_i E0(Z_i) + Σ_Z w_Z · S_{b,Z}, where S_{b,Z} = Σ_{i∈b, Z_i=Z} G_i, both the
 energies and the forces F = −Σ_Z w_Z · ∂S_Z/∂r are linear in w. Rows are standardised
@@ -106,6 +103,5 @@ def fit_linear(potential: Potential, train: list[Frame], valid: list[Frame] | No
     weights = solve(chosen)
     with torch.no_grad():
         model.weights.copy_(weights.reshape(model.weights.shape))
-    if hasattr(model, "ridge"):
-        model.ridge = chosen
+    model.ridge = chosen
     return {"ridge": chosen, "valid_sum_squares": valid_loss}

@@ -93,17 +93,29 @@ def build_potential(config: RunConfig, elements: list[int], e0: dict[str, float]
 
 @torch.no_grad()
 def fit_statistics(potential: Potential, train: list[Frame]) -> None:
-    """Set a Behler–Parrinello model's descriptor mean/std and its output scale (eV) to the
-    RMS force component of ``train`` (forces are what the networks mostly learn)."""
+    """Set a Behler–Parrinello model's statistics from ``train``: descriptor mean/std per
+    element, the networks' output scale (the RMS force component, eV/Å × 1 Å: forces are
+    what the networks mostly learn) and the coordination energies b_Z by least squares on
+    E_b − Σ E0 ≈ Σ_Z b_Z Σ_{i∈Z} c_i."""
     model = potential.model
-    features, species = [], []
+    n_el = len(model.elements)
+    features, species, coordination_sums, residuals = [], [], [], []
     for start in range(0, len(train), 64):
-        batch = potential.batch(train[start:start + 64], dtype=torch.float64)
+        frames = train[start:start + 64]
+        batch = potential.batch(frames, dtype=torch.float64)
         features.append(model.descriptor(batch))
-        species.append(model.descriptor.species_index[batch["numbers"]])
-    mean, std = element_feature_stats(torch.cat(features), torch.cat(species),
-                                      len(model.elements))
-    model.set_statistics(mean, std, max(force_rms(train), 1e-3))
+        index = model.descriptor.species_index[batch["numbers"]]
+        species.append(index)
+        sums = torch.zeros(len(frames) * n_el, dtype=torch.float64).index_add(
+            0, batch["batch"] * n_el + index, model.coordination(batch))
+        coordination_sums.append(sums.reshape(len(frames), n_el))
+        e0 = potential.e0.double()[batch["numbers"]]
+        residuals.append(batch["energy"] - torch.zeros(len(frames), dtype=torch.float64)
+                         .index_add(0, batch["batch"], e0))
+    mean, std = element_feature_stats(torch.cat(features), torch.cat(species), n_el)
+    solution = torch.linalg.lstsq(torch.cat(coordination_sums),
+                                  torch.cat(residuals)[:, None]).solution[:, 0]
+    model.set_statistics(mean, std, max(force_rms(train), 1e-3), solution)
 
 
 def run_training(config: RunConfig, resume: bool = False, progress: bool = True) -> dict:
@@ -143,8 +155,6 @@ def run_training(config: RunConfig, resume: bool = False, progress: bool = True)
         summary = {"stopped_by": "closed form", "fit": fit}
     else:
         fit_statistics(potential, train)
-        say("initialising the linear baseline: ridge fit to training energies", flush=True)
-        fit_linear(potential.double(), train, valid, config.training.sigma_energy, None)
         potential = potential.to(dtype)
         trainer = Trainer(potential, train, valid, config.training, out, seed=config.seed,
                           metadata=metadata)
