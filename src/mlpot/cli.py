@@ -20,7 +20,7 @@ def _train(args) -> int:
                       ("forces_key", "data.forces_key"), ("model", "model.kind"),
                       ("cutoff", "model.cutoff"), ("max_minutes", "training.max_minutes"),
                       ("max_epochs", "training.max_epochs"), ("seed", "seed"), ("out", "out"),
-                      ("dtype", "training.dtype")]:
+                      ("dtype", "training.dtype"), ("threads", "training.threads")]:
         value = getattr(args, flag)
         if value is not None:
             overrides[key] = value
@@ -108,6 +108,7 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--max-epochs", type=int)
     train.add_argument("--dtype", choices=["float32", "float64"])
     train.add_argument("--seed", type=int)
+    train.add_argument("--threads", type=int, help="torch CPU threads")
     train.add_argument("--out", help="output folder; DIR/model is the trained potential")
     train.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
     train.set_defaults(run=_train)

@@ -80,6 +80,9 @@ class TrainingConfig(Strict):
     sigma_stress: float = Field(0.001, gt=0)  # eV/Å³
     dtype: Literal["float32", "float64"] = "float32"
     snapshot_minutes: list[float] = []  # also save the model at these training minutes
+    cache_descriptors: bool = True  # bpnn: precompute descriptors and their derivatives
+    cache_max_gb: float = Field(4.0, gt=0)  # ... unless that needs more memory than this
+    threads: int | None = None  # torch CPU threads (default: torch's choice)
 
 
 class RunConfig(Strict):

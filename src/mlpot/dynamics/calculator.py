@@ -37,7 +37,7 @@ class MlpotCalculator(Calculator):
         batch = self.potential.batch([frame], dtype=self.dtype)
         want_stress = "stress" in properties and bool(self.atoms.pbc.all())
         out = self.potential(batch, forces=True, stress=want_stress, create_graph=False)
-        energy = float(out[keys.ENERGY][0])
+        energy = float(out[keys.ENERGY][0].detach())
         self.results["energy"] = self.results["free_energy"] = energy
         self.results["energies"] = out[keys.ATOMIC_ENERGY].detach().numpy().astype(np.float64)
         self.results["forces"] = out[keys.FORCES].detach().numpy().astype(np.float64)

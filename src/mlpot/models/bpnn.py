@@ -92,13 +92,14 @@ class BehlerParrinello(nn.Module):
         fc = self.descriptor._cutoff(r, self.descriptor.cutoff)
         return fc.new_zeros(len(batch[keys.NUMBERS])).index_add(0, batch[keys.EDGE_INDEX][0], fc)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        features = self.descriptor(batch)
-        species = self.descriptor.species_index[batch[keys.NUMBERS]]
+    def atomic_energies(self, features: torch.Tensor, coordination: torch.Tensor,
+                        species: torch.Tensor) -> torch.Tensor:
+        """Per-atom energies (n_atoms,) eV from descriptors (n_atoms, D), coordination
+        numbers (n_atoms,) and element indices (n_atoms,)."""
         dtype = features.dtype
         mean, std = self.feature_mean.to(dtype), self.feature_std.to(dtype)
         energy = features.new_zeros(features.shape[0])
-        baseline = self.coordination_energy.to(dtype)[species] * self.coordination(batch)
+        baseline = self.coordination_energy.to(dtype)[species] * coordination
         for e, z in enumerate(self.descriptor.elements):
             atoms = torch.nonzero(species == e).squeeze(1)
             if len(atoms) == 0:
@@ -107,4 +108,9 @@ class BehlerParrinello(nn.Module):
             x0 = (-mean[e] / std[e]).unsqueeze(0)
             out = self.networks[chemical_symbols[z]](torch.cat([x, x0])).squeeze(1)
             energy = energy.index_put((atoms,), out[:-1] - out[-1])
-        return {keys.ATOMIC_ENERGY: baseline + energy * self.energy_scale.to(dtype)}
+        return baseline + energy * self.energy_scale.to(dtype)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        species = self.descriptor.species_index[batch[keys.NUMBERS]]
+        energy = self.atomic_energies(self.descriptor(batch), self.coordination(batch), species)
+        return {keys.ATOMIC_ENERGY: energy}

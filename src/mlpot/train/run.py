@@ -123,6 +123,8 @@ def run_training(config: RunConfig, resume: bool = False, progress: bool = True)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
+    if config.training.threads:
+        torch.set_num_threads(config.training.threads)
     started = time.time()
     say = print if progress else (lambda *a, **k: None)
     say(f"reading data ({config.data.train})", flush=True)

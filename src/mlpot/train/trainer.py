@@ -8,6 +8,7 @@ import io
 import json
 import math
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from mlpot.data.batch import GraphCache
 from mlpot.data.records import Frame
 from mlpot.potential import Potential
 from mlpot.serialize import save
+from mlpot.train.feature_cache import FeatureCache, cache_bytes, predict_cached
 from mlpot.train.loss import EnergyForceLoss
 
 CHECKPOINT = "checkpoint.pt"
@@ -51,6 +53,12 @@ class Trainer:
         self.dtype = getattr(torch, config.dtype)
         cutoff, angular = potential.model.cutoff, potential.model.angular_cutoff
         self.train_graphs = GraphCache(train, cutoff, angular)
+        self.feature_cache = None
+        self.setup_seconds = 0.0  # counted into the time budget, like any training time
+        if self._use_feature_cache(train):
+            began = time.monotonic()
+            self.feature_cache = FeatureCache(potential, train, dtype=self.dtype)
+            self.setup_seconds = time.monotonic() - began
         self.valid_graphs = GraphCache(valid, cutoff, angular)
         self.loss = EnergyForceLoss(config.sigma_energy, config.sigma_force, config.sigma_stress)
         self.optimizer = torch.optim.AdamW(potential.parameters(), lr=config.learning_rate,
@@ -67,6 +75,17 @@ class Trainer:
         self.bad_epochs = 0
         self.history: list[dict] = []
         self.snapshots_done: list[float] = []
+
+    def _use_feature_cache(self, train: list[Frame]) -> bool:
+        """Cache descriptors and derivatives when the model allows it, no stress is trained
+        and the cache fits in ``cache_max_gb`` (see :mod:`mlpot.train.feature_cache`)."""
+        model = self.potential.model
+        if not self.config.cache_descriptors or not hasattr(model, "atomic_energies"):
+            return False
+        if any(f.stress is not None for f in train):
+            return False
+        need = cache_bytes(train, model.descriptor.n_features, self.dtype)
+        return need <= self.config.cache_max_gb * 2**30
 
     # -- state ---------------------------------------------------------------------------
     def state(self) -> dict:
@@ -118,8 +137,13 @@ class Trainer:
         size = self.config.batch_size
         total, count = 0.0, 0
         for start in range(0, len(order), size):
-            batch = self.train_graphs.batch(order[start:start + size], dtype=self.dtype)
-            prediction = self.potential(batch, forces=True, create_graph=True)
+            index = order[start:start + size]
+            if self.feature_cache is not None:
+                batch = self.feature_cache.batch(index)
+                prediction = predict_cached(self.potential.model, batch)
+            else:
+                batch = self.train_graphs.batch(index, dtype=self.dtype)
+                prediction = self.potential(batch, forces=True, create_graph=True)
             loss, _ = self.loss(prediction, batch)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -128,7 +152,7 @@ class Trainer:
             self.optimizer.step()
             if self.ema:
                 self.ema.update_parameters(self.potential)
-            total += float(loss) * len(batch["n_atoms"])
+            total += float(loss.detach()) * len(batch["n_atoms"])
             count += len(batch["n_atoms"])
             self._take_snapshots(started)
             if self._out_of_time(started):
@@ -146,7 +170,7 @@ class Trainer:
             prediction = model(batch, forces=True, create_graph=False)
             loss, _ = self.loss(prediction, batch)
             n = len(index)
-            sums["valid_loss"] += float(loss) * n
+            sums["valid_loss"] += float(loss.detach()) * n
             per_atom = (prediction["energy"] - batch["energy"]).detach() / batch["n_atoms"]
             sums["energy_sq"] += float((per_atom**2).sum())
             if "forces" in batch:
@@ -161,17 +185,22 @@ class Trainer:
                                      if n_force else None)}
 
     def _take_snapshots(self, started: float) -> None:
+        """Copy the best model so far to ``snapshots/model_<M>min`` once M minutes have passed
+        (what a run stopped at M minutes would have returned)."""
         minutes = (self.elapsed + time.monotonic() - started) / 60
         for mark in self.config.snapshot_minutes:
-            if mark not in self.snapshots_done and minutes >= mark:
-                save(self.evaluated, self.out / "snapshots" / f"model_{mark:g}min",
-                     {**self.metadata, "snapshot_minutes": mark, "epoch": self.epoch})
+            if mark not in self.snapshots_done and minutes >= mark and (self.out / "model").exists():
+                target = self.out / "snapshots" / f"model_{mark:g}min"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.rmtree(target, ignore_errors=True)
+                shutil.copytree(self.out / "model", target)
                 self.snapshots_done.append(mark)
 
     def run(self, resume: bool = False) -> dict:
         """Train until the time budget, max_epochs or early stopping; returns a summary."""
         self.out.mkdir(parents=True, exist_ok=True)
         resumed = self.resume() if resume else False
+        self.elapsed += self.setup_seconds
         started = time.monotonic()
         limit = self.config.max_minutes
         # with a time budget the bar counts training minutes, else epochs
