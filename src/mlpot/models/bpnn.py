@@ -19,6 +19,7 @@ from torch import nn
 
 from mlpot import keys
 from mlpot.descriptors.symmetry import SymmetryFunctions
+from mlpot.models.base import DescriptorModel
 from mlpot.neighbors import edge_vectors
 
 ACTIVATIONS = {"silu": nn.SiLU, "tanh": nn.Tanh, "celu": nn.CELU, "softplus": nn.Softplus,
@@ -38,17 +39,15 @@ def mlp(n_in: int, hidden: list[int], activation: str) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class BehlerParrinello(nn.Module):
+class BehlerParrinello(DescriptorModel):
     """Per-element MLPs on symmetry functions; returns per-atom energies (eV)."""
 
     kind = "bpnn"
 
     def __init__(self, descriptor: dict | SymmetryFunctions, hidden=(64, 64),
                  activation: str = "silu"):
-        super().__init__()
-        if isinstance(descriptor, dict):
-            descriptor = SymmetryFunctions(**descriptor)
-        self.descriptor = descriptor
+        super().__init__(descriptor)
+        descriptor = self.descriptor
         self.hidden = [int(h) for h in hidden]
         self.activation = activation
         n_el, n_feat = len(descriptor.elements), descriptor.n_features
@@ -58,18 +57,6 @@ class BehlerParrinello(nn.Module):
         self.register_buffer("feature_std", torch.ones(n_el, n_feat, dtype=torch.float64))
         self.register_buffer("energy_scale", torch.tensor(1.0, dtype=torch.float64))
         self.coordination_energy = nn.Parameter(torch.zeros(n_el, dtype=torch.float64))
-
-    @property
-    def elements(self) -> list[int]:
-        return self.descriptor.elements
-
-    @property
-    def cutoff(self) -> float:
-        return self.descriptor.cutoff
-
-    @property
-    def angular_cutoff(self) -> float:
-        return self.descriptor.angular_cutoff
 
     def config(self) -> dict:
         return dict(descriptor=self.descriptor.config(), hidden=self.hidden,

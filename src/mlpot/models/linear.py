@@ -12,33 +12,20 @@ from torch import nn
 
 from mlpot import keys
 from mlpot.descriptors.symmetry import SymmetryFunctions
+from mlpot.models.base import DescriptorModel
 
 
-class LinearModel(nn.Module):
+class LinearModel(DescriptorModel):
     """Per-element linear map of symmetry functions to per-atom energies (eV)."""
 
     kind = "linear"
 
     def __init__(self, descriptor: dict | SymmetryFunctions, ridge: float = 1e-6):
-        super().__init__()
-        if isinstance(descriptor, dict):
-            descriptor = SymmetryFunctions(**descriptor)
-        self.descriptor = descriptor
+        super().__init__(descriptor)
+        descriptor = self.descriptor
         self.ridge = float(ridge)
         n_el, n_feat = len(descriptor.elements), descriptor.n_features
         self.weights = nn.Parameter(torch.zeros(n_el, n_feat, dtype=torch.float64))
-
-    @property
-    def elements(self) -> list[int]:
-        return self.descriptor.elements
-
-    @property
-    def cutoff(self) -> float:
-        return self.descriptor.cutoff
-
-    @property
-    def angular_cutoff(self) -> float:
-        return self.descriptor.angular_cutoff
 
     def config(self) -> dict:
         return dict(descriptor=self.descriptor.config(), ridge=self.ridge)

@@ -1,0 +1,29 @@
+"""What every descriptor-based model shares: its descriptor and the cutoffs it implies."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from mlpot.descriptors.symmetry import SymmetryFunctions
+
+
+class DescriptorModel(nn.Module):
+    """Base of models built on :class:`SymmetryFunctions`; exposes elements and cutoffs (Å)."""
+
+    def __init__(self, descriptor: dict | SymmetryFunctions):
+        super().__init__()
+        if isinstance(descriptor, dict):
+            descriptor = SymmetryFunctions(**descriptor)
+        self.descriptor = descriptor
+
+    @property
+    def elements(self) -> list[int]:
+        return self.descriptor.elements
+
+    @property
+    def cutoff(self) -> float:
+        return self.descriptor.cutoff
+
+    @property
+    def angular_cutoff(self) -> float:
+        return self.descriptor.angular_cutoff
