@@ -9,9 +9,15 @@ from ase import Atoms, units
 from ase.io import Trajectory
 from ase.md import MDLogger
 from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
+from ase.md.velocitydistribution import Stationary, ZeroRotation
 from ase.md.verlet import VelocityVerlet
 from tqdm.auto import tqdm
+
+
+try:  # ASE >= 3.29 renamed MaxwellBoltzmannDistribution
+    from ase.md.velocitydistribution import thermalize_momenta as thermalize
+except ImportError:  # pragma: no cover - older ASE
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution as thermalize
 
 
 def run_md(atoms: Atoms, calculator, steps: int, dt: float = 0.5, temperature: float = 300.0,
@@ -29,7 +35,7 @@ def run_md(atoms: Atoms, calculator, steps: int, dt: float = 0.5, temperature: f
     atoms = atoms.copy()
     atoms.calc = calculator
     rng = np.random.default_rng(seed)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
+    thermalize(atoms, temperature_K=temperature, rng=rng)
     Stationary(atoms)
     if not atoms.pbc.any():
         ZeroRotation(atoms)
