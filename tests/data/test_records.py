@@ -32,6 +32,13 @@ N_ACAC = 15  # atoms per acac frame
 LINES = N_ACAC + 2  # lines per frame in the extxyz files
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # tiny tensors: one thread avoids contention on a busy 2-core machine
+    torch.set_num_threads(1)
+    yield
+
+
 def _ase_frames(path, n):
     """The first n frames as ASE reads them, with energies and forces as plain arrays."""
     atoms_list = ase.io.read(path, index=f":{n}")
@@ -209,7 +216,7 @@ def test_frames_without_forces_train_on_energy(acac_dir, acac_frames):
     def loss():
         value, parts = loss_fn(potential(batch, forces=True, create_graph=False), batch)
         assert set(parts) == {"energy"}
-        return float(value)
+        return float(value.detach())
 
     before = loss()
     fit_linear(potential, frames, sigma_force=None, ridge=1e-6)

@@ -136,4 +136,4 @@ def test_perfect_prediction_is_zero_and_gradient_flows():
     de = (prediction[keys.ENERGY] - batch[keys.ENERGY]).tolist()
     expected = [2 * d / (n * SIGMA_E) ** 2 / count for d, n in zip(de, n_atoms)]
     assert energy.grad.tolist() == pytest.approx(expected, rel=1e-10)
-    assert math.isfinite(float(loss))
+    assert math.isfinite(float(loss.detach()))

@@ -21,6 +21,13 @@ from mlpot.train.ridge import fit_linear
 E0 = {"H": -13.6, "C": -1030.0, "O": -2040.0, "Si": -107.0}
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # tiny tensors: one thread avoids contention on a busy 2-core machine
+    torch.set_num_threads(1)
+    yield
+
+
 def _potential(elements, n_radial=3, n_eta=1):
     # one zeta only: with zetas 1 and 2 and λ = ±1 the G4 columns are linearly dependent
     descriptor = SymmetryFunctions(elements, cutoff=4.0, radial=default_radial(4.0, n_radial),
