@@ -16,8 +16,8 @@ EDGE_INDEX = "edge_index"  # (2, n_edges) int64 | (centre i, neighbour j), both 
 EDGE_SHIFT = "edge_shift"  # (n_edges, 3) float | integer cell shifts S: r_ij = r_j - r_i + S @ cell
 TRIPLETS = "triplets"  # (2, n_triplets) int64 | pairs of edges (ij, ik) with j < k sharing centre i
 
-ENERGY = "energy"  # (n_structures,) float | total energy, eV
+ENERGY = "energy"  # (n_structures,) float64 | total energy, eV (float64 whatever the model's dtype)
 FORCES = "forces"  # (n_atoms, 3) float | forces, eV/Å
 STRESS = "stress"  # (n_structures, 3, 3) float | stress, eV/Å³ (ASE sign convention)
 HAS_FORCES = "has_forces"  # (n_structures,) bool | whether reference forces exist for the structure
-ATOMIC_ENERGY = "atomic_energy"  # (n_atoms,) float | per-atom energy contributions, eV
+ATOMIC_ENERGY = "atomic_energy"  # (n_atoms,) float | per-atom energies, eV (float64 from Potential)

@@ -66,7 +66,8 @@ class Potential(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor], forces: bool = True, stress: bool = False,
                 create_graph: bool | None = None) -> dict[str, torch.Tensor]:
-        """Energies (n_structures,) eV; forces (n_atoms, 3) eV/Å; stress (n_structures, 3, 3) eV/Å³.
+        """Energies (n_structures,) eV, always float64; forces (n_atoms, 3) eV/Å and stress
+        (n_structures, 3, 3) eV/Å³ in the model's dtype.
 
         ``create_graph`` (default: when training) keeps the graph for a loss on forces.
         """
@@ -88,7 +89,8 @@ class Potential(nn.Module):
             batch[keys.CELL] = batch[keys.CELL] + batch[keys.CELL] @ symmetric
 
         atomic = self.model(batch)[keys.ATOMIC_ENERGY]
-        atomic = atomic + self.e0.to(atomic.dtype)[batch[keys.NUMBERS]]
+        # E0 (~1e3 eV per atom) is added in float64 so float32 models keep meV resolution
+        atomic = atomic.double() + self.e0[batch[keys.NUMBERS]]
         energy = atomic.new_zeros(n_structures).index_add(0, batch[keys.BATCH], atomic)
         out = {keys.ENERGY: energy, keys.ATOMIC_ENERGY: atomic}
         if forces or stress:

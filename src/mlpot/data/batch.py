@@ -65,7 +65,8 @@ def collate(frames: list[Frame], graphs: list[dict[str, np.ndarray]],
         batch[keys.TRIPLETS] = cat([g[keys.TRIPLETS] + off for g, off in zip(graphs, edge_offsets)],
                                    axis=1)
     if all(f.energy is not None for f in frames):
-        batch[keys.ENERGY] = torch.tensor([f.energy for f in frames], dtype=dtype)
+        # float64 always: total energies (~1e4 eV) would lose meV in float32
+        batch[keys.ENERGY] = torch.tensor([f.energy for f in frames], dtype=torch.float64)
     has_forces = np.array([f.forces is not None for f in frames])
     if has_forces.any():
         batch[keys.HAS_FORCES] = torch.from_numpy(has_forces)

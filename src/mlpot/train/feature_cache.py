@@ -102,8 +102,8 @@ class FeatureCache:
             "pair_i": torch.cat([it["pair_i"] + o for it, o in zip(items, offsets)]),
             "pair_j": torch.cat([it["pair_j"] + o for it, o in zip(items, offsets)]),
             "jac": torch.cat([it["jac"] for it in items]),
-            "e0": torch.tensor([it["e0"] for it in items], dtype=self.dtype),
-            keys.ENERGY: torch.tensor([it["energy"] for it in items], dtype=self.dtype),
+            "e0": torch.tensor([it["e0"] for it in items], dtype=torch.float64),
+            keys.ENERGY: torch.tensor([it["energy"] for it in items], dtype=torch.float64),
             keys.HAS_FORCES: has_forces,
             keys.FORCES: torch.cat([it["forces"] if it["forces"] is not None
                                     else torch.zeros(len(it["q"]), 3, dtype=self.dtype)
@@ -113,11 +113,13 @@ class FeatureCache:
 
 def predict_cached(model, batch: dict[str, torch.Tensor],
                    create_graph: bool = True) -> dict[str, torch.Tensor]:
-    """Energies (n_structures,) eV and forces (n_atoms, 3) eV/Å from a cached batch."""
+    """Energies (n_structures,) eV (float64, as the Potential's) and forces (n_atoms, 3) eV/Å
+    from a cached batch."""
     q = batch["q"].detach().requires_grad_(True)
     atomic = model.atomic_energies(q[:, :-1], q[:, -1], batch["species"])
     n_structures = len(batch[keys.N_ATOMS])
-    energy = batch["e0"] + atomic.new_zeros(n_structures).index_add(0, batch[keys.BATCH], atomic)
+    energy = batch["e0"] + atomic.double().new_zeros(n_structures).index_add(
+        0, batch[keys.BATCH], atomic.double())
     (g,) = torch.autograd.grad(atomic.sum(), q, create_graph=create_graph)
     per_pair = torch.einsum("pd,pda->pa", g[batch["pair_i"]], batch["jac"])
     forces = -per_pair.new_zeros(len(q), 3).index_add(0, batch["pair_j"], per_pair)

@@ -159,7 +159,7 @@ def run_training(config: RunConfig, resume: bool = False, progress: bool = True)
         fit_statistics(potential, train)
         potential = potential.to(dtype)
         trainer = Trainer(potential, train, valid, config.training, out, seed=config.seed,
-                          metadata=metadata)
+                          metadata=metadata, progress=progress)
         summary = trainer.run(resume=resume)
 
     best = load(out / "model")

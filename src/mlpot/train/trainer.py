@@ -45,11 +45,13 @@ class Trainer:
     """
 
     def __init__(self, potential: Potential, train: list[Frame], valid: list[Frame],
-                 config: TrainingConfig, out: Path, seed: int = 0, metadata: dict | None = None):
+                 config: TrainingConfig, out: Path, seed: int = 0, metadata: dict | None = None,
+                 progress: bool = True):
         self.potential = potential
         self.config = config
         self.out = Path(out)
         self.metadata = metadata or {}
+        self.progress = progress
         self.dtype = getattr(torch, config.dtype)
         cutoff, angular = potential.model.cutoff, potential.model.angular_cutoff
         self.train_graphs = GraphCache(train, cutoff, angular)
@@ -57,7 +59,8 @@ class Trainer:
         self.setup_seconds = 0.0  # counted into the time budget, like any training time
         if self._use_feature_cache(train):
             began = time.monotonic()
-            self.feature_cache = FeatureCache(potential, train, dtype=self.dtype)
+            self.feature_cache = FeatureCache(potential, train, dtype=self.dtype,
+                                              progress=progress)
             self.setup_seconds = time.monotonic() - began
         self.valid_graphs = GraphCache(valid, cutoff, angular)
         self.loss = EnergyForceLoss(config.sigma_energy, config.sigma_force, config.sigma_stress)
@@ -205,9 +208,10 @@ class Trainer:
         limit = self.config.max_minutes
         # with a time budget the bar counts training minutes, else epochs
         bar = (tqdm(total=limit, initial=round(self.elapsed / 60, 2), desc="train", unit="min",
-                    bar_format="{l_bar}{bar}| {n:.1f}/{total:g} min {postfix}", mininterval=1.0)
+                    bar_format="{l_bar}{bar}| {n:.1f}/{total:g} min {postfix}", mininterval=1.0,
+                    disable=not self.progress)
                if limit else tqdm(total=self.config.max_epochs, initial=self.epoch, desc="train",
-                                  unit="epoch", mininterval=1.0))
+                                  unit="epoch", mininterval=1.0, disable=not self.progress))
         reason = "max_epochs"
         while self.epoch < self.config.max_epochs:
             if self.bad_epochs >= self.config.patience:
