@@ -19,6 +19,7 @@ from mlpot.data.records import Frame
 from mlpot.descriptors.symmetry import SymmetryFunctions, default_angular, default_radial
 from mlpot.models.bpnn import BehlerParrinello
 from mlpot.models.linear import LinearModel
+from mlpot.models.schnet import SchNet
 from mlpot.models.standardize import element_feature_stats
 from mlpot.neighbors import graph_arrays, neighbor_pairs
 from mlpot.potential import Potential
@@ -68,7 +69,27 @@ def _linear(frames) -> torch.nn.Module:
     return model
 
 
-BUILDERS = {"bpnn": _bpnn, "linear": _linear}
+def _schnet(frames) -> torch.nn.Module:
+    """Three interactions (receptive field 3 r_c = 12 Å) with every weight random: matrices
+    ~ N(0, 1/fan_in), biases and embeddings of order one, nonzero coordination energies."""
+    model = SchNet(ELEMENTS, cutoff=CUTOFF, n_features=8, n_interactions=3, n_rbf=6,
+                   cutoff_function="cosine").double()
+    model.set_statistics(energy_scale=0.3)
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            noise = torch.randn(parameter.shape, generator=generator, dtype=torch.float64)
+            if name == "coordination_energy":
+                scale = 0.05
+            elif parameter.ndim == 2 and not name.startswith("embedding"):
+                scale = parameter.shape[1] ** -0.5
+            else:
+                scale = 0.5
+            parameter.copy_(noise * scale)
+    return model
+
+
+BUILDERS = {"bpnn": _bpnn, "linear": _linear, "schnet": _schnet}
 
 
 @pytest.fixture(scope="module", params=sorted(BUILDERS))
@@ -255,8 +276,16 @@ def test_stress_is_strain_derivative(potential):
 
 # --- locality --------------------------------------------------------------------------------
 
+def reach(model) -> float:
+    """Farthest distance (Å) at which an atom can change another's energy: the cutoff for
+    descriptor models, n_interactions × cutoff for message passing."""
+    return getattr(model, "receptive_field", model.cutoff)
+
+
 def test_atomic_energy_is_local(potential, acac_frames):
     """Moving atom A changes no atomic energy of atoms beyond the cutoff of A."""
+    if reach(potential.model) > potential.model.cutoff:
+        pytest.skip("message passing reaches beyond one cutoff: see test_receptive_field")
     frame = acac_frames[3]
     distances = np.linalg.norm(frame.positions[:, None] - frame.positions[None], axis=-1)
     rng = np.random.default_rng(14)
@@ -278,6 +307,47 @@ def test_atomic_energy_is_local(potential, acac_frames):
         assert np.all(np.abs(energies[near] - ref[near]) > 1e-9)  # those within r_c do change
 
 
+def chain_frame(n: int = 10, spacing: float = 3.2) -> Frame:
+    """H/C/O atoms ``spacing`` Å apart along x (jittered by < 0.1 Å across): with r_c = 4 Å
+    only consecutive atoms are neighbours, so atom k is k hops and ≈ k·spacing Å from atom 0."""
+    rng = np.random.default_rng(18)
+    positions = np.zeros((n, 3))
+    positions[:, 0] = spacing * np.arange(n)
+    positions[:, 1:] = rng.uniform(-0.05, 0.05, size=(n, 2))
+    return make_frame(([6, 8, 1] * n)[:n], positions)
+
+
+def test_receptive_field(potential):
+    """Moving atom A leaves the atomic energy of every atom farther than the receptive field
+    R (cutoff; n_interactions × cutoff for message passing) from A unchanged to rounding,
+    and changes that of every atom within R that a chain of neighbours joins to A: for
+    message passing that includes atoms beyond one cutoff (up to n_interactions hops)."""
+    model = potential.model
+    frame = chain_frame()
+    distances = np.linalg.norm(frame.positions[:, None] - frame.positions[None], axis=-1)
+    i, j, _ = neighbor_pairs(frame.positions, frame.cell, frame.pbc, model.cutoff)
+    assert sorted(zip(i, j)) == sorted([(k, k + 1) for k in range(len(frame) - 1)]
+                                       + [(k + 1, k) for k in range(len(frame) - 1)])
+    radius = reach(model)
+    ref = evaluate(potential, [frame], forces=False)[keys.ATOMIC_ENERGY]
+    rng = np.random.default_rng(19)
+    movers, frames = [0, 5], []
+    for a in movers:
+        positions = frame.positions.copy()
+        step = rng.normal(size=3)
+        positions[a] += 0.2 * step / np.linalg.norm(step)  # keeps the same neighbour pairs
+        frames.append(moved(frame, positions=positions))
+    out = evaluate(potential, frames, forces=False)[keys.ATOMIC_ENERGY].reshape(len(movers), -1)
+    for a, energies in zip(movers, out):
+        far = distances[a] > radius + 0.3
+        within = distances[a] < radius - 0.3
+        assert far.any() and within.any()
+        np.testing.assert_allclose(energies[far], ref[far], rtol=1e-14)
+        assert np.all(np.abs(energies[within] - ref[within]) > 1e-9)
+        beyond_cutoff = within & (distances[a] > model.cutoff)
+        assert beyond_cutoff.any() == (radius > model.cutoff)
+
+
 def _probe_frames(frame: Frame, atom: int, direction, radius: float, step: float, n: int):
     """Frames with an extra H atom at distances radius + (k + ½)·step from ``atom``,
     k = −n … n−1, so no sample lies exactly on the cutoff."""
@@ -297,7 +367,7 @@ def test_smooth_across_cutoff(potential, acac_frames):
     direction = frame.positions[p] - centre
     direction /= np.linalg.norm(direction)
     model = potential.model
-    radii = sorted({model.cutoff, model.angular_cutoff})
+    radii = sorted({model.cutoff, model.angular_cutoff} - {None})  # SchNet: no angular cutoff
     step, n = 1e-5, 4
     for radius in radii:
         frames, distances = _probe_frames(frame, p, direction, radius, step, n)

@@ -2,8 +2,9 @@
 
 from mlpot.models.bpnn import BehlerParrinello
 from mlpot.models.linear import LinearModel
+from mlpot.models.schnet import SchNet
 
-MODEL_KINDS = {"bpnn": BehlerParrinello, "linear": LinearModel}
+MODEL_KINDS = {"bpnn": BehlerParrinello, "linear": LinearModel, "schnet": SchNet}
 
 
 def build_model(kind: str, **kwargs):
@@ -13,4 +14,4 @@ def build_model(kind: str, **kwargs):
     return MODEL_KINDS[kind](**kwargs)
 
 
-__all__ = ["BehlerParrinello", "LinearModel", "MODEL_KINDS", "build_model"]
+__all__ = ["BehlerParrinello", "LinearModel", "MODEL_KINDS", "SchNet", "build_model"]

@@ -20,7 +20,7 @@ from mlpot.data.dataset import (elements_of, force_rms, reference_energies, spli
                                 split_isolated_atoms)
 from mlpot.data.records import Frame, check_elements, read_frames
 from mlpot.descriptors.symmetry import SymmetryFunctions, default_angular, default_radial
-from mlpot.models import BehlerParrinello, LinearModel
+from mlpot.models import BehlerParrinello, LinearModel, SchNet
 from mlpot.models.standardize import element_feature_stats
 from mlpot.potential import Potential
 from mlpot.serialize import load, save, write_json_atomic
@@ -78,6 +78,11 @@ def load_data(config: RunConfig) -> dict[str, list[Frame]]:
 def build_potential(config: RunConfig, elements: list[int], e0: dict[str, float]) -> Potential:
     """An untrained potential of the configured kind for ``elements``."""
     m = config.model
+    if m.kind == "schnet":
+        model = SchNet(elements, cutoff=m.cutoff, n_features=m.n_features,
+                       n_interactions=m.n_interactions, n_rbf=m.n_rbf,
+                       cutoff_function=m.cutoff_function)
+        return Potential(model, e0)
     angular_cutoff = m.angular_cutoff or m.cutoff
     descriptor = SymmetryFunctions(
         elements, cutoff=m.cutoff, angular_cutoff=angular_cutoff,
@@ -93,29 +98,39 @@ def build_potential(config: RunConfig, elements: list[int], e0: dict[str, float]
 
 @torch.no_grad()
 def fit_statistics(potential: Potential, train: list[Frame]) -> None:
-    """Set a Behler–Parrinello model's statistics from ``train``: descriptor mean/std per
-    element, the networks' output scale (the RMS force component, eV/Å × 1 Å: forces are
-    what the networks mostly learn) and the coordination energies b_Z by least squares on
-    E_b − Σ E0 ≈ Σ_Z b_Z Σ_{i∈Z} c_i."""
+    """Set a trainable model's statistics from ``train``.
+
+    Both Behler–Parrinello and SchNet get the networks' output scale (the RMS force
+    component, eV/Å × 1 Å: forces are what the networks mostly learn) and the coordination
+    energies b_Z by least squares on E_b − Σ E0 ≈ Σ_Z b_Z Σ_{i∈Z} c_i (zero for a free atom,
+    so isolated atoms keep E0). Behler–Parrinello also gets descriptor mean/std per element.
+    """
     model = potential.model
     n_el = len(model.elements)
+    descriptor = getattr(model, "descriptor", None)  # None for SchNet
+    species_index = (model if descriptor is None else descriptor).species_index
     features, species, coordination_sums, residuals = [], [], [], []
     for start in range(0, len(train), 64):
         frames = train[start:start + 64]
         batch = potential.batch(frames, dtype=torch.float64)
-        features.append(model.descriptor(batch))
-        index = model.descriptor.species_index[batch["numbers"]]
-        species.append(index)
+        index = species_index[batch["numbers"]]
+        if descriptor is not None:
+            features.append(descriptor(batch))
+            species.append(index)
         sums = torch.zeros(len(frames) * n_el, dtype=torch.float64).index_add(
             0, batch["batch"] * n_el + index, model.coordination(batch))
         coordination_sums.append(sums.reshape(len(frames), n_el))
         e0 = potential.e0.double()[batch["numbers"]]
         residuals.append(batch["energy"] - torch.zeros(len(frames), dtype=torch.float64)
                          .index_add(0, batch["batch"], e0))
-    mean, std = element_feature_stats(torch.cat(features), torch.cat(species), n_el)
     solution = torch.linalg.lstsq(torch.cat(coordination_sums),
                                   torch.cat(residuals)[:, None]).solution[:, 0]
-    model.set_statistics(mean, std, max(force_rms(train), 1e-3), solution)
+    scale = max(force_rms(train), 1e-3)
+    if descriptor is None:
+        model.set_statistics(scale, solution)
+    else:
+        mean, std = element_feature_stats(torch.cat(features), torch.cat(species), n_el)
+        model.set_statistics(mean, std, scale, solution)
 
 
 def run_training(config: RunConfig, resume: bool = False, progress: bool = True) -> dict:
