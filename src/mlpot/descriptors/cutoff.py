@@ -4,6 +4,9 @@ import math
 
 import torch
 
+from mlpot import keys
+from mlpot.neighbors import edge_vectors
+
 
 def cosine_cutoff(r: torch.Tensor, cutoff: float) -> torch.Tensor:
     """Behler's f_c = ½[cos(π r / r_c) + 1] for r < r_c, else 0 (continuous first derivative)."""
@@ -20,3 +23,11 @@ def polynomial_cutoff(r: torch.Tensor, cutoff: float) -> torch.Tensor:
 
 
 CUTOFF_FUNCTIONS = {"cosine": cosine_cutoff, "polynomial": polynomial_cutoff}
+
+
+def coordination_number(batch: dict[str, torch.Tensor], cutoff: float,
+                        cutoff_function: str = "cosine") -> torch.Tensor:
+    """Smooth coordination number c_i = Σ_j f_c(r_ij) of every atom, (n_atoms,); 0 if alone."""
+    r = edge_vectors(batch).norm(dim=-1)
+    fc = CUTOFF_FUNCTIONS[cutoff_function](r, cutoff)
+    return fc.new_zeros(len(batch[keys.NUMBERS])).index_add(0, batch[keys.EDGE_INDEX][0], fc)

@@ -20,7 +20,7 @@ from torch import nn
 from mlpot import keys
 from mlpot.descriptors.symmetry import SymmetryFunctions
 from mlpot.models.base import DescriptorModel
-from mlpot.neighbors import edge_vectors
+from mlpot.descriptors.cutoff import coordination_number
 
 ACTIVATIONS = {"silu": nn.SiLU, "tanh": nn.Tanh, "celu": nn.CELU, "softplus": nn.Softplus,
                "gelu": nn.GELU}
@@ -75,9 +75,8 @@ class BehlerParrinello(DescriptorModel):
 
     def coordination(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Smooth coordination number c_i = Σ_j f_c(r_ij) of every atom, (n_atoms,)."""
-        r = edge_vectors(batch).norm(dim=-1)
-        fc = self.descriptor._cutoff(r, self.descriptor.cutoff)
-        return fc.new_zeros(len(batch[keys.NUMBERS])).index_add(0, batch[keys.EDGE_INDEX][0], fc)
+        return coordination_number(batch, self.descriptor.cutoff,
+                                   self.descriptor.cutoff_function)
 
     def atomic_energies(self, features: torch.Tensor, coordination: torch.Tensor,
                         species: torch.Tensor) -> torch.Tensor:

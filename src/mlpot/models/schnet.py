@@ -44,7 +44,7 @@ from torch import nn
 from torch.nn import functional
 
 from mlpot import keys
-from mlpot.descriptors.cutoff import CUTOFF_FUNCTIONS
+from mlpot.descriptors.cutoff import CUTOFF_FUNCTIONS, coordination_number
 from mlpot.neighbors import edge_vectors
 
 
@@ -154,9 +154,7 @@ class SchNet(nn.Module):
 
     def coordination(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Smooth coordination number c_i = Σ_j f_c(r_ij) of every atom, (n_atoms,)."""
-        r = edge_vectors(batch).norm(dim=-1)
-        fc = CUTOFF_FUNCTIONS[self.cutoff_function](r, self._cutoff)
-        return fc.new_zeros(len(batch[keys.NUMBERS])).index_add(0, batch[keys.EDGE_INDEX][0], fc)
+        return coordination_number(batch, self._cutoff, self.cutoff_function)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         species = self.species_index[batch[keys.NUMBERS]]  # (N,)
