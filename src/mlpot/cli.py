@@ -102,7 +102,7 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--isolated-atoms", help="single-atom frames giving E0")
     train.add_argument("--energy-key")
     train.add_argument("--forces-key")
-    train.add_argument("--model", choices=["bpnn", "linear", "schnet"])
+    train.add_argument("--model", choices=["bpnn", "linear", "schnet", "painn"])
     train.add_argument("--cutoff", type=float, help="Å")
     train.add_argument("--max-minutes", type=float, help="training time budget")
     train.add_argument("--max-epochs", type=int)

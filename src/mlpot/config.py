@@ -7,7 +7,7 @@ A config file mirrors :class:`RunConfig`::
       isolated_atoms: acac/isolated_atoms.xyz   # optional; else E0 by least squares
       test: [acac/test_MD_300K.xyz]
     model:
-      kind: bpnn            # or linear, schnet
+      kind: bpnn            # or linear, schnet, painn
       cutoff: 5.0           # Å
     training:
       max_minutes: 10
@@ -43,8 +43,8 @@ class DataConfig(Strict):
 
 
 class ModelConfig(Strict):
-    kind: Literal["bpnn", "linear", "schnet"] = "bpnn"
-    cutoff: float = Field(5.0, gt=0)  # Å (schnet: of each message; receptive field below)
+    kind: Literal["bpnn", "linear", "schnet", "painn"] = "bpnn"
+    cutoff: float = Field(5.0, gt=0)  # Å (schnet, painn: of each message; reach below)
     angular_cutoff: float | None = None  # Å, defaults to cutoff (bpnn, linear)
     cutoff_function: Literal["cosine", "polynomial"] = "cosine"
     angular_kind: Literal["G4", "G5"] = "G4"
@@ -54,9 +54,10 @@ class ModelConfig(Strict):
     hidden: list[int] = [64, 64]  # bpnn hidden layer widths
     activation: Literal["silu", "tanh", "celu", "softplus", "gelu"] = "silu"
     ridge: float | None = None  # linear: fixed ridge strength; None picks it on validation
-    n_features: int = Field(64, ge=1)  # schnet: width of atom features and filters
-    n_interactions: int = Field(3, ge=1)  # schnet: message-passing steps T (reach T × cutoff, Å)
-    n_rbf: int = Field(20, ge=2)  # schnet: Gaussians expanding each distance on [0, cutoff] Å
+    n_features: int = Field(64, ge=1)  # schnet, painn: width of atom features and filters
+    n_interactions: int = Field(3, ge=1)  # schnet, painn: message passes T (reach T × cutoff, Å)
+    n_rbf: int = Field(20, ge=2)  # radial basis per distance: schnet Gaussians on [0, cutoff] Å,
+    #                               painn sin(kπr/cutoff)/r, k = 1 … n_rbf
 
     @field_validator("zetas")
     @classmethod

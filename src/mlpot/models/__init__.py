@@ -2,9 +2,11 @@
 
 from mlpot.models.bpnn import BehlerParrinello
 from mlpot.models.linear import LinearModel
+from mlpot.models.painn import PaiNN
 from mlpot.models.schnet import SchNet
 
-MODEL_KINDS = {"bpnn": BehlerParrinello, "linear": LinearModel, "schnet": SchNet}
+MODEL_KINDS = {"bpnn": BehlerParrinello, "linear": LinearModel, "painn": PaiNN,
+               "schnet": SchNet}
 
 
 def build_model(kind: str, **kwargs):
@@ -14,4 +16,4 @@ def build_model(kind: str, **kwargs):
     return MODEL_KINDS[kind](**kwargs)
 
 
-__all__ = ["BehlerParrinello", "LinearModel", "MODEL_KINDS", "SchNet", "build_model"]
+__all__ = ["BehlerParrinello", "LinearModel", "MODEL_KINDS", "PaiNN", "SchNet", "build_model"]

@@ -20,7 +20,7 @@ from mlpot.data.dataset import (elements_of, force_rms, reference_energies, spli
                                 split_isolated_atoms)
 from mlpot.data.records import Frame, check_elements, read_frames
 from mlpot.descriptors.symmetry import SymmetryFunctions, default_angular, default_radial
-from mlpot.models import BehlerParrinello, LinearModel, SchNet
+from mlpot.models import BehlerParrinello, LinearModel, PaiNN, SchNet
 from mlpot.models.standardize import element_feature_stats
 from mlpot.potential import Potential
 from mlpot.serialize import load, save, write_json_atomic
@@ -78,10 +78,11 @@ def load_data(config: RunConfig) -> dict[str, list[Frame]]:
 def build_potential(config: RunConfig, elements: list[int], e0: dict[str, float]) -> Potential:
     """An untrained potential of the configured kind for ``elements``."""
     m = config.model
-    if m.kind == "schnet":
-        model = SchNet(elements, cutoff=m.cutoff, n_features=m.n_features,
-                       n_interactions=m.n_interactions, n_rbf=m.n_rbf,
-                       cutoff_function=m.cutoff_function)
+    message_passing = {"schnet": SchNet, "painn": PaiNN}
+    if m.kind in message_passing:
+        model = message_passing[m.kind](elements, cutoff=m.cutoff, n_features=m.n_features,
+                                        n_interactions=m.n_interactions, n_rbf=m.n_rbf,
+                                        cutoff_function=m.cutoff_function)
         return Potential(model, e0)
     angular_cutoff = m.angular_cutoff or m.cutoff
     descriptor = SymmetryFunctions(
@@ -100,14 +101,15 @@ def build_potential(config: RunConfig, elements: list[int], e0: dict[str, float]
 def fit_statistics(potential: Potential, train: list[Frame]) -> None:
     """Set a trainable model's statistics from ``train``.
 
-    Both Behler–Parrinello and SchNet get the networks' output scale (the RMS force
-    component, eV/Å × 1 Å: forces are what the networks mostly learn) and the coordination
-    energies b_Z by least squares on E_b − Σ E0 ≈ Σ_Z b_Z Σ_{i∈Z} c_i (zero for a free atom,
-    so isolated atoms keep E0). Behler–Parrinello also gets descriptor mean/std per element.
+    Behler–Parrinello and the message-passing models (SchNet, PaiNN) get the networks' output
+    scale (the RMS force component, eV/Å × 1 Å: forces are what the networks mostly learn) and
+    the coordination energies b_Z by least squares on E_b − Σ E0 ≈ Σ_Z b_Z Σ_{i∈Z} c_i (zero
+    for a free atom, so isolated atoms keep E0). Behler–Parrinello also gets descriptor
+    mean/std per element.
     """
     model = potential.model
     n_el = len(model.elements)
-    descriptor = getattr(model, "descriptor", None)  # None for SchNet
+    descriptor = getattr(model, "descriptor", None)  # None for SchNet and PaiNN
     species_index = (model if descriptor is None else descriptor).species_index
     features, species, coordination_sums, residuals = [], [], [], []
     for start in range(0, len(train), 64):
