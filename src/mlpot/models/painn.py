@@ -65,7 +65,7 @@ import torch
 from torch import nn
 
 from mlpot import keys
-from mlpot.descriptors.cutoff import CUTOFF_FUNCTIONS, coordination_number
+from mlpot.models.message_passing import MessagePassingModel
 from mlpot.neighbors import edge_vectors
 
 NORM_EPS = 1e-2  # ε of the safe norm ‖V v‖_ε (dimensionless features); see module doc
@@ -111,7 +111,7 @@ class Update(nn.Module):
         return s + a_sv * (uv * vv).sum(dim=1) + a_ss, v + a_vv[:, None, :] * uv
 
 
-class PaiNN(nn.Module):
+class PaiNN(MessagePassingModel):
     """Equivariant message passing (scalar + vector features); returns per-atom energies (eV).
 
     Args:
@@ -127,67 +127,13 @@ class PaiNN(nn.Module):
 
     def __init__(self, elements, cutoff: float, n_features: int = 64, n_interactions: int = 3,
                  n_rbf: int = 20, cutoff_function: str = "cosine"):
-        super().__init__()
-        if cutoff_function not in CUTOFF_FUNCTIONS:
-            raise ValueError(f"cutoff_function must be one of {sorted(CUTOFF_FUNCTIONS)}, "
-                             f"not {cutoff_function!r}")
-        if n_rbf < 1 or n_features < 1 or n_interactions < 1 or cutoff <= 0:
-            raise ValueError("need n_rbf >= 1, n_features >= 1, n_interactions >= 1, cutoff > 0")
-        self._elements = sorted(int(z) for z in elements)
-        self._cutoff = float(cutoff)
-        self.n_features, self.n_interactions = int(n_features), int(n_interactions)
-        self.n_rbf, self.cutoff_function = int(n_rbf), cutoff_function
-        n_el = len(self._elements)
-
-        species = torch.full((119,), -1, dtype=torch.long)
-        species[self._elements] = torch.arange(n_el)
-        self.register_buffer("species_index", species, persistent=False)
+        super().__init__(elements, cutoff, n_features, n_interactions, n_rbf, cutoff_function)
         wavenumbers = torch.arange(1, self.n_rbf + 1, dtype=torch.float64) * math.pi / cutoff
         self.register_buffer("rbf_wavenumbers", wavenumbers, persistent=False)  # kπ/r_c, 1/Å
-
-        self.embedding = nn.Embedding(n_el, self.n_features)
         self.messages = nn.ModuleList(Message(self.n_features, self.n_rbf)
                                       for _ in range(self.n_interactions))
         self.updates = nn.ModuleList(Update(self.n_features) for _ in range(self.n_interactions))
         self.readout = _two_layer(self.n_features, max(self.n_features // 2, 1), 1)
-        self.register_buffer("energy_scale", torch.tensor(1.0, dtype=torch.float64))
-        self.coordination_energy = nn.Parameter(torch.zeros(n_el, dtype=torch.float64))
-
-    @property
-    def elements(self) -> list[int]:
-        return self._elements
-
-    @property
-    def cutoff(self) -> float:
-        return self._cutoff
-
-    @property
-    def angular_cutoff(self) -> None:
-        """No angular triplets: directions enter through the vector features."""
-        return None
-
-    @property
-    def receptive_field(self) -> float:
-        """Farthest distance (Å) at which an atom can influence another's energy: T · r_c."""
-        return self.n_interactions * self._cutoff
-
-    def config(self) -> dict:
-        return dict(elements=self._elements, cutoff=self._cutoff, n_features=self.n_features,
-                    n_interactions=self.n_interactions, n_rbf=self.n_rbf,
-                    cutoff_function=self.cutoff_function)
-
-    @torch.no_grad()
-    def set_statistics(self, energy_scale: float,
-                       coordination_energy: torch.Tensor | None = None) -> None:
-        """The readout's output scale s (eV) and, if given, the per-element coordination
-        energies b_Z (n_elements,) eV."""
-        self.energy_scale.fill_(float(energy_scale))
-        if coordination_energy is not None:
-            self.coordination_energy.copy_(coordination_energy)
-
-    def coordination(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Smooth coordination number c_i = Σ_j f_c(r_ij) of every atom, (n_atoms,)."""
-        return coordination_number(batch, self._cutoff, self.cutoff_function)
 
     def features(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Final scalar features s^T (N + n_el, F), invariant, and vector features
@@ -197,13 +143,12 @@ class PaiNN(nn.Module):
         vectors = edge_vectors(batch)  # (E, 3) Å
         r = vectors.norm(dim=-1)  # (E,) Å, > 0: atoms closer than 0.1 Å are rejected on read
         dtype = r.dtype
-        fc = CUTOFF_FUNCTIONS[self.cutoff_function](r, self._cutoff)  # (E,)
+        fc = self.cutoff_values(r)  # (E,)
         rbf = torch.sin(r[:, None] * self.rbf_wavenumbers.to(dtype)) / r[:, None]  # (E, K)
         direction = vectors / r[:, None]  # (E, 3)
 
         # atoms followed by one ghost atom per element; ghosts have no edges (see module doc)
-        ghosts = torch.arange(len(self._elements), device=species.device)
-        s = self.embedding(torch.cat([species, ghosts]))  # (N + n_el, F)
+        s = self.initial_features(species)  # (N + n_el, F)
         v = s.new_zeros(s.shape[0], 3, self.n_features)  # (N + n_el, 3, F)
         for message, update in zip(self.messages, self.updates):
             s, v = message(s, v, rbf, fc, direction, centre, neighbour)
@@ -212,10 +157,5 @@ class PaiNN(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         species = self.species_index[batch[keys.NUMBERS]]  # (N,)
-        n_atoms = species.shape[0]
         s, _ = self.features(batch)
-        out = self.readout(s).squeeze(1)  # (N + n_el,)
-        learned = out[:n_atoms] - out[n_atoms:][species]
-        dtype = out.dtype
-        baseline = self.coordination_energy.to(dtype)[species] * self.coordination(batch)
-        return {keys.ATOMIC_ENERGY: baseline + learned * self.energy_scale.to(dtype)}
+        return {keys.ATOMIC_ENERGY: self.atomic_energy(s, species, self.coordination(batch))}

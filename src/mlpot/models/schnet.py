@@ -44,7 +44,7 @@ from torch import nn
 from torch.nn import functional
 
 from mlpot import keys
-from mlpot.descriptors.cutoff import CUTOFF_FUNCTIONS, coordination_number
+from mlpot.models.message_passing import MessagePassingModel
 from mlpot.neighbors import edge_vectors
 
 
@@ -77,7 +77,7 @@ class Interaction(nn.Module):
         return h + self.update(summed)
 
 
-class SchNet(nn.Module):
+class SchNet(MessagePassingModel):
     """Continuous-filter message passing; returns per-atom energies (eV).
 
     Args:
@@ -93,86 +93,24 @@ class SchNet(nn.Module):
 
     def __init__(self, elements, cutoff: float, n_features: int = 64, n_interactions: int = 3,
                  n_rbf: int = 20, cutoff_function: str = "cosine"):
-        super().__init__()
-        if cutoff_function not in CUTOFF_FUNCTIONS:
-            raise ValueError(f"cutoff_function must be one of {sorted(CUTOFF_FUNCTIONS)}, "
-                             f"not {cutoff_function!r}")
-        if n_rbf < 2 or n_features < 1 or n_interactions < 1 or cutoff <= 0:
-            raise ValueError("need n_rbf >= 2, n_features >= 1, n_interactions >= 1, cutoff > 0")
-        self._elements = sorted(int(z) for z in elements)
-        self._cutoff = float(cutoff)
-        self.n_features, self.n_interactions = int(n_features), int(n_interactions)
-        self.n_rbf, self.cutoff_function = int(n_rbf), cutoff_function
-        n_el = len(self._elements)
-
-        species = torch.full((119,), -1, dtype=torch.long)
-        species[self._elements] = torch.arange(n_el)
-        self.register_buffer("species_index", species, persistent=False)
+        super().__init__(elements, cutoff, n_features, n_interactions, n_rbf, cutoff_function,
+                         min_rbf=2)
         centres = torch.linspace(0.0, self._cutoff, self.n_rbf, dtype=torch.float64)  # μ_k, Å
         spacing = self._cutoff / (self.n_rbf - 1)
         self.register_buffer("rbf_centres", centres, persistent=False)
         self.rbf_gamma = 0.5 / spacing**2  # 1/Å²
-
-        self.embedding = nn.Embedding(n_el, self.n_features)
         self.interactions = nn.ModuleList(Interaction(self.n_features, self.n_rbf)
                                           for _ in range(self.n_interactions))
         self.readout = _two_layer(self.n_features, max(self.n_features // 2, 1), 1)
-        self.register_buffer("energy_scale", torch.tensor(1.0, dtype=torch.float64))
-        self.coordination_energy = nn.Parameter(torch.zeros(n_el, dtype=torch.float64))
-
-    @property
-    def elements(self) -> list[int]:
-        return self._elements
-
-    @property
-    def cutoff(self) -> float:
-        return self._cutoff
-
-    @property
-    def angular_cutoff(self) -> None:
-        """No angular terms: the neighbour graph is built without triplets."""
-        return None
-
-    @property
-    def receptive_field(self) -> float:
-        """Farthest distance (Å) at which an atom can influence another's energy: T · r_c."""
-        return self.n_interactions * self._cutoff
-
-    def config(self) -> dict:
-        return dict(elements=self._elements, cutoff=self._cutoff, n_features=self.n_features,
-                    n_interactions=self.n_interactions, n_rbf=self.n_rbf,
-                    cutoff_function=self.cutoff_function)
-
-    @torch.no_grad()
-    def set_statistics(self, energy_scale: float,
-                       coordination_energy: torch.Tensor | None = None) -> None:
-        """The readout's output scale s (eV) and, if given, the per-element coordination
-        energies b_Z (n_elements,) eV."""
-        self.energy_scale.fill_(float(energy_scale))
-        if coordination_energy is not None:
-            self.coordination_energy.copy_(coordination_energy)
-
-    def coordination(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Smooth coordination number c_i = Σ_j f_c(r_ij) of every atom, (n_atoms,)."""
-        return coordination_number(batch, self._cutoff, self.cutoff_function)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         species = self.species_index[batch[keys.NUMBERS]]  # (N,)
-        n_atoms, n_el = species.shape[0], len(self._elements)
         centre, neighbour = batch[keys.EDGE_INDEX]
         r = edge_vectors(batch).norm(dim=-1)  # (E,) Å
-        dtype = r.dtype
-        fc = CUTOFF_FUNCTIONS[self.cutoff_function](r, self._cutoff)  # (E,)
-        rbf = torch.exp(-self.rbf_gamma * (r[:, None] - self.rbf_centres.to(dtype)) ** 2)  # (E, K)
-
-        # atoms followed by one ghost atom per element; ghosts have no edges (see module doc)
-        ghosts = torch.arange(n_el, device=species.device)
-        h = self.embedding(torch.cat([species, ghosts]))  # (N + n_el, F)
+        fc = self.cutoff_values(r)  # (E,)
+        rbf = torch.exp(-self.rbf_gamma * (r[:, None] - self.rbf_centres.to(r.dtype)) ** 2)  # (E, K)
+        h = self.initial_features(species)  # (N + n_el, F): atoms, then ghosts without edges
         for interaction in self.interactions:
             h = interaction(h, rbf, fc, centre, neighbour)
-        out = self.readout(h).squeeze(1)  # (N + n_el,)
-        learned = out[:n_atoms] - out[n_atoms:][species]
-
-        coordination = fc.new_zeros(n_atoms).index_add(0, centre, fc)
-        baseline = self.coordination_energy.to(dtype)[species] * coordination
-        return {keys.ATOMIC_ENERGY: baseline + learned * self.energy_scale.to(dtype)}
+        coordination = fc.new_zeros(len(species)).index_add(0, centre, fc)
+        return {keys.ATOMIC_ENERGY: self.atomic_energy(h, species, coordination)}
