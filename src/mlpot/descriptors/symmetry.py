@@ -15,7 +15,6 @@ element pair], each block ordered by the parameter grid.
 from __future__ import annotations
 
 import itertools
-import math
 
 import numpy as np
 import torch
