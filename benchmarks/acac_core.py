@@ -118,18 +118,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "acac_core"))
     parser.add_argument("--mace", action="store_true", help="train MACE beside bpnn")
+    parser.add_argument("--score-only", action="store_true",
+                        help="skip training; score and time the models of an earlier run")
     args = parser.parse_args()
-    out = Path(args.out)
+    out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     snapshots = [float(s) for s in args.snapshots.split(",") if s]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
 
     jobs = {}
     config = bpnn_config(out / "bpnn", args.minutes, snapshots, args.threads)
-    jobs["bpnn"] = subprocess.Popen([sys.executable, "-m", "mlpot", "train", str(config)],
-                                    env=env, stdout=open(out / "bpnn.log", "w"),
-                                    stderr=subprocess.STDOUT)
-    if args.mace:
+    if not args.score_only:
+        jobs["bpnn"] = subprocess.Popen([sys.executable, "-m", "mlpot", "train", str(config)],
+                                        env=env, stdout=open(out / "bpnn.log", "w"),
+                                        stderr=subprocess.STDOUT)
+    if args.mace and not args.score_only:
         mace_python = ROOT / ".peers" / "mace" / "bin" / "python"
         marks = ",".join(f"{m:g}" for m in snapshots + [args.minutes])
         jobs["mace"] = subprocess.Popen(
