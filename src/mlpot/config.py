@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 from mlpot.errors import ConfigError
 
@@ -74,6 +75,9 @@ class TrainingConfig(Strict):
     learning_rate: float = Field(2e-3, gt=0)
     min_learning_rate: float = 1e-5
     weight_decay: float = 0.0
+    # "plateau": multiply by lr_factor after lr_patience epochs without validation gain;
+    # "cosine": cosine decay from learning_rate to min_learning_rate over max_minutes
+    lr_schedule: Literal["plateau", "cosine"] = "plateau"
     lr_factor: float = Field(0.5, gt=0, lt=1)  # ReduceLROnPlateau factor
     lr_patience: int = 20  # epochs without validation improvement before lowering the rate
     patience: int = 200  # early stopping: epochs without validation improvement
@@ -87,6 +91,13 @@ class TrainingConfig(Strict):
     cache_descriptors: bool = True  # bpnn: precompute descriptors and their derivatives
     cache_max_gb: float = Field(4.0, gt=0)  # ... unless that needs more memory than this
     threads: int | None = None  # torch CPU threads (default: torch's choice)
+
+
+    @model_validator(mode="after")
+    def _cosine_needs_budget(self):
+        if self.lr_schedule == "cosine" and not self.max_minutes:
+            raise ValueError("lr_schedule 'cosine' decays over max_minutes: set max_minutes")
+        return self
 
 
 class RunConfig(Strict):

@@ -97,3 +97,4 @@ def test_trainer_uses_cache_when_asked(acac_frames, tmp_path, use_cache):
     assert (trainer.feature_cache is not None) == use_cache
     summary = trainer.run()
     assert summary["epochs"] == 1
+

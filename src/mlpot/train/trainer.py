@@ -158,9 +158,20 @@ class Trainer:
             total += float(loss.detach()) * len(batch["n_atoms"])
             count += len(batch["n_atoms"])
             self._take_snapshots(started)
+            if self.config.lr_schedule == "cosine":
+                self._set_cosine_rate(started)
             if self._out_of_time(started):
                 break
         return {"train_loss": total / max(count, 1)}
+
+    def _set_cosine_rate(self, started: float) -> None:
+        """lr = lr_min + ½(lr_0 − lr_min)(1 + cos(π t / T)), t the training time so far."""
+        c = self.config
+        fraction = min((self.elapsed + time.monotonic() - started) / (c.max_minutes * 60), 1.0)
+        rate = c.min_learning_rate + 0.5 * (c.learning_rate - c.min_learning_rate) * (
+            1 + math.cos(math.pi * fraction))
+        for group in self.optimizer.param_groups:
+            group["lr"] = rate
 
     def validate(self) -> dict:
         model = self.evaluated
@@ -224,7 +235,8 @@ class Trainer:
             self.epoch += 1
             row["lr"] = self.optimizer.param_groups[0]["lr"]
             row["minutes"] = (self.elapsed + time.monotonic() - started) / 60
-            self.scheduler.step(row["valid_loss"])
+            if self.config.lr_schedule == "plateau":
+                self.scheduler.step(row["valid_loss"])
             if row["valid_loss"] < self.best_loss:
                 self.best_loss, self.bad_epochs = row["valid_loss"], 0
                 save(self.evaluated, self.out / "model",

@@ -1,0 +1,35 @@
+"""Learning-rate schedules of the trainer."""
+
+import math
+import time
+
+import pytest
+
+from mlpot.config import TrainingConfig
+from mlpot.descriptors.symmetry import SymmetryFunctions, default_angular, default_radial
+from mlpot.models import BehlerParrinello
+from mlpot.potential import Potential
+from mlpot.train.trainer import Trainer
+
+
+def small_bpnn(elements) -> Potential:
+    descriptor = SymmetryFunctions(elements, cutoff=4.0, radial=default_radial(4.0, 4),
+                                   angular=default_angular(4.0, 1, (1.0,)))
+    e0 = {"H": -13.6, "C": -1026.8, "O": -2037.8}
+    return Potential(BehlerParrinello(descriptor, hidden=[8]), e0).double()
+
+
+def test_cosine_schedule_follows_training_time(acac_frames, tmp_path):
+    """With lr_schedule cosine the rate is a function of elapsed time over the budget."""
+    potential = small_bpnn([1, 6, 8])
+    config = TrainingConfig(max_minutes=10, lr_schedule="cosine", learning_rate=1e-3,
+                            min_learning_rate=1e-5, dtype="float64")
+    trainer = Trainer(potential, acac_frames[:4], acac_frames[4:6], config, tmp_path,
+                      progress=False)
+    for fraction in (0.0, 0.25, 0.5, 1.0, 1.5):
+        trainer.elapsed = fraction * 600
+        trainer._set_cosine_rate(started=time.monotonic())
+        expected = 1e-5 + 0.5 * (1e-3 - 1e-5) * (1 + math.cos(math.pi * min(fraction, 1)))
+        assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(expected, rel=1e-3)
+    with pytest.raises(ValueError, match="max_minutes"):
+        TrainingConfig(max_minutes=None, lr_schedule="cosine")
