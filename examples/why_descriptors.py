@@ -39,7 +39,7 @@ for step in range(2000):
     loss.backward()
     optimizer.step()
 print(f"naive MLP trained on {len(frames)} energies (train RMSE "
-      f"{float(loss.sqrt() * std) * 1000 / 15:.1f} meV/atom)")
+      f"{float(loss.detach().sqrt() * std) * 1000 / 15:.1f} meV/atom)")
 
 
 def naive_energy(positions: np.ndarray) -> float:
@@ -87,3 +87,4 @@ for name, variant in [("rotation (40°, 25°, 70°)", rotated), ("translation", 
     d_naive = (naive_energy(variant.positions) - reference_naive) * 1000
     d_model = (descriptor_energy(variant) - reference_model) * 1000
     print(f"{name:<28}{d_naive:>14.3f}{d_model:>14.2e}")
+print("(0 means below the float64 resolution of a ~9391 eV total energy, about 2e-9 meV)")
