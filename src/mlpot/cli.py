@@ -81,12 +81,15 @@ def _md(args) -> int:
     summary = run_md(atoms, calculator, steps=args.steps, dt=args.dt,
                      temperature=args.temperature, ensemble=args.ensemble,
                      friction=args.friction, trajectory=out, log=log, interval=args.interval,
-                     seed=args.seed)
+                     seed=args.seed, min_distance=args.min_distance or None)
     summary_path = out.with_suffix(".json")
     summary_path.write_text(json.dumps(summary, indent=1))
     print(f"trajectory: {out}   energy log: {log}   summary: {summary_path}")
     print(f"  mean T {summary['mean_temperature_K']:.1f} K, total-energy drift "
           f"{summary['energy_drift_eV_per_atom_per_ps'] * 1000:.3f} meV/atom/ps")
+    if summary["stopped"]:
+        print(f"error: MD stopped early at {summary['stopped']['reason']}", file=sys.stderr)
+        return 3
     return 0
 
 
@@ -134,6 +137,8 @@ def parser() -> argparse.ArgumentParser:
     md.add_argument("--interval", type=int, default=10, help="write every N steps")
     md.add_argument("--seed", type=int, default=0)
     md.add_argument("--dtype", choices=["float32", "float64"], default="float64")
+    md.add_argument("--min-distance", type=float, default=0.6,
+                    help="stop (exit 3) when two atoms come closer, Å; 0 disables")
     md.add_argument("--out", default="md.traj", help="trajectory file (ASE .traj)")
     md.add_argument("--log", help="energy log (default: OUT with .log)")
     md.set_defaults(run=_md)

@@ -20,17 +20,41 @@ except ImportError:  # pragma: no cover - older ASE
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution as thermalize
 
 
+class UnstableDynamics(RuntimeError):
+    """The trajectory reached an unphysical configuration."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
+
+
+def _check_distances(atoms: Atoms, min_distance: float, step: int) -> None:
+    from mlpot.neighbors import neighbor_pairs
+
+    i, j, _, d = neighbor_pairs(atoms.positions, atoms.cell.array, atoms.pbc, 1.0,
+                                return_distances=True)
+    if len(d) and d.min() < min_distance:
+        k = int(np.argmin(d))
+        raise UnstableDynamics(
+            f"step {step}: atoms {i[k]} ({atoms.symbols[i[k]]}) and {j[k]} "
+            f"({atoms.symbols[j[k]]}) are {d[k]:.3f} Å apart (< {min_distance} Å); the "
+            "potential has left its training range", step)
+
+
 def run_md(atoms: Atoms, calculator, steps: int, dt: float = 0.5, temperature: float = 300.0,
            ensemble: str = "nve", friction: float = 0.01, trajectory: str | Path | None = None,
            log: str | Path | None = None, interval: int = 10, seed: int = 0,
-           progress: bool = True) -> dict:
+           progress: bool = True, min_distance: float | None = 0.6) -> dict:
     """Run ``steps`` steps of NVE (velocity Verlet) or Langevin MD from ``atoms``.
 
     Args:
         dt: time step, fs.  temperature: K, for initial velocities and the Langevin bath.
         friction: Langevin friction, 1/fs.  interval: write trajectory/log every this many steps.
-    Returns: summary with the total-energy drift per atom per ps (eV/atom/ps) and the
-        energy series (eV) at every logged step.
+        min_distance: stop when two atoms come closer than this (Å; checked every
+            ``interval`` steps; None disables). A potential that lets atoms collapse has left
+            its training range, and the rest of such a trajectory is meaningless.
+    Returns: summary with the total-energy drift per atom per ps (eV/atom/ps), the energy
+        series (eV) at every logged step, and ``stopped`` (None, or why and at which step).
     """
     atoms = atoms.copy()
     atoms.calc = calculator
@@ -54,6 +78,8 @@ def run_md(atoms: Atoms, calculator, steps: int, dt: float = 0.5, temperature: f
         times.append(dynamics.get_time() / (1000 * units.fs))  # ps
         totals.append(epot + ekin)
         temperatures.append(ekin / (1.5 * units.kB * len(atoms)))
+        if min_distance:
+            _check_distances(atoms, min_distance, dynamics.nsteps)
 
     dynamics.attach(record, interval=interval)
     if trajectory is not None:
@@ -71,12 +97,16 @@ def run_md(atoms: Atoms, calculator, steps: int, dt: float = 0.5, temperature: f
             bar.set_postfix_str(f"T {temperatures[-1]:.0f} K, E {totals[-1]:.4f} eV")
 
     dynamics.attach(tick, interval=1)
-    dynamics.run(steps)
+    stopped = None
+    try:
+        dynamics.run(steps)
+    except UnstableDynamics as error:
+        stopped = {"step": error.step, "reason": str(error)}
     bar.close()
     if trajectory is not None:
         traj.close()
     drift = float(np.polyfit(times, totals, 1)[0] / len(atoms)) if len(times) > 2 else 0.0
-    return {"steps": steps, "dt_fs": dt, "ensemble": ensemble, "n_atoms": len(atoms),
+    return {"steps": steps, "stopped": stopped, "dt_fs": dt, "ensemble": ensemble, "n_atoms": len(atoms),
             "energy_drift_eV_per_atom_per_ps": drift,
             "energy_fluctuation_eV": float(np.std(totals)) if totals else 0.0,
             "mean_temperature_K": float(np.mean(temperatures)) if temperatures else 0.0,
