@@ -54,6 +54,9 @@ class ModelConfig(Strict):
     zetas: list[float] = [1.0, 2.0, 4.0, 16.0]
     hidden: list[int] = [64, 64]  # bpnn hidden layer widths
     activation: Literal["silu", "tanh", "celu", "softplus", "gelu"] = "silu"
+    # per-element baseline b_Z · n_i of bpnn/schnet/painn: n = 1 − exp(−c) ("saturating") or
+    # the coordination number c itself ("linear"); see mlpot.descriptors.cutoff
+    baseline: Literal["saturating", "linear"] = "saturating"
     ridge: float | None = None  # linear: fixed ridge strength; None picks it on validation
     n_features: int = Field(64, ge=1)  # schnet, painn: width of atom features and filters
     n_interactions: int = Field(3, ge=1)  # schnet, painn: message passes T (reach T × cutoff, Å)

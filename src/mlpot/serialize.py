@@ -23,7 +23,7 @@ from mlpot.models import build_model
 from mlpot.potential import Potential
 
 FORMAT = "mlpot-model"
-VERSION = 1
+VERSION = 2  # 2: models record their "baseline"; version-1 files used the linear one
 
 
 def potential_config(potential: Potential) -> dict:
@@ -84,6 +84,8 @@ def load(path: str | Path) -> Potential:
     if config.get("version", 0) > VERSION:
         raise ModelFileError(f"{config_file}: version {config['version']} is newer than this "
                              f"mlpot reads ({VERSION})")
+    if config.get("version", 1) < 2 and config["model_kind"] != "linear":
+        config["model"].setdefault("baseline", "linear")
     potential = build_potential(config)
     state = load_file(str(weights_file))
     try:

@@ -51,7 +51,7 @@ def _bpnn(frames) -> torch.nn.Module:
         # networks: weights of order one; baseline terms outside the networks (the linear
         # ``weights`` or per-element ``coordination_energy``, whichever the model has): nonzero
         for name, parameter in model.named_parameters():
-            scale = 0.3 if name.startswith("networks.") else 0.05
+            scale = 0.3 if name.startswith("networks.") else 0.5  # baseline n_i ≈ 1 when bonded
             parameter.copy_(torch.randn(parameter.shape, generator=generator,
                                         dtype=torch.float64) * scale)
     return model
@@ -81,7 +81,7 @@ def _schnet(frames) -> torch.nn.Module:
         for name, parameter in model.named_parameters():
             noise = torch.randn(parameter.shape, generator=generator, dtype=torch.float64)
             if name == "coordination_energy":
-                scale = 0.05
+                scale = 0.5  # per bonded atom: the saturating baseline n_i is ≈ 1
             elif parameter.ndim == 2 and not name.startswith("embedding"):
                 scale = parameter.shape[1] ** -0.5
             else:
@@ -103,7 +103,7 @@ def _painn(frames) -> torch.nn.Module:
         for name, parameter in model.named_parameters():
             noise = torch.randn(parameter.shape, generator=generator, dtype=torch.float64)
             if name == "coordination_energy":
-                scale = 0.05
+                scale = 0.5  # per bonded atom: the saturating baseline n_i is ≈ 1
             elif name.startswith("embedding"):
                 scale = 1.0
             elif parameter.ndim == 2:

@@ -1,9 +1,10 @@
 """Behler–Parrinello network: one MLP per element on standardised symmetry functions.
 
-E_i = b_{Z_i} c_i + s · [NN_{Z_i}(x_i) − NN_{Z_i}(x⁰_{Z_i})],  x = (G − μ_Z) / σ_Z,
+E_i = b_{Z_i} n_i + s · [NN_{Z_i}(x_i) − NN_{Z_i}(x⁰_{Z_i})],  x = (G − μ_Z) / σ_Z,
 
-where x⁰ is the standardised descriptor of an atom with no neighbours and
-c_i = Σ_j f_c(r_ij) a smooth coordination number. An isolated atom (G = 0, c = 0) therefore
+where x⁰ is the standardised descriptor of an atom with no neighbours and n_i, by default
+1 − exp(−c_i) with c_i = Σ_j f_c(r_ij) the smooth coordination number, is 0 for a free atom
+and ≈ 1 for a bonded one (see :func:`mlpot.descriptors.cutoff.baseline_coordination`). An isolated atom (G = 0, c = 0) therefore
 has E_i = 0 exactly, so the potential returns its reference energy E0. The per-element
 coordination energies b_Z (eV) are fitted to the training energies by least squares and stay
 trainable: they carry the large binding energy relative to free atoms (eV per atom), so the
@@ -20,7 +21,7 @@ from torch import nn
 from mlpot import keys
 from mlpot.descriptors.symmetry import SymmetryFunctions
 from mlpot.models.base import DescriptorModel
-from mlpot.descriptors.cutoff import coordination_number
+from mlpot.descriptors.cutoff import baseline_coordination, coordination_number
 
 ACTIVATIONS = {"silu": nn.SiLU, "tanh": nn.Tanh, "celu": nn.CELU, "softplus": nn.Softplus,
                "gelu": nn.GELU}
@@ -45,11 +46,13 @@ class BehlerParrinello(DescriptorModel):
     kind = "bpnn"
 
     def __init__(self, descriptor: dict | SymmetryFunctions, hidden=(64, 64),
-                 activation: str = "silu"):
+                 activation: str = "silu", baseline: str = "saturating"):
         super().__init__(descriptor)
         descriptor = self.descriptor
         self.hidden = [int(h) for h in hidden]
         self.activation = activation
+        self.baseline = baseline
+        baseline_coordination(torch.zeros(1), baseline)  # validates the name
         n_el, n_feat = len(descriptor.elements), descriptor.n_features
         self.networks = nn.ModuleDict({chemical_symbols[z]: mlp(n_feat, self.hidden, activation)
                                        for z in descriptor.elements})
@@ -60,7 +63,7 @@ class BehlerParrinello(DescriptorModel):
 
     def config(self) -> dict:
         return dict(descriptor=self.descriptor.config(), hidden=self.hidden,
-                    activation=self.activation)
+                    activation=self.activation, baseline=self.baseline)
 
     @torch.no_grad()
     def set_statistics(self, mean: torch.Tensor, std: torch.Tensor, energy_scale: float,
@@ -74,9 +77,9 @@ class BehlerParrinello(DescriptorModel):
             self.coordination_energy.copy_(coordination_energy)
 
     def coordination(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Smooth coordination number c_i = Σ_j f_c(r_ij) of every atom, (n_atoms,)."""
-        return coordination_number(batch, self.descriptor.cutoff,
-                                   self.descriptor.cutoff_function)
+        """Baseline input n_i of every atom (n_atoms,): 1 − exp(−Σ_j f_c(r_ij)) by default."""
+        c = coordination_number(batch, self.descriptor.cutoff, self.descriptor.cutoff_function)
+        return baseline_coordination(c, self.baseline)
 
     def atomic_energies(self, features: torch.Tensor, coordination: torch.Tensor,
                         species: torch.Tensor) -> torch.Tensor:

@@ -5,11 +5,12 @@ Per-atom energy, with h^T the final invariant features (N + n_el, F), the last n
 belonging to one ghost atom per element that has no edges (so h̄^T_Z is the state of an atom
 of element Z that received no messages):
 
-    E_i = b_{Z_i} c_i + s · [R(h^T_i) − R(h̄^T_{Z_i})]     (n_atoms,) eV
+    E_i = b_{Z_i} n_i + s · [R(h^T_i) − R(h̄^T_{Z_i})]     (n_atoms,) eV
 
 An isolated atom has h^T_i = h̄^T_{Z_i} (same layers, same matrix products) and c_i = 0, so
 E_i = 0 exactly and the potential returns E0; a plain per-element shift would break this and
-is replaced by the coordination term b_Z c_i, c_i = Σ_j f_c(r_ij).
+is replaced by the baseline b_Z n_i, n_i = 1 − exp(−Σ_j f_c(r_ij)) by default
+(:func:`mlpot.descriptors.cutoff.baseline_coordination`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mlpot.descriptors.cutoff import CUTOFF_FUNCTIONS, coordination_number
+from mlpot.descriptors.cutoff import (CUTOFF_FUNCTIONS, baseline_coordination,
+                                      coordination_number)
 
 
 class MessagePassingModel(nn.Module):
@@ -33,8 +35,11 @@ class MessagePassingModel(nn.Module):
     """
 
     def __init__(self, elements, cutoff: float, n_features: int = 64, n_interactions: int = 3,
-                 n_rbf: int = 20, cutoff_function: str = "cosine", min_rbf: int = 1):
+                 n_rbf: int = 20, cutoff_function: str = "cosine", min_rbf: int = 1,
+                 baseline: str = "saturating"):
         super().__init__()
+        baseline_coordination(torch.zeros(1), baseline)  # validates the name
+        self.baseline = baseline
         if cutoff_function not in CUTOFF_FUNCTIONS:
             raise ValueError(f"cutoff_function must be one of {sorted(CUTOFF_FUNCTIONS)}, "
                              f"not {cutoff_function!r}")
@@ -74,7 +79,7 @@ class MessagePassingModel(nn.Module):
     def config(self) -> dict:
         return dict(elements=self._elements, cutoff=self._cutoff, n_features=self.n_features,
                     n_interactions=self.n_interactions, n_rbf=self.n_rbf,
-                    cutoff_function=self.cutoff_function)
+                    cutoff_function=self.cutoff_function, baseline=self.baseline)
 
     @torch.no_grad()
     def set_statistics(self, energy_scale: float,
@@ -86,8 +91,9 @@ class MessagePassingModel(nn.Module):
             self.coordination_energy.copy_(coordination_energy)
 
     def coordination(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Smooth coordination number c_i = Σ_j f_c(r_ij) of every atom, (n_atoms,)."""
-        return coordination_number(batch, self._cutoff, self.cutoff_function)
+        """Baseline input n_i of every atom (n_atoms,): 1 − exp(−Σ_j f_c(r_ij)) by default."""
+        c = coordination_number(batch, self._cutoff, self.cutoff_function)
+        return baseline_coordination(c, self.baseline)
 
     def cutoff_values(self, r: torch.Tensor) -> torch.Tensor:
         """f_c(r) for distances r (Å)."""

@@ -19,7 +19,7 @@ r_c = cutoff (Å), r̂_ij = r_ij / r_ij the unit vector from i to j; ⊙ multipl
     v_i ← v_i + a^vv_i ⊙ U_t v_i                                (N, 3, F)
     s_i ← s_i + a^sv_i ⊙ ⟨U_t v_i, V_t v_i⟩ + a^ss_i             (N, F)  ⟨,⟩ sums x, y, z
   readout:
-    E_i = b_{Z_i} c_i + s · [R(s^T_i) − R(s̄^T_{Z_i})]         (N,)  eV
+    E_i = b_{Z_i} n_i + s · [R(s^T_i) − R(s̄^T_{Z_i})]         (N,)  eV
 
 φ_t (F → 3F), a_t (the 2F features [s_i, ‖V v_i‖_ε] → 3F) and R (F → 1) are Linear–SiLU–Linear;
 W_t is Linear K → 3F; U_t and V_t are bias-free Linear F → F that mix channels and act on each
@@ -126,8 +126,9 @@ class PaiNN(MessagePassingModel):
     kind = "painn"
 
     def __init__(self, elements, cutoff: float, n_features: int = 64, n_interactions: int = 3,
-                 n_rbf: int = 20, cutoff_function: str = "cosine"):
-        super().__init__(elements, cutoff, n_features, n_interactions, n_rbf, cutoff_function)
+                 n_rbf: int = 20, cutoff_function: str = "cosine", baseline: str = "saturating"):
+        super().__init__(elements, cutoff, n_features, n_interactions, n_rbf, cutoff_function,
+                         baseline=baseline)
         wavenumbers = torch.arange(1, self.n_rbf + 1, dtype=torch.float64) * math.pi / cutoff
         self.register_buffer("rbf_wavenumbers", wavenumbers, persistent=False)  # kπ/r_c, 1/Å
         self.messages = nn.ModuleList(Message(self.n_features, self.n_rbf)

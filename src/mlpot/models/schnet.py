@@ -10,7 +10,7 @@ K = n_rbf, T = n_interactions, r_c = cutoff (Å):
     W^t_ij = filter_t(e(r_ij)) · f_c(r_ij)                 (E, F)  Linear–ssp–Linear
     m^t_i = Σ_{j ∈ N(i)} (A_t h^t_j) ⊙ W^t_ij              (N, F)  index_add: i receives from j
     h^{t+1}_i = h^t_i + U_t(m^t_i)                         (N, F)  Linear–ssp–Linear, residual
-    E_i = b_{Z_i} c_i + s · [R(h^T_i) − R(h̄^T_{Z_i})]      (N,)    eV; R: Linear–ssp–Linear → 1
+    E_i = b_{Z_i} n_i + s · [R(h^T_i) − R(h̄^T_{Z_i})]      (N,)    eV; R: Linear–ssp–Linear → 1
 
 with ssp(x) = softplus(x) − ln 2 (smooth; ssp(0) = 0), f_c the cosine or polynomial cutoff
 (1 at r = 0, 0 with zero slope at r_c), c_i = Σ_j f_c(r_ij) a smooth coordination number,
@@ -44,6 +44,7 @@ from torch import nn
 from torch.nn import functional
 
 from mlpot import keys
+from mlpot.descriptors.cutoff import baseline_coordination
 from mlpot.models.message_passing import MessagePassingModel
 from mlpot.neighbors import edge_vectors
 
@@ -92,9 +93,9 @@ class SchNet(MessagePassingModel):
     kind = "schnet"
 
     def __init__(self, elements, cutoff: float, n_features: int = 64, n_interactions: int = 3,
-                 n_rbf: int = 20, cutoff_function: str = "cosine"):
+                 n_rbf: int = 20, cutoff_function: str = "cosine", baseline: str = "saturating"):
         super().__init__(elements, cutoff, n_features, n_interactions, n_rbf, cutoff_function,
-                         min_rbf=2)
+                         min_rbf=2, baseline=baseline)
         centres = torch.linspace(0.0, self._cutoff, self.n_rbf, dtype=torch.float64)  # μ_k, Å
         spacing = self._cutoff / (self.n_rbf - 1)
         self.register_buffer("rbf_centres", centres, persistent=False)
@@ -112,5 +113,6 @@ class SchNet(MessagePassingModel):
         h = self.initial_features(species)  # (N + n_el, F): atoms, then ghosts without edges
         for interaction in self.interactions:
             h = interaction(h, rbf, fc, centre, neighbour)
-        coordination = fc.new_zeros(len(species)).index_add(0, centre, fc)
+        coordination = baseline_coordination(fc.new_zeros(len(species)).index_add(0, centre, fc),
+                                             self.baseline)
         return {keys.ATOMIC_ENERGY: self.atomic_energy(h, species, coordination)}

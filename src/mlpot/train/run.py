@@ -82,7 +82,7 @@ def build_potential(config: RunConfig, elements: list[int], e0: dict[str, float]
     if m.kind in message_passing:
         model = message_passing[m.kind](elements, cutoff=m.cutoff, n_features=m.n_features,
                                         n_interactions=m.n_interactions, n_rbf=m.n_rbf,
-                                        cutoff_function=m.cutoff_function)
+                                        cutoff_function=m.cutoff_function, baseline=m.baseline)
         return Potential(model, e0)
     angular_cutoff = m.angular_cutoff or m.cutoff
     descriptor = SymmetryFunctions(
@@ -93,7 +93,8 @@ def build_potential(config: RunConfig, elements: list[int], e0: dict[str, float]
     if m.kind == "linear":
         model = LinearModel(descriptor, ridge=m.ridge or 0.0)
     else:
-        model = BehlerParrinello(descriptor, hidden=m.hidden, activation=m.activation)
+        model = BehlerParrinello(descriptor, hidden=m.hidden, activation=m.activation,
+                                 baseline=m.baseline)
     return Potential(model, e0)
 
 
@@ -103,8 +104,8 @@ def fit_statistics(potential: Potential, train: list[Frame]) -> None:
 
     Behler–Parrinello and the message-passing models (SchNet, PaiNN) get the networks' output
     scale (the RMS force component, eV/Å × 1 Å: forces are what the networks mostly learn) and
-    the coordination energies b_Z by least squares on E_b − Σ E0 ≈ Σ_Z b_Z Σ_{i∈Z} c_i (zero
-    for a free atom, so isolated atoms keep E0). Behler–Parrinello also gets descriptor
+    the baseline energies b_Z by least squares on E_b − Σ E0 ≈ Σ_Z b_Z Σ_{i∈Z} n_i (n_i from
+    ``model.coordination``, zero for a free atom, so isolated atoms keep E0). Behler–Parrinello also gets descriptor
     mean/std per element.
     """
     model = potential.model
