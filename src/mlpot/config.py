@@ -56,7 +56,7 @@ class ModelConfig(Strict):
     activation: Literal["silu", "tanh", "celu", "softplus", "gelu"] = "silu"
     # per-element baseline b_Z · n_i of bpnn/schnet/painn: n = 1 − exp(−c) ("saturating") or
     # the coordination number c itself ("linear"); see mlpot.descriptors.cutoff
-    baseline: Literal["saturating", "linear"] = "saturating"
+    baseline: Literal["saturating", "linear"] = "linear"  # linear transferred better to 600 K
     ridge: float | None = None  # linear: fixed ridge strength; None picks it on validation
     n_features: int = Field(64, ge=1)  # schnet, painn: width of atom features and filters
     n_interactions: int = Field(3, ge=1)  # schnet, painn: message passes T (reach T × cutoff, Å)
@@ -79,8 +79,9 @@ class TrainingConfig(Strict):
     min_learning_rate: float = 1e-5
     weight_decay: float = 0.0
     # "plateau": multiply by lr_factor after lr_patience epochs without validation gain;
-    # "cosine": cosine decay from learning_rate to min_learning_rate over max_minutes
-    lr_schedule: Literal["plateau", "cosine"] = "plateau"
+    # "cosine": cosine decay from learning_rate to min_learning_rate over max_minutes;
+    # "auto": cosine when max_minutes is set (stable MD on acac, benchmarks/RESULTS.md), else plateau
+    lr_schedule: Literal["auto", "plateau", "cosine"] = "auto"
     lr_factor: float = Field(0.5, gt=0, lt=1)  # ReduceLROnPlateau factor
     lr_patience: int = 20  # epochs without validation improvement before lowering the rate
     patience: int = 200  # early stopping: epochs without validation improvement
@@ -97,7 +98,9 @@ class TrainingConfig(Strict):
 
 
     @model_validator(mode="after")
-    def _cosine_needs_budget(self):
+    def _resolve_schedule(self):
+        if self.lr_schedule == "auto":
+            self.lr_schedule = "cosine" if self.max_minutes else "plateau"
         if self.lr_schedule == "cosine" and not self.max_minutes:
             raise ValueError("lr_schedule 'cosine' decays over max_minutes: set max_minutes")
         return self

@@ -69,7 +69,7 @@ def test_save_load_round_trip(acac_frames, tmp_path, dtype, kind):
     assert config["model_kind"] == kind
     assert config["model"] == {"elements": [1, 6, 8], "cutoff": 4.0, "n_features": 8,
                                "n_interactions": 2, "n_rbf": 6,
-                               "cutoff_function": "polynomial", "baseline": "saturating"}
+                               "cutoff_function": "polynomial", "baseline": "linear"}
     loaded = load(tmp_path / "model")
     assert isinstance(loaded.model, CLASSES[kind]) and loaded.dtype == dtype
     state, original = loaded.state_dict(), potential.state_dict()

@@ -51,8 +51,10 @@ def small_train(acac_dir, tmp_path_factory):
 def _config(train_file, out, **training):
     return {"data": {"train": str(train_file), "valid_fraction": 0.25, "max_train": 24},
             "model": dict(TINY_MODEL),
+            # plateau: a schedule that does not depend on wall-clock time, so an interrupted
+            # run can be compared row by row with an uninterrupted one
             "training": {"max_epochs": 6, "max_minutes": None, "batch_size": 8,
-                         "ema_decay": 0.5, **training},
+                         "ema_decay": 0.5, "lr_schedule": "plateau", **training},
             "seed": 3, "out": str(out)}
 
 

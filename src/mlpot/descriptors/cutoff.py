@@ -43,7 +43,8 @@ def baseline_coordination(c: torch.Tensor, baseline: str) -> torch.Tensor:
     smoothly as neighbours enter the cutoff and is flat (≈ 1) in any bonded environment, so
     the baseline removes the binding energy without pushing atoms together. A linear baseline
     adds forces b_Z ∂c/∂r that the networks must cancel (on acac: RMS 2 eV/Å, twice the
-    true forces), which leaves deep spurious minima wherever they fail to.
+    true forces). On acac the saturating form trained faster at 300 K but transferred worse to
+    600 K (benchmarks/RESULTS.md), so "linear" stays the default for now.
     """
     if baseline == "linear":
         return c

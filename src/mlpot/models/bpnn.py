@@ -2,9 +2,9 @@
 
 E_i = b_{Z_i} n_i + s · [NN_{Z_i}(x_i) − NN_{Z_i}(x⁰_{Z_i})],  x = (G − μ_Z) / σ_Z,
 
-where x⁰ is the standardised descriptor of an atom with no neighbours and n_i, by default
-1 − exp(−c_i) with c_i = Σ_j f_c(r_ij) the smooth coordination number, is 0 for a free atom
-and ≈ 1 for a bonded one (see :func:`mlpot.descriptors.cutoff.baseline_coordination`). An isolated atom (G = 0, c = 0) therefore
+where x⁰ is the standardised descriptor of an atom with no neighbours and n_i is the smooth
+coordination number c_i = Σ_j f_c(r_ij) (baseline "linear", the default) or 1 − exp(−c_i)
+("saturating"); both are 0 for a free atom (see :func:`mlpot.descriptors.cutoff.baseline_coordination`). An isolated atom (G = 0, c = 0) therefore
 has E_i = 0 exactly, so the potential returns its reference energy E0. The per-element
 coordination energies b_Z (eV) are fitted to the training energies by least squares and stay
 trainable: they carry the large binding energy relative to free atoms (eV per atom), so the
@@ -46,7 +46,7 @@ class BehlerParrinello(DescriptorModel):
     kind = "bpnn"
 
     def __init__(self, descriptor: dict | SymmetryFunctions, hidden=(64, 64),
-                 activation: str = "silu", baseline: str = "saturating"):
+                 activation: str = "silu", baseline: str = "linear"):
         super().__init__(descriptor)
         descriptor = self.descriptor
         self.hidden = [int(h) for h in hidden]
@@ -77,7 +77,7 @@ class BehlerParrinello(DescriptorModel):
             self.coordination_energy.copy_(coordination_energy)
 
     def coordination(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Baseline input n_i of every atom (n_atoms,): 1 − exp(−Σ_j f_c(r_ij)) by default."""
+        """Baseline input n_i of every atom (n_atoms,): c_i = Σ_j f_c(r_ij) or 1 − exp(−c_i)."""
         c = coordination_number(batch, self.descriptor.cutoff, self.descriptor.cutoff_function)
         return baseline_coordination(c, self.baseline)
 

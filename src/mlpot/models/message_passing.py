@@ -9,7 +9,7 @@ of element Z that received no messages):
 
 An isolated atom has h^T_i = h̄^T_{Z_i} (same layers, same matrix products) and c_i = 0, so
 E_i = 0 exactly and the potential returns E0; a plain per-element shift would break this and
-is replaced by the baseline b_Z n_i, n_i = 1 − exp(−Σ_j f_c(r_ij)) by default
+is replaced by the baseline b_Z n_i, n_i = c_i = Σ_j f_c(r_ij) by default or 1 − exp(−c_i)
 (:func:`mlpot.descriptors.cutoff.baseline_coordination`).
 """
 
@@ -36,7 +36,7 @@ class MessagePassingModel(nn.Module):
 
     def __init__(self, elements, cutoff: float, n_features: int = 64, n_interactions: int = 3,
                  n_rbf: int = 20, cutoff_function: str = "cosine", min_rbf: int = 1,
-                 baseline: str = "saturating"):
+                 baseline: str = "linear"):
         super().__init__()
         baseline_coordination(torch.zeros(1), baseline)  # validates the name
         self.baseline = baseline
@@ -91,7 +91,7 @@ class MessagePassingModel(nn.Module):
             self.coordination_energy.copy_(coordination_energy)
 
     def coordination(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Baseline input n_i of every atom (n_atoms,): 1 − exp(−Σ_j f_c(r_ij)) by default."""
+        """Baseline input n_i of every atom (n_atoms,): c_i = Σ_j f_c(r_ij) or 1 − exp(−c_i)."""
         c = coordination_number(batch, self._cutoff, self.cutoff_function)
         return baseline_coordination(c, self.baseline)
 

@@ -126,7 +126,7 @@ class PaiNN(MessagePassingModel):
     kind = "painn"
 
     def __init__(self, elements, cutoff: float, n_features: int = 64, n_interactions: int = 3,
-                 n_rbf: int = 20, cutoff_function: str = "cosine", baseline: str = "saturating"):
+                 n_rbf: int = 20, cutoff_function: str = "cosine", baseline: str = "linear"):
         super().__init__(elements, cutoff, n_features, n_interactions, n_rbf, cutoff_function,
                          baseline=baseline)
         wavenumbers = torch.arange(1, self.n_rbf + 1, dtype=torch.float64) * math.pi / cutoff

@@ -93,7 +93,7 @@ class SchNet(MessagePassingModel):
     kind = "schnet"
 
     def __init__(self, elements, cutoff: float, n_features: int = 64, n_interactions: int = 3,
-                 n_rbf: int = 20, cutoff_function: str = "cosine", baseline: str = "saturating"):
+                 n_rbf: int = 20, cutoff_function: str = "cosine", baseline: str = "linear"):
         super().__init__(elements, cutoff, n_features, n_interactions, n_rbf, cutoff_function,
                          min_rbf=2, baseline=baseline)
         centres = torch.linspace(0.0, self._cutoff, self.n_rbf, dtype=torch.float64)  # μ_k, Å
