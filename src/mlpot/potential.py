@@ -35,10 +35,21 @@ class Potential(nn.Module):
             raise ValueError(f"reference energies missing for {missing}")
         self.reference_energies = {s: float(e) for s, e in reference_energies.items()
                                    if atomic_numbers[s] in model.elements}
+        self.register_buffer("e0", self._e0_table(torch.device("cpu")), persistent=False)
+
+    def _e0_table(self, device: torch.device) -> torch.Tensor:
+        """E0 indexed by atomic number, (119,) float64 eV."""
         e0 = torch.zeros(119, dtype=torch.float64)
         for symbol, value in self.reference_energies.items():
             e0[atomic_numbers[symbol]] = value
-        self.register_buffer("e0", e0, persistent=False)
+        return e0.to(device)
+
+    def _apply(self, fn, recurse=True):
+        """``.to(float32)`` and friends convert buffers; E0 (~1e3 eV) stays float64 so that
+        float32 models keep meV resolution in total energies."""
+        result = super()._apply(fn, recurse)
+        self.e0 = self._e0_table(self.e0.device)
+        return result
 
     @property
     def elements(self) -> list[int]:

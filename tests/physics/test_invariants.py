@@ -484,3 +484,12 @@ def test_separated_fragments_are_additive(potential, acac_frames):
                                rtol=1e-14)
     reference = np.vstack([out_a[keys.FORCES], out_b[keys.FORCES], np.zeros((1, 3))])
     assert_forces_close(out[keys.FORCES], reference, rel=1e-12)
+
+
+def test_reference_energies_stay_float64_in_float32_models():
+    """E0 ~ 2e3 eV loses ~1e-5 eV in float32; the Potential keeps it exact whatever its dtype."""
+    model = _linear([])
+    potential = Potential(model, E0).float()
+    assert potential.dtype == torch.float32
+    assert potential.e0.dtype == torch.float64
+    assert float(potential.e0[8]) == E0["O"]

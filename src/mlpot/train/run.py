@@ -105,8 +105,8 @@ def fit_statistics(potential: Potential, train: list[Frame]) -> None:
     Behler–Parrinello and the message-passing models (SchNet, PaiNN) get the networks' output
     scale (the RMS force component, eV/Å × 1 Å: forces are what the networks mostly learn) and
     the baseline energies b_Z by least squares on E_b − Σ E0 ≈ Σ_Z b_Z Σ_{i∈Z} n_i (n_i from
-    ``model.coordination``, zero for a free atom, so isolated atoms keep E0). Behler–Parrinello also gets descriptor
-    mean/std per element.
+    ``model.coordination``, zero for a free atom, so isolated atoms keep E0).
+    Behler–Parrinello also gets descriptor mean/std per element.
     """
     model = potential.model
     n_el = len(model.elements)
