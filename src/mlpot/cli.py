@@ -18,6 +18,7 @@ def _train(args) -> int:
     for flag, key in [("train", "data.train"), ("valid", "data.valid"),
                       ("isolated_atoms", "data.isolated_atoms"), ("energy_key", "data.energy_key"),
                       ("forces_key", "data.forces_key"), ("model", "model.kind"),
+                      ("size", "model.size"),
                       ("cutoff", "model.cutoff"), ("max_minutes", "training.max_minutes"),
                       ("max_epochs", "training.max_epochs"), ("seed", "seed"), ("out", "out"),
                       ("dtype", "training.dtype"), ("threads", "training.threads")]:
@@ -105,7 +106,9 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--isolated-atoms", help="single-atom frames giving E0")
     train.add_argument("--energy-key")
     train.add_argument("--forces-key")
-    train.add_argument("--model", choices=["bpnn", "linear", "schnet", "painn"])
+    train.add_argument("--model", choices=["bpnn", "linear", "schnet", "painn", "equivariant"])
+    train.add_argument("--size", choices=["small", "medium", "large"],
+                       help="architecture preset of the model (default medium)")
     train.add_argument("--cutoff", type=float, help="Å")
     train.add_argument("--max-minutes", type=float, help="training time budget")
     train.add_argument("--max-epochs", type=int)

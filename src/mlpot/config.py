@@ -7,7 +7,8 @@ A config file mirrors :class:`RunConfig`::
       isolated_atoms: acac/isolated_atoms.xyz   # optional; else E0 by least squares
       test: [acac/test_MD_300K.xyz]
     model:
-      kind: bpnn            # or linear, schnet, painn
+      kind: bpnn            # or linear, schnet, painn, equivariant
+      size: medium          # or small, large: sets the architecture (SIZE_PRESETS)
       cutoff: 5.0           # Å
     training:
       max_minutes: 10
@@ -43,25 +44,52 @@ class DataConfig(Strict):
     max_train: int | None = None  # use at most this many training frames (after the split)
 
 
+# Sizes of every model kind: what a user gets with ``model.size`` (default medium) for each
+# setting left out of the config. medium is what the benchmarks (benchmarks/RESULTS.md) use.
+SIZE_PRESETS = {
+    "bpnn": {"small": dict(hidden=[32, 32], n_radial=12, n_angular_eta=2),
+             "medium": dict(hidden=[64, 64], n_radial=16, n_angular_eta=3),
+             "large": dict(hidden=[128, 128, 128], n_radial=20, n_angular_eta=4)},
+    "schnet": {"small": dict(n_features=32, n_interactions=2, n_rbf=16),
+               "medium": dict(n_features=64, n_interactions=3, n_rbf=20),
+               "large": dict(n_features=128, n_interactions=4, n_rbf=24)},
+    "painn": {"small": dict(n_features=32, n_interactions=2, n_rbf=16),
+              "medium": dict(n_features=64, n_interactions=3, n_rbf=20),
+              "large": dict(n_features=128, n_interactions=4, n_rbf=24)},
+    "equivariant": {
+        "small": dict(n_features=32, n_interactions=2, n_rbf=8, l_max=2, hidden_l=0,
+                      correlation=3),
+        "medium": dict(n_features=32, n_interactions=2, n_rbf=8, l_max=2, hidden_l=1,
+                       correlation=3),
+        "large": dict(n_features=64, n_interactions=2, n_rbf=8, l_max=3, hidden_l=1,
+                      correlation=3)},
+}
+SIZE_PRESETS["linear"] = SIZE_PRESETS["bpnn"]  # same descriptors; hidden is unused
+
+
 class ModelConfig(Strict):
-    kind: Literal["bpnn", "linear", "schnet", "painn"] = "bpnn"
-    cutoff: float = Field(5.0, gt=0)  # Å (schnet, painn: of each message; reach below)
+    kind: Literal["bpnn", "linear", "schnet", "painn", "equivariant"] = "bpnn"
+    size: Literal["small", "medium", "large"] = "medium"  # fills the unset settings below
+    cutoff: float = Field(5.0, gt=0)  # Å (message-passing models: of each message)
     angular_cutoff: float | None = None  # Å, defaults to cutoff (bpnn, linear)
     cutoff_function: Literal["cosine", "polynomial"] = "cosine"
     angular_kind: Literal["G4", "G5"] = "G4"
-    n_radial: int = Field(16, ge=1)  # G2 Gaussians per neighbour element
-    n_angular_eta: int = Field(3, ge=0)  # G4 radial widths per element pair
+    n_radial: int | None = Field(None, ge=1)  # G2 Gaussians per neighbour element
+    n_angular_eta: int | None = Field(None, ge=0)  # G4 radial widths per element pair
     zetas: list[float] = [1.0, 2.0, 4.0, 16.0]
-    hidden: list[int] = [64, 64]  # bpnn hidden layer widths
+    hidden: list[int] | None = None  # bpnn hidden layer widths
     activation: Literal["silu", "tanh", "celu", "softplus", "gelu"] = "silu"
-    # per-element baseline b_Z · n_i of bpnn/schnet/painn: n = 1 − exp(−c) ("saturating") or
-    # the coordination number c itself ("linear"); see mlpot.descriptors.cutoff
+    # per-element baseline b_Z · n_i of every network model: n = 1 − exp(−c) ("saturating")
+    # or the coordination number c itself ("linear"); see mlpot.descriptors.cutoff
     baseline: Literal["saturating", "linear"] = "linear"  # linear transferred better to 600 K
     ridge: float | None = None  # linear: fixed ridge strength; None picks it on validation
-    n_features: int = Field(64, ge=1)  # schnet, painn: width of atom features and filters
-    n_interactions: int = Field(3, ge=1)  # schnet, painn: message passes T (reach T × cutoff, Å)
-    n_rbf: int = Field(20, ge=2)  # radial basis per distance: schnet Gaussians on [0, cutoff] Å,
-    #                               painn sin(kπr/cutoff)/r, k = 1 … n_rbf
+    n_features: int | None = Field(None, ge=1)  # message passing: feature width / channels
+    n_interactions: int | None = Field(None, ge=1)  # message passes T (reach T × cutoff, Å)
+    n_rbf: int | None = Field(None, ge=2)  # radial basis per distance: schnet Gaussians on
+    #   [0, cutoff] Å, painn sin(kπr/cutoff)/r, equivariant √(2/cutoff) sin(kπr/cutoff)/r
+    l_max: int | None = Field(None, ge=0, le=4)  # equivariant: spherical harmonics order
+    hidden_l: int | None = Field(None, ge=0, le=4)  # equivariant: order of passed features
+    correlation: int | None = Field(None, ge=1, le=4)  # equivariant: product basis order ν
 
     @field_validator("zetas")
     @classmethod
@@ -69,6 +97,17 @@ class ModelConfig(Strict):
         if any(z < 1 for z in value):
             raise ValueError("every zeta must be >= 1")
         return value
+
+    @model_validator(mode="after")
+    def _apply_size(self):
+        for key, value in SIZE_PRESETS[self.kind][self.size].items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        return self
+
+    def architecture(self) -> dict:
+        """The settings of this kind's size preset, as resolved (explicit values win)."""
+        return {key: getattr(self, key) for key in SIZE_PRESETS[self.kind][self.size]}
 
 
 class TrainingConfig(Strict):

@@ -1,4 +1,4 @@
-"""Message-passing models (SchNet, PaiNN) beyond the shared physics suite: registration,
+"""Message-passing models (SchNet, PaiNN, equivariant) beyond the shared physics suite: registration,
 save/load, the training run and the command line.
 
 The invariants (forces, symmetries, locality and receptive field, isolated atoms, smoothness)
@@ -18,15 +18,15 @@ import yaml
 import mlpot
 from mlpot import keys
 from mlpot.config import config_from_dict
-from mlpot.models import MODEL_KINDS, PaiNN, SchNet
+from mlpot.models import MODEL_KINDS, Equivariant, PaiNN, SchNet
 from mlpot.potential import Potential
 from mlpot.serialize import load, save
 from mlpot.train.trainer import Trainer
 
 E0 = {"H": -13.568422178253735, "C": -1026.8538996116154, "O": -2037.796869412825}
 TINY = {"cutoff": 4.0, "n_features": 16, "n_interactions": 2, "n_rbf": 8}
-KINDS = pytest.mark.parametrize("kind", ["schnet", "painn"])
-CLASSES = {"schnet": SchNet, "painn": PaiNN}
+KINDS = pytest.mark.parametrize("kind", ["schnet", "painn", "equivariant"])
+CLASSES = {"schnet": SchNet, "painn": PaiNN, "equivariant": Equivariant}
 LINES = 17  # lines per acac frame
 
 
@@ -67,9 +67,10 @@ def test_save_load_round_trip(acac_frames, tmp_path, dtype, kind):
     save(potential, tmp_path / "model", {"note": "test"})
     config = json.loads((tmp_path / "model" / "config.json").read_text())
     assert config["model_kind"] == kind
-    assert config["model"] == {"elements": [1, 6, 8], "cutoff": 4.0, "n_features": 8,
-                               "n_interactions": 2, "n_rbf": 6,
-                               "cutoff_function": "polynomial", "baseline": "linear"}
+    shared = {"elements": [1, 6, 8], "cutoff": 4.0, "n_features": 8, "n_interactions": 2,
+              "n_rbf": 6, "cutoff_function": "polynomial", "baseline": "linear"}
+    own = {"equivariant": {"l_max": 3, "hidden_l": 1, "correlation": 3, "radial_hidden": 64}}
+    assert config["model"] == {**shared, **own.get(kind, {})}
     loaded = load(tmp_path / "model")
     assert isinstance(loaded.model, CLASSES[kind]) and loaded.dtype == dtype
     state, original = loaded.state_dict(), potential.state_dict()

@@ -19,6 +19,7 @@ from mlpot.data.records import Frame
 from mlpot.descriptors.symmetry import SymmetryFunctions, default_angular, default_radial
 from mlpot.models.bpnn import BehlerParrinello
 from mlpot.models.linear import LinearModel
+from mlpot.models.equivariant import Equivariant
 from mlpot.models.painn import PaiNN
 from mlpot.models.schnet import SchNet
 from mlpot.models.standardize import element_feature_stats
@@ -114,7 +115,28 @@ def _painn(frames) -> torch.nn.Module:
     return model
 
 
-BUILDERS = {"bpnn": _bpnn, "linear": _linear, "painn": _painn, "schnet": _schnet}
+def _equivariant(frames) -> torch.nn.Module:
+    """Three layers (receptive field 12 Å), vector features passed on (hidden_l = 1), l ≤ 2,
+    product basis up to A³, cosine cutoff; default random initialisation (e3nn weights ~ N(0, 1)
+    with path normalisation), readouts and coordination energies of order one."""
+    torch.manual_seed(6)
+    model = Equivariant(ELEMENTS, cutoff=CUTOFF, n_features=6, n_interactions=3, n_rbf=6,
+                        cutoff_function="cosine", l_max=2, hidden_l=1, correlation=3,
+                        radial_hidden=16).double()
+    model.set_statistics(energy_scale=0.3, mean_neighbours=6.0)
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        model.coordination_energy.copy_(0.5 * torch.randn(len(ELEMENTS), generator=generator,
+                                                          dtype=torch.float64))
+        for readout in model.readouts:
+            for parameter in readout.parameters():
+                parameter.add_(0.3 * torch.randn(parameter.shape, generator=generator,
+                                                 dtype=torch.float64))
+    return model
+
+
+BUILDERS = {"bpnn": _bpnn, "equivariant": _equivariant, "linear": _linear, "painn": _painn,
+            "schnet": _schnet}
 
 
 @pytest.fixture(scope="module", params=sorted(BUILDERS))

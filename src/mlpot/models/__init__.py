@@ -1,12 +1,13 @@
 """Models: per-atom energies from a batch. They know nothing of losses, files or ASE."""
 
 from mlpot.models.bpnn import BehlerParrinello
+from mlpot.models.equivariant import Equivariant
 from mlpot.models.linear import LinearModel
 from mlpot.models.painn import PaiNN
 from mlpot.models.schnet import SchNet
 
-MODEL_KINDS = {"bpnn": BehlerParrinello, "linear": LinearModel, "painn": PaiNN,
-               "schnet": SchNet}
+MODEL_KINDS = {"bpnn": BehlerParrinello, "equivariant": Equivariant, "linear": LinearModel,
+               "painn": PaiNN, "schnet": SchNet}
 
 
 def build_model(kind: str, **kwargs):
@@ -16,4 +17,4 @@ def build_model(kind: str, **kwargs):
     return MODEL_KINDS[kind](**kwargs)
 
 
-__all__ = ["BehlerParrinello", "LinearModel", "MODEL_KINDS", "PaiNN", "SchNet", "build_model"]
+__all__ = ["BehlerParrinello", "Equivariant", "LinearModel", "MODEL_KINDS", "PaiNN", "SchNet", "build_model"]

@@ -107,8 +107,12 @@ class MessagePassingModel(nn.Module):
     def atomic_energy(self, h: torch.Tensor, species: torch.Tensor,
                       coordination: torch.Tensor) -> torch.Tensor:
         """E_i (n_atoms,) eV from final features h (N + n_el, F), see the module docstring."""
+        return self.energy_from_readout(self.readout(h).squeeze(1), species, coordination)
+
+    def energy_from_readout(self, out: torch.Tensor, species: torch.Tensor,
+                            coordination: torch.Tensor) -> torch.Tensor:
+        """E_i (n_atoms,) eV from readout values ``out`` (N + n_el,) of atoms and ghosts."""
         n_atoms = species.shape[0]
-        out = self.readout(h).squeeze(1)  # (N + n_el,)
         learned = out[:n_atoms] - out[n_atoms:][species]
         dtype = out.dtype
         baseline = self.coordination_energy.to(dtype)[species] * coordination

@@ -15,12 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mlpot import keys
 from mlpot.config import RunConfig
 from mlpot.data.dataset import (elements_of, force_rms, reference_energies, split_indices,
                                 split_isolated_atoms)
 from mlpot.data.records import Frame, check_elements, read_frames
 from mlpot.descriptors.symmetry import SymmetryFunctions, default_angular, default_radial
-from mlpot.models import BehlerParrinello, LinearModel, PaiNN, SchNet
+from mlpot.models import BehlerParrinello, LinearModel, build_model
 from mlpot.models.standardize import element_feature_stats
 from mlpot.potential import Potential
 from mlpot.serialize import load, save, write_json_atomic
@@ -78,11 +79,10 @@ def load_data(config: RunConfig) -> dict[str, list[Frame]]:
 def build_potential(config: RunConfig, elements: list[int], e0: dict[str, float]) -> Potential:
     """An untrained potential of the configured kind for ``elements``."""
     m = config.model
-    message_passing = {"schnet": SchNet, "painn": PaiNN}
-    if m.kind in message_passing:
-        model = message_passing[m.kind](elements, cutoff=m.cutoff, n_features=m.n_features,
-                                        n_interactions=m.n_interactions, n_rbf=m.n_rbf,
-                                        cutoff_function=m.cutoff_function, baseline=m.baseline)
+    if m.kind in ("schnet", "painn", "equivariant"):
+        model = build_model(m.kind, elements=elements, cutoff=m.cutoff,
+                            cutoff_function=m.cutoff_function, baseline=m.baseline,
+                            **m.architecture())
         return Potential(model, e0)
     angular_cutoff = m.angular_cutoff or m.cutoff
     descriptor = SymmetryFunctions(
@@ -106,7 +106,8 @@ def fit_statistics(potential: Potential, train: list[Frame]) -> None:
     scale (the RMS force component, eV/Å × 1 Å: forces are what the networks mostly learn) and
     the baseline energies b_Z by least squares on E_b − Σ E0 ≈ Σ_Z b_Z Σ_{i∈Z} n_i (n_i from
     ``model.coordination``, zero for a free atom, so isolated atoms keep E0).
-    Behler–Parrinello also gets descriptor mean/std per element.
+    Behler–Parrinello also gets descriptor mean/std per element, the equivariant model the
+    mean number of neighbours per atom (its sums are divided by it).
     """
     model = potential.model
     n_el = len(model.elements)
@@ -129,7 +130,10 @@ def fit_statistics(potential: Potential, train: list[Frame]) -> None:
     solution = torch.linalg.lstsq(torch.cat(coordination_sums),
                                   torch.cat(residuals)[:, None]).solution[:, 0]
     scale = max(force_rms(train), 1e-3)
-    if descriptor is None:
+    if getattr(model, "kind", None) == "equivariant":
+        model.set_statistics(scale, solution, mean_neighbours=float(np.mean(
+            [potential.graph(f)[keys.EDGE_INDEX].shape[1] / len(f) for f in train])))
+    elif descriptor is None:
         model.set_statistics(scale, solution)
     else:
         mean, std = element_feature_stats(torch.cat(features), torch.cat(species), n_el)
