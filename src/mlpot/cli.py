@@ -21,7 +21,8 @@ def _train(args) -> int:
                       ("size", "model.size"),
                       ("cutoff", "model.cutoff"), ("max_minutes", "training.max_minutes"),
                       ("max_epochs", "training.max_epochs"), ("seed", "seed"), ("out", "out"),
-                      ("dtype", "training.dtype"), ("threads", "training.threads")]:
+                      ("dtype", "training.dtype"), ("threads", "training.threads"),
+                      ("device", "training.device")]:
         value = getattr(args, flag)
         if value is not None:
             overrides[key] = value
@@ -115,6 +116,8 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--dtype", choices=["float32", "float64"])
     train.add_argument("--seed", type=int)
     train.add_argument("--threads", type=int, help="torch CPU threads")
+    train.add_argument("--device", choices=["cpu", "cuda", "auto"],
+                       help="where to train (default cpu; auto: the GPU when there is one)")
     train.add_argument("--out", help="output folder; DIR/model is the trained potential")
     train.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
     train.set_defaults(run=_train)

@@ -134,6 +134,7 @@ class TrainingConfig(Strict):
     cache_descriptors: bool = True  # bpnn: precompute descriptors and their derivatives
     cache_max_gb: float = Field(4.0, gt=0)  # ... unless that needs more memory than this
     threads: int | None = None  # torch CPU threads (default: torch's choice)
+    device: Literal["cpu", "cuda", "auto"] = "cpu"  # auto: cuda when a GPU is present
 
 
     @model_validator(mode="after")

@@ -56,7 +56,7 @@ def save(potential: Potential, path: str | Path, metadata: dict | None = None) -
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    state = {k: v.detach().contiguous().clone() for k, v in potential.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in potential.state_dict().items()}
     save_file(state, str(tmp / "model.safetensors"))
     write_json_atomic(tmp / "config.json", potential_config(potential))
     write_json_atomic(tmp / "metadata.json", metadata or {})

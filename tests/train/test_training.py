@@ -272,3 +272,32 @@ def test_kill_and_resume(short_run, small_train, tmp_path):
     assert summary["stopped_by"] == "max_epochs"
     assert torch.load(out / CHECKPOINT, weights_only=True)["epoch"] == k
     assert (out / "model" / "model.safetensors").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_a_gpu_is_a_clear_error(small_train, tmp_path):
+    from mlpot.errors import ConfigError
+    from mlpot.train.run import run_training
+
+    config = config_from_dict(_config(small_train, tmp_path / "run", device="cuda"))
+    with pytest.raises(ConfigError, match="training.device is 'cuda'"):
+        run_training(config, progress=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (device runs)")
+@pytest.mark.parametrize("kind", ["bpnn", "equivariant"])
+def test_gpu_training_matches_cpu(small_train, tmp_path, kind):
+    """Two epochs in float64 on the GPU give the CPU run's losses (same seed, same order)."""
+    from mlpot.train.run import run_training
+
+    model = dict(TINY_MODEL) if kind == "bpnn" else {"kind": kind, "size": "small",
+                                                     "cutoff": 4.0}
+    logs = {}
+    for device in ("cpu", "cuda"):
+        raw = _config(small_train, tmp_path / device, device=device, max_epochs=2,
+                      dtype="float64")
+        raw["model"] = model
+        run_training(config_from_dict(raw), progress=False)
+        rows = list(csv.DictReader(open(tmp_path / device / "log.csv")))
+        logs[device] = [float(r["valid_loss"]) for r in rows]
+    np.testing.assert_allclose(logs["cuda"], logs["cpu"], rtol=1e-6)

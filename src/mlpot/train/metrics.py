@@ -20,7 +20,8 @@ def predict(potential, frames: list[Frame], batch_size: int = 64, forces: bool =
     starts = range(0, len(frames), batch_size)
     for start in tqdm(starts, desc="predict", disable=not progress, leave=False):
         chunk = frames[start:start + batch_size]
-        batch = potential.batch(chunk)
+        device = potential.e0.device
+        batch = {key: value.to(device) for key, value in potential.batch(chunk).items()}
         out = potential(batch, forces=forces)
         energies.append(out[keys.ENERGY].detach().double().numpy())
         if forces:

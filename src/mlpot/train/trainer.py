@@ -18,6 +18,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from mlpot.config import TrainingConfig
+from mlpot.errors import ConfigError
 from mlpot.data.batch import GraphCache
 from mlpot.data.records import Frame
 from mlpot.potential import Potential
@@ -37,6 +38,21 @@ def save_checkpoint_atomic(state: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def training_device(name: str) -> torch.device:
+    """torch device for ``training.device``: "auto" picks CUDA when a GPU is present."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("training.device is 'cuda' but torch sees no GPU "
+                          f"(torch {torch.__version__})")
+    return torch.device(name)
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """The batch's tensors on ``device`` (no copy when already there)."""
+    return {key: value.to(device) for key, value in batch.items()}
+
+
 class Trainer:
     """Fits a potential's parameters to energies and forces of ``train``; selects on ``valid``.
 
@@ -47,7 +63,8 @@ class Trainer:
     def __init__(self, potential: Potential, train: list[Frame], valid: list[Frame],
                  config: TrainingConfig, out: Path, seed: int = 0, metadata: dict | None = None,
                  progress: bool = True):
-        self.potential = potential
+        self.device = training_device(config.device)
+        self.potential = potential.to(self.device)
         self.config = config
         self.out = Path(out)
         self.metadata = metadata or {}
@@ -83,7 +100,8 @@ class Trainer:
         """Cache descriptors and derivatives when the model allows it, no stress is trained
         and the cache fits in ``cache_max_gb`` (see :mod:`mlpot.train.feature_cache`)."""
         model = self.potential.model
-        if not self.config.cache_descriptors or not hasattr(model, "atomic_energies"):
+        if (not self.config.cache_descriptors or not hasattr(model, "atomic_energies")
+                or self.device.type != "cpu"):
             return False
         if any(f.stress is not None for f in train):
             return False
@@ -121,7 +139,7 @@ class Trainer:
         path = self.out / CHECKPOINT
         if not path.exists():
             return False
-        self.load_state(torch.load(path, weights_only=True))
+        self.load_state(torch.load(path, weights_only=True, map_location=self.device))
         return True
 
     @property
@@ -145,7 +163,7 @@ class Trainer:
                 batch = self.feature_cache.batch(index)
                 prediction = predict_cached(self.potential.model, batch)
             else:
-                batch = self.train_graphs.batch(index, dtype=self.dtype)
+                batch = to_device(self.train_graphs.batch(index, dtype=self.dtype), self.device)
                 prediction = self.potential(batch, forces=True, create_graph=True)
             loss, _ = self.loss(prediction, batch)
             self.optimizer.zero_grad(set_to_none=True)
@@ -180,7 +198,7 @@ class Trainer:
         n_struct, n_force = 0, 0
         for start in range(0, len(self.valid_graphs), 32):
             index = range(start, min(start + 32, len(self.valid_graphs)))
-            batch = self.valid_graphs.batch(index, dtype=self.dtype)
+            batch = to_device(self.valid_graphs.batch(index, dtype=self.dtype), self.device)
             prediction = model(batch, forces=True, create_graph=False)
             loss, _ = self.loss(prediction, batch)
             n = len(index)
