@@ -17,7 +17,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from mlpot.config import TrainingConfig
+from mlpot.config import TrainingConfig, default_learning_rate
 from mlpot.errors import ConfigError
 from mlpot.data.batch import GraphCache
 from mlpot.data.records import Frame
@@ -81,7 +81,9 @@ class Trainer:
             self.setup_seconds = time.monotonic() - began
         self.valid_graphs = GraphCache(valid, cutoff, angular)
         self.loss = EnergyForceLoss(config.sigma_energy, config.sigma_force, config.sigma_stress)
-        self.optimizer = torch.optim.AdamW(potential.parameters(), lr=config.learning_rate,
+        self.learning_rate = (config.learning_rate
+                              or default_learning_rate(getattr(potential.model, "kind", "")))
+        self.optimizer = torch.optim.AdamW(potential.parameters(), lr=self.learning_rate,
                                            weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, factor=config.lr_factor, patience=config.lr_patience,
@@ -186,7 +188,7 @@ class Trainer:
         """lr = lr_min + ½(lr_0 − lr_min)(1 + cos(π t / T)), t the training time so far."""
         c = self.config
         fraction = min((self.elapsed + time.monotonic() - started) / (c.max_minutes * 60), 1.0)
-        rate = c.min_learning_rate + 0.5 * (c.learning_rate - c.min_learning_rate) * (
+        rate = c.min_learning_rate + 0.5 * (self.learning_rate - c.min_learning_rate) * (
             1 + math.cos(math.pi * fraction))
         for group in self.optimizer.param_groups:
             group["lr"] = rate
