@@ -154,3 +154,23 @@ def test_correlation_raises_body_order():
         results[correlation] = (abs(eab - ea - eb + e00), abs(ea - e00))
     assert results[1][0] < 1e-12 * max(1.0, results[1][1]) + 1e-13
     assert results[2][0] > 1e-6
+
+
+def test_deepcopy_keeps_keys_and_outputs(acac_frames):
+    """The trainer's weight average deep-copies the model: the copy has the same state keys
+    (e3nn's compiled products gain constant buffers when deep-copied as they are) and predicts
+    the same energies and forces."""
+    import copy
+
+    torch.manual_seed(2)
+    model = Equivariant([1, 6, 8], cutoff=4.0, n_features=4, n_interactions=2, n_rbf=4,
+                        l_max=3, hidden_l=1)
+    potential = Potential(model, E0).double()
+    clone = copy.deepcopy(potential)
+    assert set(clone.state_dict()) == set(potential.state_dict())
+    assert [p.shape for p in clone.parameters()] == [p.shape for p in potential.parameters()]
+    assert [b.shape for b in clone.buffers()] == [b.shape for b in potential.buffers()]
+    batch = potential.batch(acac_frames[:2])
+    ours, theirs = potential(batch), clone(batch)
+    for key in (keys.ENERGY, keys.FORCES):
+        assert torch.equal(ours[key], theirs[key])

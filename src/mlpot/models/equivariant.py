@@ -261,6 +261,17 @@ class Equivariant(MessagePassingModel):
         return {**super().config(), "l_max": self.l_max, "hidden_l": self.hidden_l,
                 "correlation": self.correlation, "radial_hidden": self.radial_hidden}
 
+    def __deepcopy__(self, memo) -> "Equivariant":
+        """A fresh model with this one's weights. copy.deepcopy of e3nn's compiled tensor
+        products adds constant buffers the original lacks (e3nn 0.6), which breaks the
+        training's weight average (AveragedModel copies the model) and the saved file's keys."""
+        parameter = next(self.parameters())
+        clone = type(self)(**self.config()).to(device=parameter.device, dtype=parameter.dtype)
+        clone.load_state_dict(self.state_dict())
+        clone.train(self.training)
+        memo[id(self)] = clone
+        return clone
+
     @torch.no_grad()
     def set_statistics(self, energy_scale: float, coordination_energy: torch.Tensor | None = None,
                        mean_neighbours: float | None = None) -> None:
