@@ -3,7 +3,7 @@
     python benchmarks/acac_core.py --minutes 60 --snapshots 10,30 --threads 1 \
         --out benchmarks/out/acac_core [--mace]
 
-bpnn trains in a subprocess (``mlpot train``) while MACE (benchmarks/peers/mace_acac.py, in
+bpnn trains in a subprocess (``mlpot train``) while MACE (benchmarks/peers/mace_run.py, in
 its own venv .peers/mace; set up with benchmarks/peers/setup_mace.sh) trains beside it, each
 on ``--threads`` threads, for the same wall-clock minutes. Snapshots are the best model on
 validation at each mark. Then the linear model is fitted, every model is scored on
@@ -136,9 +136,11 @@ def main() -> None:
         mace_python = ROOT / ".peers" / "mace" / "bin" / "python"
         marks = ",".join(f"{m:g}" for m in snapshots + [args.minutes])
         jobs["mace"] = subprocess.Popen(
-            [str(mace_python), str(ROOT / "benchmarks" / "peers" / "mace_acac.py"),
+            [str(mace_python), str(ROOT / "benchmarks" / "peers" / "mace_run.py"),
+             "--train", str(DATA / "train_300K.xyz"), "--isolated", str(DATA / "isolated_atoms.xyz"),
+             "--tests", *[str(DATA / f"{name}.xyz") for name in TESTS],
              "--minutes", str(args.minutes), "--snapshots", marks, "--threads",
-             str(args.threads), "--out", str(out / "mace"), "--data", str(DATA)],
+             str(args.threads), "--out", str(out / "mace")],
             env=env, stdout=open(out / "mace.log", "w"), stderr=subprocess.STDOUT)
     for name, job in jobs.items():
         if job.wait() != 0:

@@ -1,178 +1,105 @@
 #!/usr/bin/env python
-"""Peer benchmark: MACE (mace-torch 0.3.16) trained on acac train_300K under a wall-clock budget.
+"""Peer benchmark: MACE (mace-torch 0.3.16, its own `mace_run_train` CLI) under a wall-clock budget.
 
 Run with the peer venv's python (see setup_mace.sh), e.g.
 
-    .peers/mace/bin/python benchmarks/peers/mace_acac.py --minutes 60 --snapshots 10,30,60 \
-        --threads 2 --out runs/mace_acac
+    OMP_NUM_THREADS=1 .peers/mace/bin/python benchmarks/peers/mace_run.py \
+        --train examples/acac/train_300K.xyz --isolated examples/acac/isolated_atoms.xyz \
+        --tests examples/acac/test_MD_300K.xyz examples/acac/test_H_transfer.xyz \
+        --minutes 60 --snapshots 10,30 --threads 1 --out benchmarks/out/mace_acac
 
 What it does
-1. Rewrites the acac extxyz files into OUT/data with REF_energy / REF_forces keys (what MACE reads),
-   and derives the E0s from isolated_atoms.xyz.
+1. Rewrites the training file into OUT/data/train.xyz with REF_energy / REF_forces keys (what MACE
+   reads) and derives the E0s of the training elements from the isolated-atoms file.
 2. Runs the stock `mace_run_train` CLI as a subprocess (OMP_NUM_THREADS=T) with the PEERS.md
-   hyper-parameters and a huge --max_num_epochs, so the wall-clock budget is what stops it.
+   hyper-parameters (MACE, num_channels 32, max_L 0, r_max 5.0, batch 5, float32, 5 % validation)
+   and a huge --max_num_epochs, so the wall-clock budget is what stops it.
 3. Polls OUT/train/checkpoints. When a snapshot time passes, the newest checkpoint is copied to
    OUT/snapshots/. MACE (default behaviour, kept here) writes a checkpoint only when the validation
    loss improves, so a snapshot is the best-on-validation model so far -- exactly what MACE itself
-   would turn into its final .model had training stopped then.
-   Snapshot clock origin: launch of mace_run_train, i.e. it INCLUDES MACE's preprocessing (reading
-   data, statistics, neighbour lists, model build, initial validation). The preprocessing time is
-   reported separately (`preprocess_s`).
-4. Kills the training process group at --minutes.
+   would turn into its final .model had training stopped then. The end of the budget is always a
+   snapshot. Snapshot clock origin: launch of mace_run_train, i.e. it INCLUDES MACE's
+   preprocessing (reported separately as `preprocess_s`).
+4. Kills the training process group at --minutes. The resident memory of the process group is
+   sampled once a second (`peak_rss_mb_train`).
 5. Builds a "template" model with the identical command and --max_num_epochs 0 (so MACE writes its
    .model without training; architecture and data-derived constants such as avg_num_neighbors are
    the same), loads each snapshot's state dict into it (strict), saves OUT/snapshots/*.model and
-   evaluates them with mace.calculators.MACECalculator on the test sets.
-6. Times the ASE calculator (ms per energy+forces call on one acac molecule).
+   evaluates them with mace.calculators.MACECalculator on every test file.
+6. Times the ASE calculator in a fresh subprocess (ms per energy+forces call on the first test
+   structure; `peak_rss_mb_infer` = that subprocess's ru_maxrss).
 7. Writes OUT/results.json.
 
-Metrics: energy RMSE/MAE per atom in meV/atom (error of total energy divided by n_atoms); force
-RMSE/MAE over all Cartesian components in meV/A (same convention as MACE's own RMSE_F).
+Metrics: see peer_common.py (meV/atom for energies, meV/A over Cartesian components for forces).
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import datetime as _dt
-import glob
 import json
 import os
-import platform
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 import time
 
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import peer_common as pc  # noqa: E402
 
-TEST_SETS = ["test_MD_300K", "test_MD_600K", "test_H_transfer"]
 CKPT_RE = re.compile(r"_epoch-(\d+)\.pt$")
 EPOCH_RE = re.compile(r"Epoch (\d+): .*RMSE_E_per_atom=\s*([\d.]+) meV, RMSE_F=\s*([\d.]+) meV")
+NAME = "mace"
+HYPER = {"model": "MACE", "num_channels": 32, "max_L": 0, "r_max": 5.0, "batch_size": 5,
+         "default_dtype": "float32", "valid_fraction": 0.05,
+         "other": "mace_run_train defaults (loss, lr 0.01, ReduceLROnPlateau, EMA off, no SWA)"}
+log = pc.Logger("mace_run")
 
 
-def log(msg: str) -> None:
-    print(f"[mace_acac {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+def make_calculator(model_path: str):
+    from mace.calculators import MACECalculator
+
+    return MACECalculator(model_paths=model_path, device="cpu", default_dtype="float32")
 
 
-# --------------------------------------------------------------------------------------------
-# data
-# --------------------------------------------------------------------------------------------
-def rewrite_extxyz(src: str, dst: str) -> dict:
-    """Copy an extxyz file, storing energy/forces under REF_energy/REF_forces."""
-    import ase.io
-    from ase.calculators.calculator import PropertyNotImplementedError
-
-    frames = ase.io.read(src, index=":")
-    out = []
-    n_forces = 0
-    for at in frames:
-        energy = forces = None
-        if at.calc is not None:
-            try:
-                energy = float(at.get_potential_energy())
-            except (PropertyNotImplementedError, RuntimeError):
-                energy = None
-            try:
-                forces = np.array(at.get_forces())
-            except (PropertyNotImplementedError, RuntimeError):
-                forces = None
-        # older ASE: keys stay in info/arrays
-        if energy is None and "energy" in at.info:
-            energy = float(at.info["energy"])
-        if forces is None and "forces" in at.arrays:
-            forces = np.array(at.arrays["forces"])
-        new = at.copy()  # drops the calculator
-        new.calc = None
-        for k in ("energy", "free_energy"):
-            new.info.pop(k, None)
-        if "forces" in new.arrays:
-            del new.arrays["forces"]
-        if energy is not None:
-            new.info["REF_energy"] = energy
-        if forces is not None:
-            new.arrays["REF_forces"] = forces
-            n_forces += 1
-        out.append(new)
-    ase.io.write(dst, out, format="extxyz")
-    return {"n_frames": len(out), "n_with_forces": n_forces}
-
-
-def read_e0s(path: str) -> dict:
-    import ase.io
-
-    e0s = {}
-    for at in ase.io.read(path, index=":"):
-        assert len(at) == 1, "isolated_atoms.xyz must hold single atoms"
-        try:
-            e = float(at.get_potential_energy())
-        except Exception:  # noqa: BLE001
-            e = float(at.info["energy"])
-        e0s[int(at.numbers[0])] = e
-    return e0s
-
-
-def load_reference(path: str):
-    """Frames with REF_energy / REF_forces (forces may be absent)."""
-    import ase.io
-
-    frames = ase.io.read(path, index=":")
-    energies = np.array([at.info["REF_energy"] for at in frames])
-    has_f = all("REF_forces" in at.arrays for at in frames)
-    forces = [at.arrays["REF_forces"] for at in frames] if has_f else None
-    return frames, energies, forces
-
-
-# --------------------------------------------------------------------------------------------
-# training subprocess
-# --------------------------------------------------------------------------------------------
-def mace_command(args, data_dir: str, work_dir: str, e0s: dict, max_epochs: int) -> list:
+def mace_command(args, train_file: str, work_dir: str, e0s: dict, max_epochs: int) -> list:
     e0s_str = "{" + ", ".join(f"{z}:{e!r}" for z, e in sorted(e0s.items())) + "}"
     exe = os.path.join(os.path.dirname(sys.executable), "mace_run_train")
     if not os.path.exists(exe):
         exe = shutil.which("mace_run_train") or "mace_run_train"
     return [
         exe,
-        "--name", "acac_mace",
+        "--name", NAME,
         "--work_dir", work_dir,
-        "--train_file", os.path.join(data_dir, "train_300K.xyz"),
-        "--valid_fraction", "0.05",
+        "--train_file", train_file,
+        "--valid_fraction", str(HYPER["valid_fraction"]),
         "--E0s", e0s_str,
         "--energy_key", "REF_energy",
         "--forces_key", "REF_forces",
-        "--model", "MACE",
-        "--num_channels", "32",
-        "--max_L", "0",
-        "--r_max", "5.0",
-        "--batch_size", "5",
+        "--model", HYPER["model"],
+        "--num_channels", str(HYPER["num_channels"]),
+        "--max_L", str(HYPER["max_L"]),
+        "--r_max", str(HYPER["r_max"]),
+        "--batch_size", str(HYPER["batch_size"]),
         "--max_num_epochs", str(max_epochs),
         "--device", "cpu",
-        "--default_dtype", "float32",
+        "--default_dtype", HYPER["default_dtype"],
         "--seed", str(args.seed),
         "--eval_interval", "1",
         "--save_cpu",
     ]
 
 
-def thread_env(threads: int) -> dict:
-    env = dict(os.environ)
-    for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
-        env[k] = str(threads)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
 def latest_checkpoint(ckpt_dir: str):
     best = None
-    for p in glob.glob(os.path.join(ckpt_dir, "*_epoch-*.pt")):
-        m = CKPT_RE.search(p)
-        if m and "_swa" not in os.path.basename(p):
+    if not os.path.isdir(ckpt_dir):
+        return None
+    for name in os.listdir(ckpt_dir):
+        m = CKPT_RE.search(name)
+        if m and "_swa" not in name:
             ep = int(m.group(1))
             if best is None or ep > best[0]:
-                best = (ep, p)
+                best = (ep, os.path.join(ckpt_dir, name))
     return best
 
 
@@ -194,225 +121,102 @@ def grab_checkpoint(ckpt_dir: str, dst: str, tries: int = 40):
     return None
 
 
-def train_with_snapshots(args, cmd, out_dir, snap_minutes):
-    train_dir = os.path.join(out_dir, "train")
-    ckpt_dir = os.path.join(train_dir, "checkpoints")
+def train(args, cmd, out_dir, marks):
+    ckpt_dir = os.path.join(out_dir, "train", "checkpoints")
     snap_dir = os.path.join(out_dir, "snapshots")
     os.makedirs(snap_dir, exist_ok=True)
-    log_path = os.path.join(out_dir, "train_stdout.log")
+    state = {"t_train_start": None, "epochs": []}
 
-    state = {"t_train_start": None, "epochs": [], "last_line": ""}
-    t0 = time.monotonic()
-    logf = open(log_path, "w")
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-        env=thread_env(args.threads), start_new_session=True,
-    )
-    log(f"started mace_run_train pid={proc.pid}; log: {log_path}")
+    def on_line(line, t):
+        if state["t_train_start"] is None and "Started training" in line:
+            state["t_train_start"] = round(t, 2)
+            log(f"preprocessing done after {t:.1f} s; training started")
+        m = EPOCH_RE.search(line)
+        if m:
+            ep, e, f = int(m.group(1)), float(m.group(2)), float(m.group(3))
+            state["epochs"].append((ep, t, e, f))
+            if ep % args.print_every == 0:
+                log(f"epoch {ep:4d} done at {t:7.1f} s  valid RMSE_E={e:.2f} meV/atom RMSE_F={f:.1f} meV/A")
 
-    def reader():
-        for line in proc.stdout:
-            t = time.monotonic() - t0
-            logf.write(line)
-            logf.flush()
-            state["last_line"] = line.rstrip()
-            if state["t_train_start"] is None and "Started training" in line:
-                state["t_train_start"] = t
-                log(f"preprocessing done after {t:.1f} s; training started")
-            m = EPOCH_RE.search(line)
-            if m:
-                ep, e, f = int(m.group(1)), float(m.group(2)), float(m.group(3))
-                state["epochs"].append((ep, t, e, f))
-                if ep % args.print_every == 0:
-                    log(f"epoch {ep:4d} done at {t:7.1f} s  valid RMSE_E={e:.2f} meV/atom RMSE_F={f:.1f} meV/A")
-
-    th = threading.Thread(target=reader, daemon=True)
-    th.start()
-
-    budget = args.minutes * 60.0
-    pending = sorted(snap_minutes)
-    snaps = {}
-    killed = False
-    while True:
-        t = time.monotonic() - t0
-        while pending and t >= pending[0] * 60.0:
-            m = pending.pop(0)
-            key = fmt_min(m)
-            dst = os.path.join(snap_dir, f"snap_{key}min.pt")
-            ep = grab_checkpoint(ckpt_dir, dst)
-            done = state["epochs"][-1][0] + 1 if state["epochs"] else 0
-            snaps[key] = {"minutes": m, "t_s": round(time.monotonic() - t0, 2),
-                          "checkpoint_epoch": ep, "epochs_completed": done,
-                          "path": dst if ep is not None else None}
-            log(f"snapshot {key} min: {done} epochs completed, best-valid checkpoint = epoch {ep}")
-        if proc.poll() is not None:
-            break
-        if t >= budget:
-            log(f"budget of {args.minutes} min reached: stopping training")
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            killed = True
-            break
-        time.sleep(0.2)
-    th.join(timeout=5)
-    logf.close()
-    t_end = time.monotonic() - t0
-    rc = proc.returncode
-    if not killed and rc != 0:
-        raise RuntimeError(f"mace_run_train failed (rc={rc}); last line: {state['last_line']}; see {log_path}")
-    # snapshots later than a (premature) end of training get the final checkpoint
-    for m in pending:
-        key = fmt_min(m)
+    def take_snapshot(key, minutes):
         dst = os.path.join(snap_dir, f"snap_{key}min.pt")
         ep = grab_checkpoint(ckpt_dir, dst)
-        done = state["epochs"][-1][0] + 1 if state["epochs"] else 0
-        snaps[key] = {"minutes": m, "t_s": round(t_end, 2), "checkpoint_epoch": ep,
-                      "epochs_completed": done, "path": dst if ep is not None else None,
-                      "note": "training ended before this snapshot time"}
-    return {
-        "snapshots": snaps,
-        "preprocess_s": state["t_train_start"],
-        "train_wall_s": round(t_end, 2),
-        "killed_at_budget": killed,
-        "returncode": rc,
-        "valid_curve": [{"epoch": e, "t_s": round(t, 2), "rmse_e_meV_atom": ee, "rmse_f_meV_A": ff}
-                        for e, t, ee, ff in state["epochs"]],
-    }
+        return {"checkpoint_epoch": ep, "path": dst if ep is not None else None}
+
+    def epochs_done():
+        return state["epochs"][-1][0] + 1 if state["epochs"] else 0
+
+    res = pc.run_budgeted(cmd, pc.thread_env(args.threads), os.path.join(out_dir, "train_stdout.log"),
+                          args.minutes * 60.0, marks, take_snapshot, on_line=on_line,
+                          epochs_done=epochs_done, log=log, name="mace_run_train")
+    res["preprocess_s"] = state["t_train_start"]
+    res["epochs_done"] = epochs_done()
+    res["valid_curve"] = [{"epoch": e, "t_s": round(t, 2), "rmse_e_meV_atom": ee, "rmse_f_meV_A": ff}
+                          for e, t, ee, ff in state["epochs"]]
+    return res
 
 
-def fmt_min(m: float) -> str:
-    return str(int(m)) if float(m).is_integer() else str(m)
-
-
-def build_template(args, data_dir, out_dir, e0s) -> str:
+def build_template(args, train_file, out_dir, e0s) -> tuple[str, float]:
     """Same command with --max_num_epochs 0: MACE writes an (untrained) .model of identical shape."""
     tdir = os.path.join(out_dir, "template")
     shutil.rmtree(tdir, ignore_errors=True)
     # with 0 epochs MACE never creates checkpoints/ but still saves the .model there -> create it
     os.makedirs(os.path.join(tdir, "checkpoints"), exist_ok=True)
-    cmd = mace_command(args, data_dir, tdir, e0s, max_epochs=0)
+    cmd = mace_command(args, train_file, tdir, e0s, max_epochs=0)
     log("building template model (same command, --max_num_epochs 0)")
+    t = time.monotonic()
     with open(os.path.join(out_dir, "template_stdout.log"), "w") as f:
-        subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=thread_env(args.threads), check=True)
-    path = os.path.join(tdir, "acac_mace.model")
+        subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=pc.thread_env(args.threads), check=True)
+    path = os.path.join(tdir, f"{NAME}.model")
     if not os.path.exists(path):
         raise RuntimeError(f"template model not written: {path}")
-    return path
-
-
-# --------------------------------------------------------------------------------------------
-# evaluation
-# --------------------------------------------------------------------------------------------
-def evaluate(calc, frames, e_ref, f_ref) -> dict:
-    e_err, f_err = [], []
-    for i, at in enumerate(frames):
-        a = at.copy()
-        a.calc = calc
-        e = a.get_potential_energy()
-        e_err.append((e - e_ref[i]) / len(a))
-        if f_ref is not None:
-            f_err.append((a.get_forces() - f_ref[i]).ravel())
-    e_err = np.array(e_err) * 1e3
-    res = {"n_frames": len(frames),
-           "energy_rmse_meV_atom": float(np.sqrt(np.mean(e_err ** 2))),
-           "energy_mae_meV_atom": float(np.mean(np.abs(e_err)))}
-    if f_ref is not None:
-        f_err = np.concatenate(f_err) * 1e3
-        res["force_rmse_meV_A"] = float(np.sqrt(np.mean(f_err ** 2)))
-        res["force_mae_meV_A"] = float(np.mean(np.abs(f_err)))
-    return res
-
-
-def time_calculator(calc, atoms, n_calls=50, n_warm=10) -> float:
-    a = atoms.copy()
-    a.calc = calc
-    rng = np.random.default_rng(0)
-    base = a.get_positions().copy()
-    for _ in range(n_warm):
-        a.set_positions(base + 1e-3 * rng.standard_normal(base.shape))
-        a.get_potential_energy(); a.get_forces()
-    times = []
-    for _ in range(n_calls):
-        a.set_positions(base + 1e-3 * rng.standard_normal(base.shape))  # defeat ASE's result cache
-        t = time.perf_counter()
-        a.get_potential_energy(); a.get_forces()
-        times.append(time.perf_counter() - t)
-    return float(np.mean(times) * 1e3)
+    return path, round(time.monotonic() - t, 2)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--minutes", type=float, required=True, help="wall budget of training (min)")
-    p.add_argument("--snapshots", default="10,30,60", help="comma list of minutes at which to snapshot")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", required=True)
-    p.add_argument("--data", default="/work/shared/data/acac")
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--max_num_epochs", type=int, default=100000, help="large: the budget stops training")
-    p.add_argument("--timing_calls", type=int, default=50)
-    p.add_argument("--print_every", type=int, default=10, help="print every n-th epoch's validation line")
-    p.add_argument("--eval_only", action="store_true",
-                   help="skip training; re-evaluate the snapshots of an earlier run in --out")
+    p = pc.make_parser(__doc__)
     args = p.parse_args()
-
-    snap_minutes = sorted({float(x) for x in args.snapshots.split(",") if x.strip()})
-    if any(m > args.minutes for m in snap_minutes):
-        p.error("snapshot times must be <= --minutes")
-
-    os.environ.update({k: str(args.threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")})
-    import torch
-
-    torch.set_num_threads(args.threads)
-    import ase
+    if args._time_model:
+        pc.timing_child(args, make_calculator)
+        return
+    marks = pc.check_args(p, args)
+    pc.set_threads(args.threads)
     import importlib.metadata as md
 
+    import ase
+    import torch
+
     out_dir = os.path.abspath(args.out)
-    os.makedirs(out_dir, exist_ok=True)
     data_dir = os.path.join(out_dir, "data")
-    os.makedirs(data_dir, exist_ok=True)
+    os.makedirs(out_dir, exist_ok=True)
 
     # 1. data
-    data_info = {}
-    for name in ["train_300K"] + TEST_SETS:
-        data_info[name] = rewrite_extxyz(os.path.join(args.data, f"{name}.xyz"),
-                                         os.path.join(data_dir, f"{name}.xyz"))
-        log(f"rewrote {name}: {data_info[name]}")
-    e0s = read_e0s(os.path.join(args.data, "isolated_atoms.xyz"))
-    log(f"E0s from isolated_atoms.xyz: {e0s}")
+    data = pc.prepare_data(args, data_dir, log, "REF_energy", "REF_forces")
+    e0s, tests = data["e0s"], data["tests"]
+    train_file = os.path.join(data_dir, "train.xyz")
 
     # 2-4. train under the budget
     train_dir = os.path.join(out_dir, "train")
-    cmd = mace_command(args, data_dir, train_dir, e0s, args.max_num_epochs)
+    cmd = mace_command(args, train_file, train_dir, e0s, args.max_num_epochs)
     cmd_str = f"OMP_NUM_THREADS={args.threads} " + " ".join(shlex.quote(c) for c in cmd)
     info_path = os.path.join(out_dir, "train_info.json")
     if args.eval_only:
         with open(info_path) as f:
-            train = json.load(f)
+            tr = json.load(f)
         log(f"--eval_only: using snapshots recorded in {info_path}")
     else:
         shutil.rmtree(train_dir, ignore_errors=True)  # a stale checkpoint would be mistaken for ours
         log(f"command: {cmd_str}")
-        train = train_with_snapshots(args, cmd, out_dir, snap_minutes)
-        train["command"] = cmd_str
-        train["threads"] = args.threads
-        train["budget_minutes"] = args.minutes
+        tr = train(args, cmd, out_dir, marks)
+        tr.update(command=cmd_str, threads=args.threads, budget_minutes=args.minutes)
         with open(info_path, "w") as f:
-            json.dump(train, f, indent=1)
-    cmd_str = train.get("command", cmd_str)
+            json.dump(tr, f, indent=1)
 
-    # 5. models from checkpoints
-    template_path = build_template(args, data_dir, out_dir, e0s)
+    # 5. models from checkpoints, evaluation
+    template_path, template_s = build_template(args, train_file, out_dir, e0s)
     template = torch.load(template_path, map_location="cpu", weights_only=False)
-    from mace.calculators import MACECalculator
-
-    tests = {n: load_reference(os.path.join(data_dir, f"{n}.xyz")) for n in TEST_SETS}
-    results = {}
-    calc_for_timing = None
-    for key, snap in train["snapshots"].items():
+    results, last_model = {}, None
+    for key, snap in tr["snapshots"].items():
         if snap["path"] is None:
             log(f"snapshot {key} min: no checkpoint yet (training had not finished an epoch)")
             results[key] = None
@@ -423,53 +227,61 @@ def main() -> None:
         model_path = snap["path"][:-3] + ".model"
         torch.save(model, model_path)
         snap["model_path"] = model_path
-        calc = MACECalculator(model_paths=model_path, device="cpu")
+        calc = make_calculator(model_path)
         results[key] = {}
-        for n, (frames, e_ref, f_ref) in tests.items():
-            results[key][n] = evaluate(calc, frames, e_ref, f_ref)
-            r = results[key][n]
-            msg = f"E RMSE {r['energy_rmse_meV_atom']:.2f} MAE {r['energy_mae_meV_atom']:.2f} meV/atom"
-            if "force_rmse_meV_A" in r:
-                msg += f"; F RMSE {r['force_rmse_meV_A']:.1f} MAE {r['force_mae_meV_A']:.1f} meV/A"
-            log(f"snapshot {key} min (epoch {snap['checkpoint_epoch']}) {n}: {msg}")
-        calc_for_timing = calc
+        for stem, frames in tests.items():
+            results[key][stem] = r = pc.evaluate(calc, frames)
+            log(f"snapshot {key} min (epoch {snap['checkpoint_epoch']}) {stem}: {pc.metrics_line(r)}")
+        last_model = model_path
 
-    # 6. calculator timing (last snapshot's model; cost does not depend on weights)
-    ms = None
-    if calc_for_timing is not None:
-        ms = time_calculator(calc_for_timing, tests["test_MD_300K"][0][0], n_calls=args.timing_calls)
-        log(f"ASE MACECalculator: {ms:.2f} ms per energy+forces call (15 atoms, {args.threads} threads)")
+    # 6. calculator timing in a fresh process (last snapshot's model; cost does not depend on weights)
+    timing = {}
+    if last_model is not None:
+        timing = pc.measure_inference(os.path.abspath(__file__), last_model, data["timing_path"],
+                                      args.threads, args.timing_calls,
+                                      os.path.join(out_dir, "timing_stderr.log"))
+        log(f"ASE MACECalculator: {timing['ms_per_call']:.2f} ms per energy+forces call "
+            f"({timing['n_atoms']} atoms, {args.threads} threads), peak RSS {timing['peak_rss_mb_infer']} MB")
 
     # 7. results
+    curve = tr["valid_curve"]
     res = {
         "peer": "mace",
         "mace_version": md.version("mace-torch"),
         "torch_version": torch.__version__,
         "ase_version": ase.__version__,
-        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                    "processor": platform.processor()},
-        "threads": train.get("threads", args.threads),
+        "date": pc.now_iso(),
+        "machine": pc.machine_info(),
+        "threads": tr.get("threads", args.threads),
         "eval_threads": args.threads,
         "seed": args.seed,
-        "budget_minutes": train.get("budget_minutes", args.minutes),
+        "budget_minutes": tr.get("budget_minutes", args.minutes),
+        "hyperparameters": HYPER,
         "snapshot_clock": "seconds since launch of mace_run_train (includes MACE preprocessing)",
         "snapshot_selection": "newest MACE checkpoint = best validation loss so far (MACE default)",
-        "preprocess_s": train["preprocess_s"],
-        "train_wall_s": train["train_wall_s"],
-        "killed_at_budget": train["killed_at_budget"],
+        "preprocess_s": tr["preprocess_s"],
+        "train_wall_s": tr["train_wall_s"],
+        "killed_at_budget": tr["killed_at_budget"],
+        "epochs_done": tr.get("epochs_done"),
+        "s_per_epoch": pc.s_per_epoch(curve, tr["preprocess_s"]),
         "snapshots": results,
-        "epochs_at_snapshot": {k: s["epochs_completed"] for k, s in train["snapshots"].items()},
-        "checkpoint_epoch_at_snapshot": {k: s["checkpoint_epoch"] for k, s in train["snapshots"].items()},
-        "snapshot_files": {k: s.get("model_path") for k, s in train["snapshots"].items()},
-        "ms_per_call": ms,
-        "ms_per_call_note": "ASE MACECalculator energy+forces (MACE also computes stress), one 15-atom "
-                            f"acac, mean of {args.timing_calls} calls after 10 warm-up, torch threads={args.threads}",
+        "epochs_at_snapshot": {k: s["epochs_completed"] for k, s in tr["snapshots"].items()},
+        "checkpoint_epoch_at_snapshot": {k: s["checkpoint_epoch"] for k, s in tr["snapshots"].items()},
+        "snapshot_files": {k: s.get("model_path") for k, s in tr["snapshots"].items()},
+        "template_build_s": template_s,
+        "ms_per_call": timing.get("ms_per_call"),
+        "ms_per_call_note": "ASE MACECalculator energy+forces (MACE also computes stress) in a fresh "
+                            f"subprocess, {timing.get('n_atoms')} atoms ({data['timing_structure']}), mean of "
+                            f"{args.timing_calls} calls after 10 warm-up, positions jittered 1e-3 A, "
+                            f"torch threads={args.threads}",
+        "model_load_s": timing.get("load_s"),
+        "peak_rss_mb_train": tr.get("peak_rss_mb_train"),
+        "peak_rss_mb_infer": timing.get("peak_rss_mb_infer"),
         "metric_units": {"energy": "meV/atom", "force": "meV/A, over Cartesian components"},
-        "data": data_info,
+        "data": data["info"],
         "E0s": {str(k): v for k, v in e0s.items()},
-        "command": cmd_str,
-        "valid_curve": train["valid_curve"],
+        "command": tr.get("command", cmd_str),
+        "valid_curve": curve,
     }
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(res, f, indent=1)
