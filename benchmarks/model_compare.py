@@ -1,8 +1,11 @@
 #!/usr/bin/env python
-"""mlpot's models against MACE and NequIP at equal CPU time, in one run, on one data set.
+"""mlpot's models against MACE and NequIP at equal CPU time, in one run.
 
-    .venv/bin/python benchmarks/model_compare.py --data acac --minutes 20 --workers 2 \
-        [--models bpnn,schnet,equivariant,mace,nequip] [--out benchmarks/out/compare_acac]
+    .venv/bin/python benchmarks/model_compare.py --data acac:15,ethanol:10 --workers 2 \
+        [--models bpnn,schnet,equivariant,mace,nequip] [--out benchmarks/out/compare]
+
+``--data NAME:MINUTES,…``: every model of a data set trains for its minutes; all jobs of all
+data sets share one queue.
 
 Every model trains for the same wall-clock minutes on one thread (``--threads``), ``--workers``
 at a time (2 on this 2-core machine, so each has a core of its own; the queue is ordered so
@@ -39,9 +42,9 @@ PEERS = {"mace": (".peers/mace/bin/python", "benchmarks/peers/mace_run.py"),
          "nequip": (".peers/nequip/bin/python", "benchmarks/peers/nequip_run.py")}
 
 
-def command(model: str, data: dict, args, out: Path) -> list[str]:
+def command(model: str, data: dict, minutes: float, args, out: Path) -> list[str]:
     common = ["--train", str(data["train"]), "--isolated", str(data["isolated"]),
-              "--tests", *map(str, data["tests"]), "--minutes", str(args.minutes),
+              "--tests", *map(str, data["tests"]), "--minutes", str(minutes),
               "--snapshots", args.snapshots, "--threads", str(args.threads),
               "--out", str(out)]
     if model in PEERS:
@@ -54,15 +57,15 @@ def command(model: str, data: dict, args, out: Path) -> list[str]:
             "--size", size or "medium", *sets, *common]
 
 
-def run_one(model: str, data: dict, args, out: Path) -> dict:
-    folder = out / model.replace(":", "_")
+def run_one(name: str, model: str, minutes: float, args, out: Path) -> dict:
+    folder = out / name / model.replace(":", "_")
     folder.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    print(f"[{time.strftime('%H:%M:%S')}] start {model}", flush=True)
+    print(f"[{time.strftime('%H:%M:%S')}] start {name} {model}", flush=True)
     with open(folder / "runner.log", "w") as handle:
-        code = subprocess.run(command(model, data, args, folder), stdout=handle,
-                              stderr=subprocess.STDOUT).returncode
-    print(f"[{time.strftime('%H:%M:%S')}] {model} finished (rc {code}, "
+        code = subprocess.run(command(model, DATASETS[name], minutes, args, folder),
+                              stdout=handle, stderr=subprocess.STDOUT).returncode
+    print(f"[{time.strftime('%H:%M:%S')}] {name} {model} finished (rc {code}, "
           f"{(time.time() - started) / 60:.1f} min)", flush=True)
     path = folder / "results.json"
     return json.loads(path.read_text()) if code == 0 and path.exists() else {"failed": code}
@@ -96,8 +99,8 @@ def table(results: dict, tests: list[str], minutes: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", choices=sorted(DATASETS), default="acac")
-    parser.add_argument("--minutes", type=float, default=20)
+    parser.add_argument("--data", default="acac:15,ethanol:10",
+                        help=f"NAME:MINUTES,… with NAME in {sorted(DATASETS)}")
     parser.add_argument("--snapshots", default="", help="extra marks, comma list of minutes")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2)
@@ -108,21 +111,27 @@ def main() -> None:
                              "equivariant:training.learning_rate=0.01")
     parser.add_argument("--out")
     args = parser.parse_args()
-    data = DATASETS[args.data]
-    out = Path(args.out or ROOT / "benchmarks/out" / f"compare_{args.data}").resolve()
+    budgets = {name: float(minutes) for name, minutes in
+               (item.split(":") for item in args.data.split(","))}
+    if set(budgets) - set(DATASETS):
+        parser.error(f"unknown data set in {args.data!r}")
+    out = Path(args.out or ROOT / "benchmarks/out/compare").resolve()
     out.mkdir(parents=True, exist_ok=True)
     models = [m for m in args.models.split(",") if m]
     for model in models:
         if model not in PEERS and model.partition(":")[0] not in MLPOT_KINDS:
             parser.error(f"unknown model {model!r}")
+    jobs = [(name, model) for name in budgets for model in models]
     with ThreadPoolExecutor(args.workers) as pool:
-        futures = {m: pool.submit(run_one, m, data, args, out) for m in models}
-        results = {m: f.result() for m, f in futures.items()}
-    tests = [Path(t).stem for t in data["tests"]]
-    summary = {"data": args.data, "minutes": args.minutes, "threads": args.threads,
-               "workers": args.workers, "date": time.ctime(), "results": results}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    print(table(results, tests, args.minutes))
+        futures = {job: pool.submit(run_one, *job, budgets[job[0]], args, out) for job in jobs}
+        results = {job: future.result() for job, future in futures.items()}
+    for name, minutes in budgets.items():
+        per_model = {model: results[(name, model)] for model in models}
+        summary = {"data": name, "minutes": minutes, "threads": args.threads,
+                   "workers": args.workers, "date": time.ctime(), "results": per_model}
+        (out / name / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+        print(f"\n{name}, {minutes:g} min each:")
+        print(table(per_model, [Path(t).stem for t in DATASETS[name]["tests"]], minutes))
 
 
 if __name__ == "__main__":
