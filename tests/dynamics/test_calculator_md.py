@@ -122,6 +122,29 @@ def test_stress_through_ase(potential, acac_frames):
     assert np.abs(atoms.get_stress() - stress).max() > 1e-4
 
 
+def test_equivariant_model_through_ase(acac_frames):
+    """The e3nn model behind ASE: forces −∂E/∂r and stress equal ASE's finite differences in a
+    triclinic cell where the molecule sees its own images."""
+    import torch
+    from ase.calculators.fd import calculate_numerical_forces
+
+    from mlpot.models import Equivariant
+
+    torch.manual_seed(8)
+    model = Equivariant([1, 6, 8], cutoff=CUTOFF, n_features=4, n_rbf=4, l_max=2, hidden_l=1)
+    model.set_statistics(0.3, torch.tensor([-0.2, -0.5, -0.4]), mean_neighbours=10.0)
+    atoms = periodic_atoms(acac_frames[24])
+    atoms.calc = MlpotCalculator(Potential(model, E0))
+    forces, stress = atoms.get_forces(), atoms.get_stress()
+    assert np.abs(forces).max() > 1e-2 and np.abs(stress).max() > 1e-4
+    # eps = 1e-4 Å: the difference is 3e-8 eV/Å there, growing as eps² above and as the
+    # rounding of the ~1e4 eV total energy (1e-12 eV) / eps below
+    np.testing.assert_allclose(forces, calculate_numerical_forces(atoms, eps=1e-4), rtol=0,
+                               atol=1e-7)
+    np.testing.assert_allclose(stress, calculate_numerical_stress(atoms, eps=1e-5), rtol=0,
+                               atol=1e-7)
+
+
 @pytest.fixture(scope="module")
 def copper_potential():
     """A pair-potential-like linear model (radial G2 only) fitted to ASE's EMT energies of
