@@ -51,3 +51,12 @@ def test_cli_size_reaches_the_saved_model(acac_dir, tmp_path):
     saved = json.loads((out / "model" / "config.json").read_text())["model"]
     small = SIZE_PRESETS["equivariant"]["small"]
     assert {key: saved[key] for key in small} == small
+
+
+def test_linear_ensemble_needs_bootstrap():
+    with pytest.raises(ConfigError, match="bootstrap"):
+        config_from_dict({"data": {"train": "x.xyz"}, "model": {"kind": "linear"},
+                          "training": {"ensemble": 3}})
+    config = config_from_dict({"data": {"train": "x.xyz"}, "model": {"kind": "linear"},
+                               "training": {"ensemble": 3, "bootstrap": True}})
+    assert config.training.ensemble == 3

@@ -1,7 +1,7 @@
 """mlpot: machine-learned interatomic potentials, from reference data to molecular dynamics.
 
     import mlpot
-    potential = mlpot.load("runs/acac/model")      # a Potential (torch module)
+    potential = mlpot.load("runs/acac/model")      # a Potential (or an Ensemble), torch modules
     atoms.calc = mlpot.Calculator("runs/acac/model")  # an ASE calculator
 """
 
@@ -9,10 +9,11 @@ __version__ = "0.1.0"
 
 
 def load(path):
-    """Load a saved potential (see :mod:`mlpot.serialize`); never executes code from the file."""
-    from mlpot.serialize import load as _load
+    """Load a saved potential or ensemble (see :mod:`mlpot.serialize`,
+    :mod:`mlpot.uncertainty.ensemble`); never executes code from the files."""
+    from mlpot.uncertainty.ensemble import load_model
 
-    return _load(path)
+    return load_model(path)
 
 
 def __getattr__(name):

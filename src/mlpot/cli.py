@@ -22,12 +22,14 @@ def _train(args) -> int:
                       ("cutoff", "model.cutoff"), ("max_minutes", "training.max_minutes"),
                       ("max_epochs", "training.max_epochs"), ("seed", "seed"), ("out", "out"),
                       ("dtype", "training.dtype"), ("threads", "training.threads"),
-                      ("device", "training.device")]:
+                      ("device", "training.device"), ("ensemble", "training.ensemble")]:
         value = getattr(args, flag)
         if value is not None:
             overrides[key] = value
     if args.test:
         overrides["data.test"] = args.test
+    if args.bootstrap:
+        overrides["training.bootstrap"] = True
     if args.config:
         config = load_config(args.config, overrides)
     else:
@@ -48,14 +50,17 @@ def _train(args) -> int:
 
 def _eval(args) -> int:
     from mlpot.data.records import read_frames
-    from mlpot.serialize import load
     from mlpot.train.metrics import evaluate
+    from mlpot.uncertainty.calibration import uncertainty_metrics
+    from mlpot.uncertainty.ensemble import load_model
 
-    potential = load(args.model)
+    potential = load_model(args.model)
     frames = read_frames(args.file, energy_key=args.energy_key, forces_key=args.forces_key)
     frames = [f for f in frames if not f.is_isolated_atom] or frames
-    metrics, _ = evaluate(potential, frames, batch_size=args.batch_size,
-                          progress=not args.json)
+    metrics, predicted = evaluate(potential, frames, batch_size=args.batch_size,
+                                  progress=not args.json)
+    if "energy_std" in predicted:
+        metrics.update(uncertainty_metrics(frames, predicted))
     if args.json:
         print(json.dumps(metrics))
     else:
@@ -63,6 +68,11 @@ def _eval(args) -> int:
         print(f"  energy MAE {metrics['energy_mae']:.3f}  RMSE {metrics['energy_rmse']:.3f} meV/atom")
         if metrics["force_rmse"] is not None:
             print(f"  force  MAE {metrics['force_mae']:.2f}  RMSE {metrics['force_rmse']:.2f} meV/Å")
+        if "energy_sigma_epistemic" in metrics:
+            print(f"  epistemic σ: energy {metrics['energy_sigma_epistemic']:.3f} meV/atom, "
+                  f"force {metrics['force_sigma_epistemic'] or float('nan'):.2f} meV/Å; "
+                  f"Spearman(σ, |error|) energy {metrics['spearman_energy']}, "
+                  f"force {metrics['spearman_force']}")
     return 0
 
 
@@ -80,18 +90,26 @@ def _md(args) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     log = Path(args.log) if args.log else out.with_suffix(".log")
-    summary = run_md(atoms, calculator, steps=args.steps, dt=args.dt,
-                     temperature=args.temperature, ensemble=args.ensemble,
-                     friction=args.friction, trajectory=out, log=log, interval=args.interval,
-                     seed=args.seed, min_distance=args.min_distance or None)
+    try:
+        summary = run_md(atoms, calculator, steps=args.steps, dt=args.dt,
+                         temperature=args.temperature, ensemble=args.ensemble,
+                         friction=args.friction, trajectory=out, log=log,
+                         interval=args.interval, seed=args.seed,
+                         min_distance=args.min_distance or None,
+                         max_force_sigma=args.max_force_sigma, on_uncertain=args.on_uncertain)
+    except ValueError as error:
+        raise MlpotError(f"{args.model}: {error}") from error
     summary_path = out.with_suffix(".json")
     summary_path.write_text(json.dumps(summary, indent=1))
     print(f"trajectory: {out}   energy log: {log}   summary: {summary_path}")
     print(f"  mean T {summary['mean_temperature_K']:.1f} K, total-energy drift "
           f"{summary['energy_drift_eV_per_atom_per_ps'] * 1000:.3f} meV/atom/ps")
+    for event in summary["uncertain"]:
+        print(f"uncertain: step {event['step']}, atom {event['atom']} ({event['symbol']}), "
+              f"force σ {event['force_sigma']:.3f} eV/Å", file=sys.stderr)
     if summary["stopped"]:
         print(f"error: MD stopped early at {summary['stopped']['reason']}", file=sys.stderr)
-        return 3
+        return 4 if summary["stopped"]["uncertain"] else 3
     return 0
 
 
@@ -116,6 +134,10 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--dtype", choices=["float32", "float64"])
     train.add_argument("--seed", type=int)
     train.add_argument("--threads", type=int, help="torch CPU threads")
+    train.add_argument("--ensemble", type=int, metavar="M",
+                       help="train a deep ensemble of M members (epistemic uncertainty)")
+    train.add_argument("--bootstrap", action="store_true",
+                       help="ensemble members train on bootstrap resamples of the data")
     train.add_argument("--device", choices=["cpu", "cuda", "auto"],
                        help="where to train (default cpu; auto: the GPU when there is one)")
     train.add_argument("--out", help="output folder; DIR/model is the trained potential")
@@ -145,6 +167,10 @@ def parser() -> argparse.ArgumentParser:
     md.add_argument("--dtype", choices=["float32", "float64"], default="float64")
     md.add_argument("--min-distance", type=float, default=0.6,
                     help="stop (exit 3) when two atoms come closer, Å; 0 disables")
+    md.add_argument("--max-force-sigma", type=float,
+                    help="ensembles: epistemic force σ threshold, eV/Å (see --on-uncertain)")
+    md.add_argument("--on-uncertain", choices=["stop", "flag"], default="stop",
+                    help="stop (exit 4) or only log the steps beyond --max-force-sigma")
     md.add_argument("--out", default="md.traj", help="trajectory file (ASE .traj)")
     md.add_argument("--log", help="energy log (default: OUT with .log)")
     md.set_defaults(run=_md)

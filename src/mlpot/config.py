@@ -139,6 +139,9 @@ class TrainingConfig(Strict):
     cache_max_gb: float = Field(4.0, gt=0)  # ... unless that needs more memory than this
     threads: int | None = None  # torch CPU threads (default: torch's choice)
     device: Literal["cpu", "cuda", "auto"] = "cpu"  # auto: cuda when a GPU is present
+    ensemble: int = Field(1, ge=1)  # members of a deep ensemble (seeds seed … seed+M−1), each
+    #                                  trained for max_minutes; see mlpot.uncertainty.ensemble
+    bootstrap: bool = False  # each member trains on a resample (with replacement) of train
 
 
     @model_validator(mode="after")
@@ -156,6 +159,13 @@ class RunConfig(Strict):
     training: TrainingConfig = TrainingConfig()
     seed: int = 0
     out: str = "runs/mlpot"
+
+    @model_validator(mode="after")
+    def _ensemble_of_a_closed_form_fit_needs_bootstrap(self):
+        if self.model.kind == "linear" and self.training.ensemble > 1 and not self.training.bootstrap:
+            raise ValueError("a linear model is fitted in closed form, so its ensemble members "
+                             "would be identical: set training.bootstrap: true")
+        return self
 
     @model_validator(mode="after")
     def _learning_rate_for_the_model(self):

@@ -21,3 +21,9 @@ FORCES = "forces"  # (n_atoms, 3) float | forces, eV/Å
 STRESS = "stress"  # (n_structures, 3, 3) float | stress, eV/Å³ (ASE sign convention)
 HAS_FORCES = "has_forces"  # (n_structures,) bool | whether reference forces exist for the structure
 ATOMIC_ENERGY = "atomic_energy"  # (n_atoms,) float | per-atom energies, eV (float64 from Potential)
+
+# uncertainty (ensembles, mlpot.uncertainty): epistemic = spread of the members' predictions
+ENERGY_STD = "energy_std"  # (n_structures,) float64 | epistemic σ of the total energy, eV
+FORCES_STD = "forces_std"  # (n_atoms, 3) float | epistemic σ of each force component, eV/Å
+ENERGY_MEMBERS = "energy_members"  # (n_members, n_structures) float64 | each member's energy, eV
+FORCES_MEMBERS = "forces_members"  # (n_members, n_atoms, 3) float | each member's forces, eV/Å

@@ -60,6 +60,11 @@ def save(potential: Potential, path: str | Path, metadata: dict | None = None) -
     save_file(state, str(tmp / "model.safetensors"))
     write_json_atomic(tmp / "config.json", potential_config(potential))
     write_json_atomic(tmp / "metadata.json", metadata or {})
+    return replace_folder(tmp, path)
+
+
+def replace_folder(tmp: Path, path: Path) -> Path:
+    """Move the finished folder ``tmp`` to ``path``, replacing any old one by renames only."""
     old = None
     if path.exists():
         old = path.with_name(f".{path.name}.old")

@@ -14,19 +14,24 @@ from mlpot.data.records import frame_from_atoms
 class MlpotCalculator(Calculator):
     """Energy, free energy, forces and (for periodic cells) stress from an mlpot potential.
 
+    With an ensemble (:class:`~mlpot.uncertainty.ensemble.Ensemble`) the results are the
+    members' means, and ``energy_std`` (eV) and ``forces_std`` (n_atoms, 3; eV/Å) hold the
+    epistemic σ, also under ``energy_std_epistemic`` / ``forces_std_epistemic``.
+
     Args:
-        model: path of a saved model folder, or a :class:`~mlpot.potential.Potential`.
+        model: path of a saved model or ensemble folder, a Potential or an Ensemble.
         dtype: "float64" (default, for MD energy conservation) or "float32".
     """
 
-    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress",
+                              "energy_std", "forces_std"]
 
     def __init__(self, model, dtype: str = "float64", **kwargs):
         super().__init__(**kwargs)
         if not isinstance(model, torch.nn.Module):
-            from mlpot.serialize import load
+            from mlpot.uncertainty.ensemble import load_model
 
-            model = load(model)
+            model = load_model(model)
         self.potential = model.to(getattr(torch, dtype)).eval()
         self.dtype = getattr(torch, dtype)
 
@@ -41,6 +46,11 @@ class MlpotCalculator(Calculator):
         self.results["energy"] = self.results["free_energy"] = energy
         self.results["energies"] = out[keys.ATOMIC_ENERGY].detach().numpy().astype(np.float64)
         self.results["forces"] = out[keys.FORCES].detach().numpy().astype(np.float64)
+        if keys.ENERGY_STD in out:
+            self.results["energy_std"] = self.results["energy_std_epistemic"] = float(
+                out[keys.ENERGY_STD][0].detach())
+            self.results["forces_std"] = self.results["forces_std_epistemic"] = (
+                out[keys.FORCES_STD].detach().numpy().astype(np.float64))
         if want_stress:
             stress = out[keys.STRESS][0].detach().numpy().astype(np.float64)
             self.results["stress"] = full_3x3_to_voigt_6_stress(stress)

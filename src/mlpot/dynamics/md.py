@@ -28,6 +28,17 @@ class UnstableDynamics(RuntimeError):
         self.step = step
 
 
+class UncertainDynamics(UnstableDynamics):
+    """The ensemble's epistemic force uncertainty passed the threshold."""
+
+
+def _largest_force_sigma(atoms: Atoms) -> tuple[int, float]:
+    """(atom, σ) of the atom with the largest epistemic force σ, |σ_i| over x, y, z, eV/Å."""
+    sigma = np.linalg.norm(atoms.calc.results["forces_std"], axis=1)
+    k = int(np.argmax(sigma))
+    return k, float(sigma[k])
+
+
 def _check_distances(atoms: Atoms, min_distance: float, step: int) -> None:
     from mlpot.neighbors import neighbor_pairs
 
@@ -44,7 +55,8 @@ def _check_distances(atoms: Atoms, min_distance: float, step: int) -> None:
 def run_md(atoms: Atoms, calculator, steps: int, dt: float = 0.5, temperature: float = 300.0,
            ensemble: str = "nve", friction: float = 0.01, trajectory: str | Path | None = None,
            log: str | Path | None = None, interval: int = 10, seed: int = 0,
-           progress: bool = True, min_distance: float | None = 0.6) -> dict:
+           progress: bool = True, min_distance: float | None = 0.6,
+           max_force_sigma: float | None = None, on_uncertain: str = "stop") -> dict:
     """Run ``steps`` steps of NVE (velocity Verlet) or Langevin MD from ``atoms``.
 
     Args:
@@ -53,9 +65,16 @@ def run_md(atoms: Atoms, calculator, steps: int, dt: float = 0.5, temperature: f
         min_distance: stop when two atoms come closer than this (Å; checked every
             ``interval`` steps; None disables). A potential that lets atoms collapse has left
             its training range, and the rest of such a trajectory is meaningless.
+        max_force_sigma: threshold (eV/Å) on the largest per-atom epistemic force σ
+            (|σ_i| over x, y, z; needs an ensemble), checked every ``interval`` steps.
+        on_uncertain: "stop" ends the run there; "flag" records the step and goes on.
     Returns: summary with the total-energy drift per atom per ps (eV/atom/ps), the energy
-        series (eV) at every logged step, and ``stopped`` (None, or why and at which step).
+        series (eV) at every logged step, ``stopped`` (None, or why and at which step), and
+        with an ensemble the largest force σ at every logged step and the ``uncertain`` steps
+        (step, atom, σ) beyond ``max_force_sigma``.
     """
+    if on_uncertain not in ("stop", "flag"):
+        raise ValueError(f"on_uncertain must be 'stop' or 'flag', not {on_uncertain!r}")
     atoms = atoms.copy()
     atoms.calc = calculator
     rng = np.random.default_rng(seed)
@@ -70,7 +89,12 @@ def run_md(atoms: Atoms, calculator, steps: int, dt: float = 0.5, temperature: f
                             friction=friction / units.fs, rng=rng)
     else:
         raise ValueError(f"ensemble must be 'nve' or 'langevin', not {ensemble!r}")
-    times, totals, temperatures = [], [], []
+    times, totals, temperatures, sigmas, uncertain = [], [], [], [], []
+    atoms.get_forces()
+    has_sigma = "forces_std" in atoms.calc.results
+    if max_force_sigma is not None and not has_sigma:
+        raise ValueError("max_force_sigma needs a calculator that predicts forces_std "
+                         "(an ensemble model)")
 
     def record():
         epot = atoms.get_potential_energy()
@@ -80,6 +104,17 @@ def run_md(atoms: Atoms, calculator, steps: int, dt: float = 0.5, temperature: f
         temperatures.append(ekin / (1.5 * units.kB * len(atoms)))
         if min_distance:
             _check_distances(atoms, min_distance, dynamics.nsteps)
+        if has_sigma:
+            atom, sigma = _largest_force_sigma(atoms)
+            sigmas.append(sigma)
+            if max_force_sigma is not None and sigma > max_force_sigma:
+                event = {"step": dynamics.nsteps, "atom": atom,
+                         "symbol": atoms.get_chemical_symbols()[atom], "force_sigma": sigma}
+                uncertain.append(event)
+                if on_uncertain == "stop":
+                    raise UncertainDynamics(
+                        f"step {dynamics.nsteps}: atom {atom} ({event['symbol']}) has epistemic "
+                        f"force σ {sigma:.3f} eV/Å > {max_force_sigma} eV/Å", dynamics.nsteps)
 
     dynamics.attach(record, interval=interval)
     if trajectory is not None:
@@ -101,7 +136,8 @@ def run_md(atoms: Atoms, calculator, steps: int, dt: float = 0.5, temperature: f
     try:
         dynamics.run(steps)
     except UnstableDynamics as error:
-        stopped = {"step": error.step, "reason": str(error)}
+        stopped = {"step": error.step, "reason": str(error),
+                   "uncertain": isinstance(error, UncertainDynamics)}
     bar.close()
     if trajectory is not None:
         traj.close()
@@ -110,4 +146,5 @@ def run_md(atoms: Atoms, calculator, steps: int, dt: float = 0.5, temperature: f
             "energy_drift_eV_per_atom_per_ps": drift,
             "energy_fluctuation_eV": float(np.std(totals)) if totals else 0.0,
             "mean_temperature_K": float(np.mean(temperatures)) if temperatures else 0.0,
-            "times_ps": times, "total_energies_eV": totals}
+            "times_ps": times, "total_energies_eV": totals,
+            "max_force_sigma_eV_per_A": sigmas if has_sigma else None, "uncertain": uncertain}

@@ -11,12 +11,13 @@ from mlpot.data.records import Frame
 
 def predict(potential, frames: list[Frame], batch_size: int = 64, forces: bool = True,
             progress: bool = False) -> dict[str, list[np.ndarray]]:
-    """Energies (eV) and forces (eV/Å) of every frame, in frame order."""
+    """Energies (eV) and forces (eV/Å) of every frame, in frame order; also the epistemic σ
+    ("energy_std", "forces_std") where the potential predicts them (ensembles)."""
     from tqdm.auto import tqdm
 
     was_training = potential.training
     potential.eval()
-    energies, force_list = [], []
+    energies, force_list, energy_std, force_std = [], [], [], []
     starts = range(0, len(frames), batch_size)
     for start in tqdm(starts, desc="predict", disable=not progress, leave=False):
         chunk = frames[start:start + batch_size]
@@ -24,11 +25,18 @@ def predict(potential, frames: list[Frame], batch_size: int = 64, forces: bool =
         batch = {key: value.to(device) for key, value in potential.batch(chunk).items()}
         out = potential(batch, forces=forces)
         energies.append(out[keys.ENERGY].detach().double().numpy())
+        if keys.ENERGY_STD in out:
+            energy_std.append(out[keys.ENERGY_STD].detach().double().numpy())
         if forces:
             split = np.cumsum([len(f) for f in chunk])[:-1]
             force_list += np.split(out[keys.FORCES].detach().double().numpy(), split)
+            if keys.FORCES_STD in out:
+                force_std += np.split(out[keys.FORCES_STD].detach().double().numpy(), split)
     potential.train(was_training)
-    return {"energy": list(np.concatenate(energies)), "forces": force_list}
+    predicted = {"energy": list(np.concatenate(energies)), "forces": force_list}
+    if energy_std:
+        predicted.update(energy_std=list(np.concatenate(energy_std)), forces_std=force_std)
+    return predicted
 
 
 def error_metrics(frames: list[Frame], predicted: dict) -> dict[str, float]:

@@ -28,6 +28,8 @@ from mlpot.serialize import load, save, write_json_atomic
 from mlpot.train.metrics import evaluate
 from mlpot.train.ridge import fit_linear
 from mlpot.train.trainer import Trainer
+from mlpot.uncertainty.calibration import uncertainty_metrics
+from mlpot.uncertainty.ensemble import Ensemble, load_model, save_ensemble
 
 
 def versions() -> dict:
@@ -140,6 +142,32 @@ def fit_statistics(potential: Potential, train: list[Frame]) -> None:
         model.set_statistics(mean, std, scale, solution)
 
 
+def bootstrap_sample(frames: list[Frame], seed: int) -> list[Frame]:
+    """len(frames) frames drawn with replacement (a bootstrap resample), seeded."""
+    rng = np.random.default_rng(seed)
+    return [frames[k] for k in rng.integers(0, len(frames), len(frames))]
+
+
+def train_member(config: RunConfig, train: list[Frame], valid: list[Frame], elements: list[int],
+                 e0: dict[str, float], out: Path, seed: int, metadata: dict, progress: bool,
+                 resume: bool) -> dict:
+    """Build, fit and save one potential into ``out/model``; returns the training summary."""
+    say = print if progress else (lambda *a, **k: None)
+    potential = build_potential(config, elements, e0)
+    dtype = getattr(torch, config.training.dtype)
+    if config.model.kind == "linear":
+        say("fitting the linear model in closed form (ridge)", flush=True)
+        potential = potential.double()
+        fit = fit_linear(potential, train, valid, config.training.sigma_energy,
+                         config.training.sigma_force, config.model.ridge)
+        save(potential.to(dtype), out / "model", {**metadata, "fit": fit})
+        return {"stopped_by": "closed form", "fit": fit}
+    fit_statistics(potential, train)
+    trainer = Trainer(potential.to(dtype), train, valid, config.training, out, seed=seed,
+                      metadata=metadata, progress=progress)
+    return trainer.run(resume=resume)
+
+
 def run_training(config: RunConfig, resume: bool = False, progress: bool = True) -> dict:
     """Train (or fit) the configured potential and evaluate it; returns the summary dict."""
     out = Path(config.out)
@@ -160,8 +188,6 @@ def run_training(config: RunConfig, resume: bool = False, progress: bool = True)
     say(f"{len(train)} training, {len(valid)} validation frames; elements {elements}; "
         f"E0 from {e0_source}", flush=True)
 
-    potential = build_potential(config, elements, e0)
-    dtype = getattr(torch, config.training.dtype)
     info = {"config": config.model_dump(), "seed": config.seed, "versions": versions(),
             "git_commit": git_commit(), "command": sys.argv, "e0_source": e0_source,
             "reference_energies": e0, "n_train": len(train), "n_valid": len(valid),
@@ -170,27 +196,34 @@ def run_training(config: RunConfig, resume: bool = False, progress: bool = True)
     metadata = {"seed": config.seed, "git_commit": info["git_commit"],
                 "versions": info["versions"], "training_config": config.model_dump()}
 
-    if config.model.kind == "linear":
-        say("fitting the linear model in closed form (ridge)", flush=True)
-        potential = potential.double()
-        fit = fit_linear(potential, train, valid, config.training.sigma_energy,
-                         config.training.sigma_force, config.model.ridge)
-        save(potential.to(dtype), out / "model", {**metadata, "fit": fit})
-        summary = {"stopped_by": "closed form", "fit": fit}
+    n_members = config.training.ensemble
+    if n_members == 1:
+        summary = train_member(config, train, valid, elements, e0, out, config.seed, metadata,
+                               progress, resume)
     else:
-        fit_statistics(potential, train)
-        potential = potential.to(dtype)
-        trainer = Trainer(potential, train, valid, config.training, out, seed=config.seed,
-                          metadata=metadata, progress=progress)
-        summary = trainer.run(resume=resume)
+        summaries, members = [], []
+        for k in range(n_members):
+            seed = config.seed + k
+            say(f"ensemble member {k + 1} of {n_members} (seed {seed})", flush=True)
+            torch.manual_seed(seed)
+            member_train = bootstrap_sample(train, seed) if config.training.bootstrap else train
+            member_out = out / "members" / f"member_{k}"
+            summaries.append(train_member(config, member_train, valid, elements, e0,
+                                          member_out, seed, {**metadata, "seed": seed},
+                                          progress, resume))
+            members.append(load(member_out / "model"))
+        save_ensemble(Ensemble(members), out / "model", metadata)
+        summary = {"members": summaries, "stopped_by": "ensemble of " + str(n_members)}
 
-    best = load(out / "model")
+    best = load_model(out / "model")
     metrics = {}
     predictions = {}
     for name, frames in [("valid", valid)] + [(k[5:], v) for k, v in data.items()
                                                  if k.startswith("test:")]:
         if frames:
             metrics[name], predictions[name] = evaluate(best, frames, progress=progress)
+            if "energy_std" in predictions[name]:
+                metrics[name].update(uncertainty_metrics(frames, predictions[name]))
     summary.update(metrics=metrics, wall_seconds=time.time() - started, out=str(out))
     write_json_atomic(out / "metrics.json", summary)
     from mlpot import plots

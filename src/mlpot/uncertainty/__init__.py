@@ -1,0 +1,1 @@
+"""Uncertainty: deep ensembles (ensemble.py) and calibration metrics (calibration.py)."""

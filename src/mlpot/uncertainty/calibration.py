@@ -1,0 +1,79 @@
+"""How well predicted uncertainties match actual errors.
+
+For errors e_k (prediction − reference) and predicted standard deviations σ_k:
+- Gaussian negative log-likelihood per observation, NLL = ⟨½ ln(2π σ²) + e²/(2σ²)⟩ (in the
+  units of e: eV for energies, eV/Å for forces; lower is better);
+- Spearman rank correlation of σ with |e| (does a larger σ mean a larger error?);
+- miscalibration area (Tran et al. 2020): for each confidence p ∈ (0, 1) the fraction of
+  errors inside the central Gaussian interval ±σ Φ⁻¹((1 + p)/2) should be p; the area is the
+  mean |observed − p| over p (0 = calibrated, 0.5 = worst).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import erf
+from scipy.stats import spearmanr
+
+from mlpot.data.records import Frame
+
+SIGMA_FLOOR = 1e-12  # σ below this is treated as this (identical members give σ = 0)
+
+
+def gaussian_nll(errors: np.ndarray, sigmas: np.ndarray) -> float:
+    """Mean Gaussian negative log-likelihood of ``errors`` under N(0, σ²)."""
+    var = np.maximum(np.asarray(sigmas, dtype=float), SIGMA_FLOOR) ** 2
+    return float(np.mean(0.5 * np.log(2 * np.pi * var) + np.asarray(errors) ** 2 / (2 * var)))
+
+
+def spearman(sigmas: np.ndarray, errors: np.ndarray) -> float | None:
+    """Spearman rank correlation of σ with |error| (None with fewer than 3 values)."""
+    if len(sigmas) < 3:
+        return None
+    value = spearmanr(np.asarray(sigmas), np.abs(np.asarray(errors))).statistic
+    return None if np.isnan(value) else float(value)
+
+
+def calibration_curve(errors: np.ndarray, sigmas: np.ndarray, n_levels: int = 99):
+    """(expected p, observed fraction of |e| ≤ σ z_p), p on an even grid in (0, 1)."""
+    expected = np.linspace(0, 1, n_levels + 2)[1:-1]
+    scaled = np.abs(np.asarray(errors)) / np.maximum(np.asarray(sigmas), SIGMA_FLOOR)
+    # |e|/σ ≤ z_p  ⇔  erf(|e|/(σ√2)) ≤ p: compare the Gaussian confidence of each error
+    confidence = erf(scaled / np.sqrt(2))
+    observed = np.array([np.mean(confidence <= p) for p in expected])
+    return expected, observed
+
+
+def miscalibration_area(errors: np.ndarray, sigmas: np.ndarray) -> float:
+    expected, observed = calibration_curve(errors, sigmas)
+    return float(np.mean(np.abs(observed - expected)))
+
+
+def uncertainty_metrics(frames: list[Frame], predicted: dict) -> dict:
+    """Epistemic σ means, Spearman, NLL and miscalibration area of an ensemble's predictions.
+
+    ``predicted`` holds "energy", "energy_std" (eV, per structure) and, with forces,
+    "forces", "forces_std" (eV/Å, per frame arrays). Energies are compared per atom (as the
+    error metrics); per-atom force σ and error are the norms over x, y, z.
+    Units: σ means in meV/atom and meV/Å; NLL in eV/atom (energies) and eV/Å (forces).
+    """
+    n = np.array([len(f) for f in frames])
+    energy_error = (np.asarray(predicted["energy"]) - np.array([f.energy for f in frames])) / n
+    energy_sigma = np.asarray(predicted["energy_std"]) / n
+    result = {"energy_sigma_epistemic": float(np.mean(energy_sigma) * 1000),
+              "energy_sigma_aleatoric": None,  # needs variance heads (not in this model)
+              "spearman_energy": spearman(energy_sigma, energy_error),
+              "nll_energy": gaussian_nll(energy_error, energy_sigma),
+              "miscalibration_area_energy": miscalibration_area(energy_error, energy_sigma),
+              "force_sigma_epistemic": None, "force_sigma_aleatoric": None,
+              "spearman_force": None, "nll": None, "miscalibration_area_force": None}
+    with_forces = [k for k, f in enumerate(frames) if f.forces is not None]
+    if with_forces and predicted.get("forces_std"):
+        error = np.concatenate([(predicted["forces"][k] - frames[k].forces) for k in with_forces])
+        sigma = np.concatenate([predicted["forces_std"][k] for k in with_forces])
+        result.update(
+            force_sigma_epistemic=float(np.mean(sigma) * 1000),
+            spearman_force=spearman(np.linalg.norm(sigma, axis=1), np.linalg.norm(error, axis=1)),
+            nll=gaussian_nll(error.ravel(), sigma.ravel()),
+            miscalibration_area_force=miscalibration_area(error.ravel(), sigma.ravel()))
+    return result

@@ -1,0 +1,124 @@
+"""Deep ensembles: M independently trained potentials that predict together.
+
+After Lakshminarayanan, Pritzel and Blundell, NeurIPS 2017. With E_m, F_m the members'
+predictions (same structures, one shared batch and neighbour list):
+
+    Ē = (1/M) Σ_m E_m,           σ_E² = (1/M) Σ_m (E_m − Ē)²            eV
+    F̄_iα = (1/M) Σ_m F_m,iα,     σ_F,iα² = (1/M) Σ_m (F_m,iα − F̄_iα)²    eV/Å
+
+σ is the *epistemic* uncertainty: members agree where training data pinned them down and
+disagree where it did not. It says nothing of the noise in the labels themselves (aleatoric).
+
+Saved as a folder: ``ensemble.json`` ({"format": "mlpot-ensemble", "members": [...]}) beside
+one ordinary model folder per member (``member_0/`` …), so loading never executes code and each
+member can be used alone.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mlpot import keys
+from mlpot.errors import ModelFileError
+from mlpot.potential import Potential
+from mlpot.serialize import load, replace_folder, save, write_json_atomic
+
+FORMAT = "mlpot-ensemble"
+
+
+class Ensemble(nn.Module):
+    """M potentials of one architecture (same elements and cutoffs) evaluated together.
+
+    ``forward`` returns the members' mean energy, forces (and stress) under the usual keys,
+    the epistemic σ under ``keys.ENERGY_STD`` / ``keys.FORCES_STD`` and every member's
+    prediction under ``keys.ENERGY_MEMBERS`` / ``keys.FORCES_MEMBERS``. One batch (one
+    neighbour list) serves all members; each member runs its own forward and backward pass.
+    """
+
+    def __init__(self, members: list[Potential]):
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError("an ensemble needs at least 2 members")
+        first = members[0].model
+        for member in members[1:]:
+            model = member.model
+            if (model.elements != first.elements or model.cutoff != first.cutoff
+                    or model.angular_cutoff != first.angular_cutoff):
+                raise ValueError("ensemble members must share elements and cutoffs")
+        self.members = nn.ModuleList(members)
+
+    @property
+    def model(self):
+        """The first member's model (elements, cutoffs: what every member shares)."""
+        return self.members[0].model
+
+    @property
+    def e0(self) -> torch.Tensor:
+        return self.members[0].e0
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.members[0].dtype
+
+    @property
+    def elements(self) -> list[int]:
+        return self.members[0].elements
+
+    @property
+    def cutoff(self) -> float:
+        return self.members[0].cutoff
+
+    def batch(self, frames, dtype=None) -> dict[str, torch.Tensor]:
+        return self.members[0].batch(frames, dtype=dtype)
+
+    def forward(self, batch: dict[str, torch.Tensor], forces: bool = True, stress: bool = False,
+                create_graph: bool | None = None) -> dict[str, torch.Tensor]:
+        outs = [member(batch, forces=forces, stress=stress, create_graph=create_graph)
+                for member in self.members]
+        energies = torch.stack([out[keys.ENERGY] for out in outs])  # (M, B)
+        result = {keys.ENERGY: energies.mean(0),
+                  keys.ENERGY_STD: energies.std(0, correction=0),
+                  keys.ENERGY_MEMBERS: energies,
+                  keys.ATOMIC_ENERGY: torch.stack([o[keys.ATOMIC_ENERGY] for o in outs]).mean(0)}
+        if forces:
+            member_forces = torch.stack([out[keys.FORCES] for out in outs])  # (M, N, 3)
+            result.update({keys.FORCES: member_forces.mean(0),
+                           keys.FORCES_STD: member_forces.std(0, correction=0),
+                           keys.FORCES_MEMBERS: member_forces})
+        if stress:
+            result[keys.STRESS] = torch.stack([out[keys.STRESS] for out in outs]).mean(0)
+        return result
+
+
+def save_ensemble(ensemble: Ensemble, path: str | Path, metadata: dict | None = None) -> Path:
+    """Save to folder ``path`` atomically: ensemble.json + member_k/ model folders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    names = [f"member_{k}" for k in range(len(ensemble.members))]
+    for name, member in zip(names, ensemble.members):
+        save(member, tmp / name, metadata)
+    write_json_atomic(tmp / "ensemble.json", {"format": FORMAT, "members": names,
+                                              "metadata": metadata or {}})
+    return replace_folder(tmp, path)
+
+
+def load_model(path: str | Path) -> Potential | Ensemble:
+    """A saved potential, or an :class:`Ensemble` if ``path`` holds ensemble.json."""
+    path = Path(path)
+    index = path / "ensemble.json"
+    if not index.exists():
+        return load(path)
+    description = json.loads(index.read_text())
+    if description.get("format") != FORMAT:
+        raise ModelFileError(f"{index}: format is {description.get('format')!r}, not {FORMAT!r}")
+    members = description.get("members") or []
+    for name in members:
+        if Path(name).name != name:  # member folders live inside the ensemble folder
+            raise ModelFileError(f"{index}: member {name!r} is not a folder name")
+    return Ensemble([load(path / name) for name in members]).eval()

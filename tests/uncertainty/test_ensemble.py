@@ -1,0 +1,166 @@
+"""Deep ensembles: mean and epistemic σ equal the members' own predictions, save/load without
+pickle, the ASE calculator and MD watchdog see σ, and the command line trains and evaluates
+an ensemble end to end."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import mlpot
+from mlpot import keys
+from mlpot.dynamics.calculator import MlpotCalculator
+from mlpot.dynamics.md import run_md
+from mlpot.errors import ModelFileError
+from mlpot.models import SchNet
+from mlpot.potential import Potential
+from mlpot.uncertainty.ensemble import Ensemble, load_model, save_ensemble
+
+E0 = {"H": -13.568422178253735, "C": -1026.8538996116154, "O": -2037.796869412825}
+CELL = np.array([[7.5, 0.0, 0.0], [1.0, 7.0, 0.0], [0.5, -0.8, 7.2]])
+
+
+def _member(seed: int, cutoff: float = 4.0) -> Potential:
+    torch.manual_seed(seed)
+    model = SchNet([1, 6, 8], cutoff=cutoff, n_features=8, n_interactions=2, n_rbf=6)
+    model.set_statistics(0.5, torch.tensor([-0.4, -1.2, -0.9]))
+    return Potential(model, E0).double().eval()
+
+
+@pytest.fixture(scope="module")
+def ensemble():
+    return Ensemble([_member(seed) for seed in (1, 2, 3)]).eval()
+
+
+def test_mean_and_sigma_are_those_of_the_members(ensemble, acac_frames):
+    frames = acac_frames[:3]
+    batch = ensemble.batch(frames)
+    out = ensemble(batch, stress=False)
+    singles = [member(member.batch(frames)) for member in ensemble.members]
+    energies = np.array([s[keys.ENERGY].detach().numpy() for s in singles])  # (M, B)
+    forces = np.array([s[keys.FORCES].detach().numpy() for s in singles])  # (M, N, 3)
+    np.testing.assert_allclose(out[keys.ENERGY].detach(), energies.mean(0), rtol=1e-13)
+    np.testing.assert_allclose(out[keys.ENERGY_STD].detach(), energies.std(0), rtol=1e-9)
+    np.testing.assert_allclose(out[keys.FORCES].detach(), forces.mean(0), atol=1e-13)
+    np.testing.assert_allclose(out[keys.FORCES_STD].detach(), forces.std(0), atol=1e-13)
+    np.testing.assert_allclose(out[keys.FORCES_MEMBERS].detach(), forces, atol=0)
+    assert float(out[keys.ENERGY_STD].detach().min()) > 1e-3  # different seeds disagree
+    # identical members: no epistemic spread at all
+    same = Ensemble([_member(1), _member(1)])
+    out_same = same(same.batch(frames))
+    assert float(out_same[keys.ENERGY_STD].abs().max()) == 0.0
+    assert float(out_same[keys.FORCES_STD].abs().max()) == 0.0
+
+
+def test_members_must_share_cutoffs():
+    with pytest.raises(ValueError, match="share elements and cutoffs"):
+        Ensemble([_member(1, cutoff=4.0), _member(2, cutoff=3.5)])
+    with pytest.raises(ValueError, match="at least 2"):
+        Ensemble([_member(1)])
+
+
+def test_save_and_load(ensemble, acac_frames, tmp_path):
+    path = save_ensemble(ensemble, tmp_path / "model", {"note": "test"})
+    index = json.loads((path / "ensemble.json").read_text())
+    assert index["members"] == ["member_0", "member_1", "member_2"]
+    loaded = mlpot.load(path)
+    assert isinstance(loaded, Ensemble) and len(loaded.members) == 3
+    batch = ensemble.batch(acac_frames[:2])
+    for key in (keys.ENERGY, keys.ENERGY_STD, keys.FORCES_STD):
+        assert torch.equal(loaded(batch)[key], ensemble(batch)[key]), key
+    member = mlpot.load(path / "member_1")  # each member is an ordinary model folder
+    assert isinstance(member, Potential)
+    (path / "ensemble.json").write_text(json.dumps({"format": "mlpot-ensemble",
+                                                     "members": ["../elsewhere"]}))
+    with pytest.raises(ModelFileError, match="not a folder name"):
+        load_model(path)
+
+
+def test_calculator_reports_sigma(ensemble, acac_frames):
+    atoms = acac_frames[4].to_atoms()
+    atoms.calc = MlpotCalculator(ensemble)
+    energy = atoms.get_potential_energy()
+    out = ensemble(ensemble.batch([acac_frames[4]]))
+    assert energy == pytest.approx(float(out[keys.ENERGY][0]), abs=1e-10)
+    results = atoms.calc.results
+    assert results["energy_std"] == pytest.approx(float(out[keys.ENERGY_STD][0]), rel=1e-12)
+    np.testing.assert_allclose(results["forces_std"], out[keys.FORCES_STD].detach(), atol=1e-14)
+    assert results["forces_std_epistemic"] is results["forces_std"]
+    # periodic: stress is the members' mean
+    atoms.set_cell(CELL)
+    atoms.pbc = True
+    stress = atoms.get_stress()
+    members = []
+    for member in ensemble.members:
+        copy = atoms.copy()
+        copy.calc = MlpotCalculator(member)
+        members.append(copy.get_stress())
+    np.testing.assert_allclose(stress, np.mean(members, axis=0), atol=1e-12)
+
+
+def test_md_watchdog_stops_or_flags(ensemble, acac_frames, tmp_path):
+    atoms = acac_frames[5].to_atoms()
+    calculator = MlpotCalculator(ensemble)
+    stopped = run_md(atoms, calculator, steps=20, interval=5, progress=False,
+                     max_force_sigma=1e-6, trajectory=tmp_path / "a.traj")
+    assert stopped["stopped"]["uncertain"] and stopped["stopped"]["step"] == 0
+    event = stopped["uncertain"][0]
+    sigma = np.linalg.norm(calculator.results["forces_std"], axis=1)
+    assert event["force_sigma"] > 1e-6 and 0 <= event["atom"] < len(atoms)
+    # random weights: no physical MD, so short steps and no distance watchdog
+    flagged = run_md(atoms, MlpotCalculator(ensemble), steps=20, dt=0.1, interval=5,
+                     progress=False, min_distance=None, max_force_sigma=float(np.median(sigma)),
+                     on_uncertain="flag")
+    assert flagged["stopped"] is None
+    assert len(flagged["max_force_sigma_eV_per_A"]) == 5  # steps 0, 5, 10, 15, 20
+    assert [e["step"] for e in flagged["uncertain"]] == [
+        step for step, s in zip(range(0, 21, 5), flagged["max_force_sigma_eV_per_A"])
+        if s > float(np.median(sigma))]
+    with pytest.raises(ValueError, match="needs a calculator"):
+        run_md(atoms, MlpotCalculator(ensemble.members[0]), steps=2, progress=False,
+               max_force_sigma=0.1)
+
+
+def test_cli_ensemble_train_eval_md(acac_dir, tmp_path):
+    """mlpot train --ensemble 2, then eval --json reports σ and calibration, md stops on σ."""
+    train = tmp_path / "train.xyz"
+    with open(acac_dir / "train_300K.xyz") as handle:
+        train.write_text("".join(next(handle) for _ in range(20 * 17)))
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({
+        "data": {"train": str(train), "valid_fraction": 0.2,
+                 "isolated_atoms": str(acac_dir / "isolated_atoms.xyz")},
+        "model": {"kind": "schnet", "cutoff": 4.0, "n_features": 8, "n_interactions": 2},
+        "training": {"max_epochs": 1, "max_minutes": None, "batch_size": 4}}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "run"
+    run = subprocess.run([sys.executable, "-m", "mlpot", "train", str(config), "--ensemble", "2",
+                          "--out", str(out)], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert (out / "model" / "ensemble.json").exists()
+    assert (out / "members" / "member_1" / "log.csv").exists()
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]["valid"]
+    assert metrics["force_sigma_epistemic"] > 0 and metrics["nll"] is not None
+
+    evaluated = subprocess.run([sys.executable, "-m", "mlpot", "eval", str(out / "model"),
+                                str(acac_dir / "test_H_transfer.xyz"), "--json"],
+                               capture_output=True, text=True, env=env, timeout=300)
+    assert evaluated.returncode == 0, evaluated.stderr
+    result = json.loads(evaluated.stdout.strip().splitlines()[-1])
+    for key in ("energy_sigma_epistemic", "energy_sigma_aleatoric", "force_sigma_epistemic",
+                "force_sigma_aleatoric", "spearman_force", "nll"):
+        assert key in result
+    assert result["energy_sigma_epistemic"] > 0
+
+    md = subprocess.run([sys.executable, "-m", "mlpot", "md", str(out / "model"), str(train),
+                         "--steps", "10", "--max-force-sigma", "1e-6", "--out",
+                         str(tmp_path / "md.traj")], capture_output=True, text=True, env=env,
+                        timeout=300)
+    assert md.returncode == 4, md.stderr
+    assert "epistemic force σ" in md.stderr and "uncertain: step 0" in md.stderr
