@@ -56,3 +56,20 @@ def learning_curve(log_csv: Path, path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return Path(path)
+
+
+def calibration(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> Path:
+    """Calibration curves: observed fraction of errors inside the central Gaussian interval of
+    each confidence p against p, one line per data set ({name: (expected, observed)});
+    the diagonal is perfect calibration, below it σ is too small."""
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], color="0.6", lw=1, label="calibrated")
+    for name, (expected, observed) in curves.items():
+        ax.plot(expected, observed, label=name)
+    ax.set(xlabel="expected fraction (confidence p)", ylabel="observed fraction",
+           xlim=(0, 1), ylim=(0, 1), title="force uncertainty calibration")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

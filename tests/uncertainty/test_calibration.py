@@ -28,3 +28,19 @@ def test_calibrated_sigmas_have_small_area_and_wrong_ones_large():
     assert spearman(sigmas, errors) > 0.4
     assert abs(spearman(rng.permutation(sigmas), errors)) < 0.05
     assert spearman(sigmas[:2], errors[:2]) is None
+
+
+def test_sigma_scale_maximises_the_likelihood():
+    """s² = ⟨e²/σ²⟩ is the maximum of the Gaussian likelihood over s; with σ four times too
+    small it recovers ≈ 4 and brings the miscalibration area down."""
+    from mlpot.uncertainty.calibration import fit_sigma_scale
+
+    rng = np.random.default_rng(3)
+    sigmas = rng.uniform(0.5, 2.0, 5000)
+    errors = rng.normal(size=sigmas.size) * sigmas
+    scale = fit_sigma_scale(errors, sigmas / 4)
+    assert scale == pytest.approx(4.0, rel=0.03)
+    nll = [gaussian_nll(errors, sigmas / 4 * s) for s in (0.9 * scale, scale, 1.1 * scale)]
+    assert nll[1] < nll[0] and nll[1] < nll[2]
+    assert miscalibration_area(errors, sigmas / 4) > 0.3
+    assert miscalibration_area(errors, sigmas / 4 * scale) < 0.02

@@ -81,6 +81,17 @@ def test_save_and_load(ensemble, acac_frames, tmp_path):
         load_model(path)
 
 
+def test_sigma_scales_apply_and_persist(ensemble, acac_frames, tmp_path):
+    scaled = Ensemble(list(ensemble.members), sigma_scale_energy=2.0, sigma_scale_forces=3.0)
+    batch = ensemble.batch(acac_frames[:2])
+    plain, out = ensemble(batch), scaled(batch)
+    torch.testing.assert_close(out[keys.ENERGY_STD], 2.0 * plain[keys.ENERGY_STD])
+    torch.testing.assert_close(out[keys.FORCES_STD], 3.0 * plain[keys.FORCES_STD])
+    assert torch.equal(out[keys.FORCES], plain[keys.FORCES])
+    loaded = load_model(save_ensemble(scaled, tmp_path / "scaled"))
+    assert (loaded.sigma_scale_energy, loaded.sigma_scale_forces) == (2.0, 3.0)
+
+
 def test_calculator_reports_sigma(ensemble, acac_frames):
     atoms = acac_frames[4].to_atoms()
     atoms.calc = MlpotCalculator(ensemble)
@@ -145,8 +156,16 @@ def test_cli_ensemble_train_eval_md(acac_dir, tmp_path):
     assert run.returncode == 0, run.stderr
     assert (out / "model" / "ensemble.json").exists()
     assert (out / "members" / "member_1" / "log.csv").exists()
-    metrics = json.loads((out / "metrics.json").read_text())["metrics"]["valid"]
+    assert (out / "calibration.png").stat().st_size > 1000
+    summary = json.loads((out / "metrics.json").read_text())
+    metrics = summary["metrics"]["valid"]
     assert metrics["force_sigma_epistemic"] > 0 and metrics["nll"] is not None
+    # σ recalibrated on the validation frames, the factors stored with the ensemble
+    scales = json.loads((out / "model" / "ensemble.json").read_text())["sigma_scale"]
+    report = summary["recalibration"]
+    assert scales == {"energy": report["energy"]["scale"], "forces": report["forces"]["scale"]}
+    assert report["forces"]["miscalibration_area_after"] <= (
+        report["forces"]["miscalibration_area_before"] + 1e-9)
 
     evaluated = subprocess.run([sys.executable, "-m", "mlpot", "eval", str(out / "model"),
                                 str(acac_dir / "test_H_transfer.xyz"), "--json"],

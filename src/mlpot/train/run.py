@@ -28,7 +28,9 @@ from mlpot.serialize import load, save, write_json_atomic
 from mlpot.train.metrics import evaluate
 from mlpot.train.ridge import fit_linear
 from mlpot.train.trainer import Trainer
-from mlpot.uncertainty.calibration import uncertainty_metrics
+from mlpot.uncertainty.calibration import (calibration_curve, ensemble_errors,
+                                         fit_sigma_scale, miscalibration_area,
+                                         uncertainty_metrics)
 from mlpot.uncertainty.ensemble import Ensemble, load_model, save_ensemble
 
 
@@ -148,6 +150,24 @@ def bootstrap_sample(frames: list[Frame], seed: int) -> list[Frame]:
     return [frames[k] for k in rng.integers(0, len(frames), len(frames))]
 
 
+def recalibrate(ensemble: Ensemble, frames: list[Frame]) -> dict:
+    """Fit the ensemble's σ scale factors on ``frames`` (validation); returns the factors and
+    the miscalibration areas before and after."""
+    _, predicted = evaluate(ensemble, frames)
+    errors = ensemble_errors(frames, predicted)
+    report = {}
+    for name, attribute in (("energy", "sigma_scale_energy"), ("forces", "sigma_scale_forces")):
+        if name in errors:
+            error, sigma = errors[name]
+            raw = sigma / getattr(ensemble, attribute)  # the members' plain spread
+            scale = fit_sigma_scale(error, raw)
+            setattr(ensemble, attribute, scale)
+            report[name] = {"scale": scale,
+                            "miscalibration_area_before": miscalibration_area(error, raw),
+                            "miscalibration_area_after": miscalibration_area(error, raw * scale)}
+    return report
+
+
 def train_member(config: RunConfig, train: list[Frame], valid: list[Frame], elements: list[int],
                  e0: dict[str, float], out: Path, seed: int, metadata: dict, progress: bool,
                  resume: bool) -> dict:
@@ -212,23 +232,30 @@ def run_training(config: RunConfig, resume: bool = False, progress: bool = True)
                                           member_out, seed, {**metadata, "seed": seed},
                                           progress, resume))
             members.append(load(member_out / "model"))
-        save_ensemble(Ensemble(members), out / "model", metadata)
+        ensemble = Ensemble(members)
         summary = {"members": summaries, "stopped_by": "ensemble of " + str(n_members)}
+        if valid:
+            summary["recalibration"] = recalibrate(ensemble, valid)
+        save_ensemble(ensemble, out / "model", metadata)
 
     best = load_model(out / "model")
-    metrics = {}
-    predictions = {}
+    metrics, predictions, curves = {}, {}, {}
     for name, frames in [("valid", valid)] + [(k[5:], v) for k, v in data.items()
                                                  if k.startswith("test:")]:
         if frames:
             metrics[name], predictions[name] = evaluate(best, frames, progress=progress)
-            if "energy_std" in predictions[name]:
+            if "energy_std" in predictions[name]:  # an ensemble
                 metrics[name].update(uncertainty_metrics(frames, predictions[name]))
+                errors = ensemble_errors(frames, predictions[name])
+                if "forces" in errors:
+                    curves[name] = calibration_curve(*errors["forces"])
     summary.update(metrics=metrics, wall_seconds=time.time() - started, out=str(out))
     write_json_atomic(out / "metrics.json", summary)
     from mlpot import plots
 
     plots.parity(data, predictions, out / "parity.png")
+    if curves:
+        plots.calibration(curves, out / "calibration.png")
     if (out / "log.csv").exists():
         plots.learning_curve(out / "log.csv", out / "learning_curve.png")
     return summary

@@ -49,6 +49,26 @@ def miscalibration_area(errors: np.ndarray, sigmas: np.ndarray) -> float:
     return float(np.mean(np.abs(observed - expected)))
 
 
+def fit_sigma_scale(errors: np.ndarray, sigmas: np.ndarray) -> float:
+    """The factor s that maximises the Gaussian likelihood of ``errors`` under N(0, (sσ)²):
+    s² = ⟨e²/σ²⟩ (recalibration, fitted on validation data)."""
+    ratio = np.asarray(errors) / np.maximum(np.asarray(sigmas), SIGMA_FLOOR)
+    return float(np.sqrt(np.mean(ratio**2)))
+
+
+def ensemble_errors(frames: list[Frame], predicted: dict) -> dict[str, tuple]:
+    """(errors, σ) of energies per atom (eV/atom) and of force components (eV/Å)."""
+    n = np.array([len(f) for f in frames])
+    result = {"energy": ((np.asarray(predicted["energy"]) - [f.energy for f in frames]) / n,
+                         np.asarray(predicted["energy_std"]) / n)}
+    with_forces = [k for k, f in enumerate(frames) if f.forces is not None]
+    if with_forces and predicted.get("forces_std"):
+        result["forces"] = (
+            np.concatenate([predicted["forces"][k] - frames[k].forces for k in with_forces]),
+            np.concatenate([predicted["forces_std"][k] for k in with_forces]))
+    return result
+
+
 def uncertainty_metrics(frames: list[Frame], predicted: dict) -> dict:
     """Epistemic σ means, Spearman, NLL and miscalibration area of an ensemble's predictions.
 
@@ -57,9 +77,8 @@ def uncertainty_metrics(frames: list[Frame], predicted: dict) -> dict:
     error metrics); per-atom force σ and error are the norms over x, y, z.
     Units: σ means in meV/atom and meV/Å; NLL in eV/atom (energies) and eV/Å (forces).
     """
-    n = np.array([len(f) for f in frames])
-    energy_error = (np.asarray(predicted["energy"]) - np.array([f.energy for f in frames])) / n
-    energy_sigma = np.asarray(predicted["energy_std"]) / n
+    errors = ensemble_errors(frames, predicted)
+    energy_error, energy_sigma = errors["energy"]
     result = {"energy_sigma_epistemic": float(np.mean(energy_sigma) * 1000),
               "energy_sigma_aleatoric": None,  # needs variance heads (not in this model)
               "spearman_energy": spearman(energy_sigma, energy_error),
@@ -67,10 +86,8 @@ def uncertainty_metrics(frames: list[Frame], predicted: dict) -> dict:
               "miscalibration_area_energy": miscalibration_area(energy_error, energy_sigma),
               "force_sigma_epistemic": None, "force_sigma_aleatoric": None,
               "spearman_force": None, "nll": None, "miscalibration_area_force": None}
-    with_forces = [k for k, f in enumerate(frames) if f.forces is not None]
-    if with_forces and predicted.get("forces_std"):
-        error = np.concatenate([(predicted["forces"][k] - frames[k].forces) for k in with_forces])
-        sigma = np.concatenate([predicted["forces_std"][k] for k in with_forces])
+    if "forces" in errors:
+        error, sigma = errors["forces"]
         result.update(
             force_sigma_epistemic=float(np.mean(sigma) * 1000),
             spearman_force=spearman(np.linalg.norm(sigma, axis=1), np.linalg.norm(error, axis=1)),

@@ -9,9 +9,13 @@ predictions (same structures, one shared batch and neighbour list):
 σ is the *epistemic* uncertainty: members agree where training data pinned them down and
 disagree where it did not. It says nothing of the noise in the labels themselves (aleatoric).
 
-Saved as a folder: ``ensemble.json`` ({"format": "mlpot-ensemble", "members": [...]}) beside
-one ordinary model folder per member (``member_0/`` …), so loading never executes code and each
-member can be used alone.
+Recalibration: members of a small ensemble tend to agree too much (or too little), so σ is
+multiplied by factors s_E, s_F fitted on validation data (``calibration.fit_sigma_scale``) and
+stored with the ensemble; ``energy_std`` / ``forces_std`` are always the recalibrated values.
+
+Saved as a folder: ``ensemble.json`` ({"format": "mlpot-ensemble", "members": [...],
+"sigma_scale": {"energy": s_E, "forces": s_F}}) beside one ordinary model folder per member
+(``member_0/`` …), so loading never executes code and each member can be used alone.
 """
 
 from __future__ import annotations
@@ -40,8 +44,11 @@ class Ensemble(nn.Module):
     neighbour list) serves all members; each member runs its own forward and backward pass.
     """
 
-    def __init__(self, members: list[Potential]):
+    def __init__(self, members: list[Potential], sigma_scale_energy: float = 1.0,
+                 sigma_scale_forces: float = 1.0):
         super().__init__()
+        self.sigma_scale_energy = float(sigma_scale_energy)
+        self.sigma_scale_forces = float(sigma_scale_forces)
         if len(members) < 2:
             raise ValueError("an ensemble needs at least 2 members")
         first = members[0].model
@@ -82,13 +89,14 @@ class Ensemble(nn.Module):
                 for member in self.members]
         energies = torch.stack([out[keys.ENERGY] for out in outs])  # (M, B)
         result = {keys.ENERGY: energies.mean(0),
-                  keys.ENERGY_STD: energies.std(0, correction=0),
+                  keys.ENERGY_STD: energies.std(0, correction=0) * self.sigma_scale_energy,
                   keys.ENERGY_MEMBERS: energies,
                   keys.ATOMIC_ENERGY: torch.stack([o[keys.ATOMIC_ENERGY] for o in outs]).mean(0)}
         if forces:
             member_forces = torch.stack([out[keys.FORCES] for out in outs])  # (M, N, 3)
             result.update({keys.FORCES: member_forces.mean(0),
-                           keys.FORCES_STD: member_forces.std(0, correction=0),
+                           keys.FORCES_STD: (member_forces.std(0, correction=0)
+                                             * self.sigma_scale_forces),
                            keys.FORCES_MEMBERS: member_forces})
         if stress:
             result[keys.STRESS] = torch.stack([out[keys.STRESS] for out in outs]).mean(0)
@@ -103,8 +111,10 @@ def save_ensemble(ensemble: Ensemble, path: str | Path, metadata: dict | None = 
     names = [f"member_{k}" for k in range(len(ensemble.members))]
     for name, member in zip(names, ensemble.members):
         save(member, tmp / name, metadata)
-    write_json_atomic(tmp / "ensemble.json", {"format": FORMAT, "members": names,
-                                              "metadata": metadata or {}})
+    write_json_atomic(tmp / "ensemble.json", {
+        "format": FORMAT, "members": names, "metadata": metadata or {},
+        "sigma_scale": {"energy": ensemble.sigma_scale_energy,
+                        "forces": ensemble.sigma_scale_forces}})
     return replace_folder(tmp, path)
 
 
@@ -121,4 +131,6 @@ def load_model(path: str | Path) -> Potential | Ensemble:
     for name in members:
         if Path(name).name != name:  # member folders live inside the ensemble folder
             raise ModelFileError(f"{index}: member {name!r} is not a folder name")
-    return Ensemble([load(path / name) for name in members]).eval()
+    scale = description.get("sigma_scale", {})
+    return Ensemble([load(path / name) for name in members], scale.get("energy", 1.0),
+                    scale.get("forces", 1.0)).eval()
