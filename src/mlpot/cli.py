@@ -30,6 +30,8 @@ def _train(args) -> int:
         overrides["data.test"] = args.test
     if args.bootstrap:
         overrides["training.bootstrap"] = True
+    if args.aleatoric:
+        overrides["training.aleatoric"] = True
     if args.config:
         config = load_config(args.config, overrides)
     else:
@@ -138,6 +140,8 @@ def parser() -> argparse.ArgumentParser:
                        help="train a deep ensemble of M members (epistemic uncertainty)")
     train.add_argument("--bootstrap", action="store_true",
                        help="ensemble members train on bootstrap resamples of the data")
+    train.add_argument("--aleatoric", action="store_true",
+                       help="add a variance head that learns the label noise (NLL)")
     train.add_argument("--device", choices=["cpu", "cuda", "auto"],
                        help="where to train (default cpu; auto: the GPU when there is one)")
     train.add_argument("--out", help="output folder; DIR/model is the trained potential")

@@ -142,6 +142,12 @@ class TrainingConfig(Strict):
     ensemble: int = Field(1, ge=1)  # members of a deep ensemble (seeds seed … seed+M−1), each
     #                                  trained for max_minutes; see mlpot.uncertainty.ensemble
     bootstrap: bool = False  # each member trains on a resample (with replacement) of train
+    # aleatoric variance head (mlpot.models.variance), trained by Gaussian NLL after a warm-up
+    aleatoric: bool = False
+    nll_warmup: float = Field(0.25, ge=0, lt=1)  # fraction of the budget (time, else epochs)
+    #                                               fitted by the plain loss before NLL starts
+    beta_nll: float = Field(0.5, ge=0, le=1)  # β-NLL (Seitzer et al. 2022): 0 plain NLL,
+    #                                            1 mean-fit gradients as unweighted squares
 
 
     @model_validator(mode="after")
@@ -165,6 +171,9 @@ class RunConfig(Strict):
         if self.model.kind == "linear" and self.training.ensemble > 1 and not self.training.bootstrap:
             raise ValueError("a linear model is fitted in closed form, so its ensemble members "
                              "would be identical: set training.bootstrap: true")
+        if self.model.kind == "linear" and self.training.aleatoric:
+            raise ValueError("training.aleatoric needs a trained network, not the closed-form "
+                             "linear fit")
         return self
 
     @model_validator(mode="after")

@@ -22,8 +22,15 @@ STRESS = "stress"  # (n_structures, 3, 3) float | stress, eV/Å³ (ASE sign conv
 HAS_FORCES = "has_forces"  # (n_structures,) bool | whether reference forces exist for the structure
 ATOMIC_ENERGY = "atomic_energy"  # (n_atoms,) float | per-atom energies, eV (float64 from Potential)
 
-# uncertainty (ensembles, mlpot.uncertainty): epistemic = spread of the members' predictions
-ENERGY_STD = "energy_std"  # (n_structures,) float64 | epistemic σ of the total energy, eV
-FORCES_STD = "forces_std"  # (n_atoms, 3) float | epistemic σ of each force component, eV/Å
+# uncertainty (mlpot.uncertainty, models/variance.py): epistemic = spread of an ensemble's
+# members, aleatoric = predicted label noise; total variance = epistemic² + aleatoric
+ENERGY_VAR_ALEATORIC = "energy_var_aleatoric"  # (n_structures,) float64 | label-noise variance, eV²
+FORCES_VAR_ALEATORIC = "forces_var_aleatoric"  # (n_atoms,) float | per force component, eV²/Å²
+ENERGY_STD = "energy_std"  # (n_structures,) float64 | total σ of the total energy, eV
+FORCES_STD = "forces_std"  # (n_atoms, 3) float | total σ of each force component, eV/Å
+ENERGY_STD_EPISTEMIC = "energy_std_epistemic"  # (n_structures,) float64 | eV
+FORCES_STD_EPISTEMIC = "forces_std_epistemic"  # (n_atoms, 3) float | eV/Å
+ENERGY_STD_ALEATORIC = "energy_std_aleatoric"  # (n_structures,) float64 | eV
+FORCES_STD_ALEATORIC = "forces_std_aleatoric"  # (n_atoms, 3) float | eV/Å
 ENERGY_MEMBERS = "energy_members"  # (n_members, n_structures) float64 | each member's energy, eV
 FORCES_MEMBERS = "forces_members"  # (n_members, n_atoms, 3) float | each member's forces, eV/Å

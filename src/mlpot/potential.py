@@ -2,6 +2,10 @@
 
 F = −∂E/∂r and σ = (1/V) ∂E/∂ε (ASE's sign convention), where ε is a symmetric strain applied
 to positions and cell together. No model predicts forces or stress directly.
+
+With a variance head (:class:`mlpot.models.variance.VarianceHead`) the output also holds the
+aleatoric variances: of each total energy, Σ_i v^E_i (eV²), and of each atom's force
+components, v^F_i (eV²/Å²).
 """
 
 from __future__ import annotations
@@ -24,11 +28,14 @@ class Potential(nn.Module):
         model: module mapping a batch to ``{"atomic_energy": (n_atoms,)}``, with
             ``elements``, ``cutoff`` and ``angular_cutoff`` attributes.
         reference_energies: E0 by chemical symbol, eV (``{"H": -13.57, ...}``).
+        variance_head: optional aleatoric variance head (same elements, cutoff ≤ the model's).
     """
 
-    def __init__(self, model: nn.Module, reference_energies: dict[str, float]):
+    def __init__(self, model: nn.Module, reference_energies: dict[str, float],
+                 variance_head: nn.Module | None = None):
         super().__init__()
         self.model = model
+        self.variance_head = variance_head
         missing = [chemical_symbols[z] for z in model.elements
                    if chemical_symbols[z] not in reference_energies]
         if missing:
@@ -104,6 +111,15 @@ class Potential(nn.Module):
         atomic = atomic.double() + self.e0[batch[keys.NUMBERS]]
         energy = atomic.new_zeros(n_structures).index_add(0, batch[keys.BATCH], atomic)
         out = {keys.ENERGY: energy, keys.ATOMIC_ENERGY: atomic}
+        if self.variance_head is not None:
+            energy_var, force_var = self.variance_head(batch)
+            out[keys.ENERGY_VAR_ALEATORIC] = energy_var.double().new_zeros(n_structures).index_add(
+                0, batch[keys.BATCH], energy_var.double())
+            out[keys.FORCES_VAR_ALEATORIC] = force_var
+            out[keys.ENERGY_STD] = out[keys.ENERGY_STD_ALEATORIC] = out[
+                keys.ENERGY_VAR_ALEATORIC].sqrt()
+            out[keys.FORCES_STD] = out[keys.FORCES_STD_ALEATORIC] = force_var.sqrt()[
+                :, None].expand(-1, 3)
         if forces or stress:
             inputs = [positions] + ([strain] if stress else [])
             grads = torch.autograd.grad(energy.sum(), inputs, create_graph=create_graph,

@@ -20,10 +20,12 @@ from safetensors.torch import load_file, save_file
 
 from mlpot.errors import ModelFileError
 from mlpot.models import build_model
+from mlpot.models.variance import VarianceHead
 from mlpot.potential import Potential
 
 FORMAT = "mlpot-model"
-VERSION = 2  # 2: models record their "baseline"; version-1 files used the linear one
+VERSION = 3  # 2: models record their "baseline" (version 1 used the linear one);
+#              3: optional "variance_head" (aleatoric uncertainty)
 
 
 def potential_config(potential: Potential) -> dict:
@@ -31,13 +33,17 @@ def potential_config(potential: Potential) -> dict:
     return {"format": FORMAT, "version": VERSION, "model_kind": potential.model.kind,
             "model": potential.model.config(),
             "reference_energies": potential.reference_energies,
+            "variance_head": (potential.variance_head.config()
+                              if potential.variance_head is not None else None),
             "dtype": str(potential.dtype).removeprefix("torch.")}
 
 
 def build_potential(config: dict) -> Potential:
     """An untrained potential of the architecture ``config`` describes."""
     model = build_model(config["model_kind"], **config["model"])
-    potential = Potential(model, config["reference_energies"])
+    head = config.get("variance_head")
+    potential = Potential(model, config["reference_energies"],
+                          VarianceHead(**head) if head else None)
     return potential.to(getattr(torch, config.get("dtype", "float64")))
 
 

@@ -57,6 +57,30 @@ def test_mean_and_sigma_are_those_of_the_members(ensemble, acac_frames):
     assert float(out_same[keys.FORCES_STD].abs().max()) == 0.0
 
 
+def test_members_with_variance_heads_split_total_sigma(acac_frames):
+    """Total variance = epistemic (members' spread) + aleatoric (members' mean variance)."""
+    from mlpot.models.variance import VarianceHead
+
+    members = []
+    for seed in (4, 5):
+        member = _member(seed)
+        torch.manual_seed(seed)
+        member.variance_head = VarianceHead([1, 6, 8], 4.0, 0.001, 0.03).double()
+        members.append(member)
+    ensemble = Ensemble(members)
+    batch = ensemble.batch(acac_frames[:2])
+    out = ensemble(batch)
+    singles = [m(batch) for m in members]
+    aleatoric_e = torch.stack([s[keys.ENERGY_VAR_ALEATORIC] for s in singles]).mean(0)
+    aleatoric_f = torch.stack([s[keys.FORCES_VAR_ALEATORIC] for s in singles]).mean(0)
+    torch.testing.assert_close(out[keys.ENERGY_STD_ALEATORIC], aleatoric_e.sqrt())
+    torch.testing.assert_close(out[keys.FORCES_STD_ALEATORIC][:, 1], aleatoric_f.sqrt())
+    torch.testing.assert_close(out[keys.ENERGY_STD] ** 2,
+                               out[keys.ENERGY_STD_EPISTEMIC] ** 2 + aleatoric_e)
+    torch.testing.assert_close(out[keys.FORCES_STD] ** 2,
+                               out[keys.FORCES_STD_EPISTEMIC] ** 2 + aleatoric_f[:, None])
+
+
 def test_members_must_share_cutoffs():
     with pytest.raises(ValueError, match="share elements and cutoffs"):
         Ensemble([_member(1, cutoff=4.0), _member(2, cutoff=3.5)])
@@ -101,7 +125,7 @@ def test_calculator_reports_sigma(ensemble, acac_frames):
     results = atoms.calc.results
     assert results["energy_std"] == pytest.approx(float(out[keys.ENERGY_STD][0]), rel=1e-12)
     np.testing.assert_allclose(results["forces_std"], out[keys.FORCES_STD].detach(), atol=1e-14)
-    assert results["forces_std_epistemic"] is results["forces_std"]
+    np.testing.assert_array_equal(results["forces_std_epistemic"], results["forces_std"])
     # periodic: stress is the members' mean
     atoms.set_cell(CELL)
     atoms.pbc = True
@@ -121,7 +145,7 @@ def test_md_watchdog_stops_or_flags(ensemble, acac_frames, tmp_path):
                      max_force_sigma=1e-6, trajectory=tmp_path / "a.traj")
     assert stopped["stopped"]["uncertain"] and stopped["stopped"]["step"] == 0
     event = stopped["uncertain"][0]
-    sigma = np.linalg.norm(calculator.results["forces_std"], axis=1)
+    sigma = np.linalg.norm(calculator.results["forces_std_epistemic"], axis=1)
     assert event["force_sigma"] > 1e-6 and 0 <= event["atom"] < len(atoms)
     # random weights: no physical MD, so short steps and no distance watchdog
     flagged = run_md(atoms, MlpotCalculator(ensemble), steps=20, dt=0.1, interval=5,

@@ -16,7 +16,8 @@ class MlpotCalculator(Calculator):
 
     With an ensemble (:class:`~mlpot.uncertainty.ensemble.Ensemble`) the results are the
     members' means, and ``energy_std`` (eV) and ``forces_std`` (n_atoms, 3; eV/Å) hold the
-    epistemic σ, also under ``energy_std_epistemic`` / ``forces_std_epistemic``.
+    total σ, split into ``…_epistemic`` and (with variance heads) ``…_aleatoric``; a single
+    model with a variance head gives the aleatoric σ alone.
 
     Args:
         model: path of a saved model or ensemble folder, a Potential or an Ensemble.
@@ -46,11 +47,12 @@ class MlpotCalculator(Calculator):
         self.results["energy"] = self.results["free_energy"] = energy
         self.results["energies"] = out[keys.ATOMIC_ENERGY].detach().numpy().astype(np.float64)
         self.results["forces"] = out[keys.FORCES].detach().numpy().astype(np.float64)
-        if keys.ENERGY_STD in out:
-            self.results["energy_std"] = self.results["energy_std_epistemic"] = float(
-                out[keys.ENERGY_STD][0].detach())
-            self.results["forces_std"] = self.results["forces_std_epistemic"] = (
-                out[keys.FORCES_STD].detach().numpy().astype(np.float64))
+        for key in (keys.ENERGY_STD, keys.ENERGY_STD_EPISTEMIC, keys.ENERGY_STD_ALEATORIC):
+            if key in out:
+                self.results[key] = float(out[key][0].detach())
+        for key in (keys.FORCES_STD, keys.FORCES_STD_EPISTEMIC, keys.FORCES_STD_ALEATORIC):
+            if key in out:
+                self.results[key] = out[key].detach().numpy().astype(np.float64)
         if want_stress:
             stress = out[keys.STRESS][0].detach().numpy().astype(np.float64)
             self.results["stress"] = full_3x3_to_voigt_6_stress(stress)

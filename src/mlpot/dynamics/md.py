@@ -34,7 +34,7 @@ class UncertainDynamics(UnstableDynamics):
 
 def _largest_force_sigma(atoms: Atoms) -> tuple[int, float]:
     """(atom, σ) of the atom with the largest epistemic force σ, |σ_i| over x, y, z, eV/Å."""
-    sigma = np.linalg.norm(atoms.calc.results["forces_std"], axis=1)
+    sigma = np.linalg.norm(atoms.calc.results["forces_std_epistemic"], axis=1)
     k = int(np.argmax(sigma))
     return k, float(sigma[k])
 
@@ -91,10 +91,10 @@ def run_md(atoms: Atoms, calculator, steps: int, dt: float = 0.5, temperature: f
         raise ValueError(f"ensemble must be 'nve' or 'langevin', not {ensemble!r}")
     times, totals, temperatures, sigmas, uncertain = [], [], [], [], []
     atoms.get_forces()
-    has_sigma = "forces_std" in atoms.calc.results
+    has_sigma = "forces_std_epistemic" in atoms.calc.results
     if max_force_sigma is not None and not has_sigma:
-        raise ValueError("max_force_sigma needs a calculator that predicts forces_std "
-                         "(an ensemble model)")
+        raise ValueError("max_force_sigma needs a calculator that predicts the epistemic "
+                         "forces_std_epistemic (an ensemble model)")
 
     def record():
         epot = atoms.get_potential_energy()

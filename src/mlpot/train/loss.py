@@ -15,6 +15,12 @@ force component, and a structure with 3N force components contributes 3N times a
 force terms as energy terms, exactly as the likelihood says. σ_E, σ_F and σ_S therefore set
 the relative weights by the accuracy one expects of each label. Frames without forces
 contribute their energy alone.
+
+With an aleatoric variance head the σ² of each observation is predicted (v, per structure
+energy and per atom force) and the full Gaussian NLL is kept, ln v included, made
+dimensionless by the same reference σ: r²/v + ln(v/σ_ref²). β-NLL (Seitzer et al., ICLR 2022)
+weights each term by stop-grad (v/σ_ref²)^β so that noisy observations do not starve the fit of
+the mean (β = 0: plain NLL).
 """
 
 from __future__ import annotations
@@ -24,6 +30,14 @@ import torch
 from mlpot import keys
 
 _UPPER = (torch.tensor([0, 1, 2, 1, 0, 0]), torch.tensor([0, 1, 2, 2, 2, 1]))  # xx yy zz yz xz xy
+
+
+def _nll_terms(squared: torch.Tensor, variance: torch.Tensor, reference,
+               beta: float) -> torch.Tensor:
+    """Per-observation Gaussian NLL, dimensionless: r²/v + ln(v/σ_ref²) for squared residuals
+    r² and predicted variances v (same units), weighted by stop-grad (v/σ_ref²)^β (β-NLL)."""
+    ratio = variance / reference**2
+    return (squared / variance + torch.log(ratio)) * ratio.detach() ** beta
 
 
 class EnergyForceLoss:
@@ -41,18 +55,29 @@ class EnergyForceLoss:
         self.sigma_force = sigma_force
         self.sigma_stress = sigma_stress
 
-    def __call__(self, prediction: dict[str, torch.Tensor],
-                 batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(self, prediction: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
+                 nll: bool = False, beta: float = 0.5) -> tuple[torch.Tensor, dict[str, float]]:
+        """``nll``: with predicted aleatoric variances, each energy and force term becomes the
+        Gaussian NLL with that variance in place of σ² (see :func:`_nll_terms`)."""
         n_atoms = batch[keys.N_ATOMS].to(prediction[keys.ENERGY].dtype)
-        energy_sq = (((prediction[keys.ENERGY] - batch[keys.ENERGY]) / n_atoms)
-                     / self.sigma_energy) ** 2
+        nll = nll and keys.ENERGY_VAR_ALEATORIC in prediction
+        residual = prediction[keys.ENERGY] - batch[keys.ENERGY]
+        if nll:  # the structure's energy variance against (N σ_E,ref)²
+            energy_sq = _nll_terms(residual**2, prediction[keys.ENERGY_VAR_ALEATORIC],
+                                   n_atoms * self.sigma_energy, beta)
+        else:
+            energy_sq = ((residual / n_atoms) / self.sigma_energy) ** 2
         total = energy_sq.sum()
         count = torch.tensor(float(len(energy_sq)))
         parts = {"energy": float(energy_sq.detach().mean())}
         if keys.FORCES in batch and keys.FORCES in prediction:
             atom_has_forces = batch[keys.HAS_FORCES][batch[keys.BATCH]]
             diff = (prediction[keys.FORCES] - batch[keys.FORCES])[atom_has_forces]
-            force_sq = (diff / self.sigma_force) ** 2
+            if nll:
+                variance = prediction[keys.FORCES_VAR_ALEATORIC][atom_has_forces][:, None]
+                force_sq = _nll_terms(diff**2, variance.expand_as(diff), self.sigma_force, beta)
+            else:
+                force_sq = (diff / self.sigma_force) ** 2
             total = total + force_sq.sum()
             count = count + force_sq.numel()
             if force_sq.numel():

@@ -9,15 +9,22 @@ from mlpot import keys
 from mlpot.data.records import Frame
 
 
+SIGMA_KEYS = {keys.ENERGY_STD: False, keys.ENERGY_STD_EPISTEMIC: False,
+              keys.ENERGY_STD_ALEATORIC: False, keys.FORCES_STD: True,
+              keys.FORCES_STD_EPISTEMIC: True, keys.FORCES_STD_ALEATORIC: True}  # per atom?
+
+
 def predict(potential, frames: list[Frame], batch_size: int = 64, forces: bool = True,
             progress: bool = False) -> dict[str, list[np.ndarray]]:
-    """Energies (eV) and forces (eV/Å) of every frame, in frame order; also the epistemic σ
-    ("energy_std", "forces_std") where the potential predicts them (ensembles)."""
+    """Energies (eV) and forces (eV/Å) of every frame, in frame order; also σ where the
+    potential predicts it: "energy_std" (total), "energy_std_epistemic" (ensembles),
+    "energy_std_aleatoric" (variance heads), and the same for "forces_…" (eV, eV/Å)."""
     from tqdm.auto import tqdm
 
     was_training = potential.training
     potential.eval()
-    energies, force_list, energy_std, force_std = [], [], [], []
+    energies, force_list = [], []
+    sigmas = {key: [] for key in SIGMA_KEYS}
     starts = range(0, len(frames), batch_size)
     for start in tqdm(starts, desc="predict", disable=not progress, leave=False):
         chunk = frames[start:start + batch_size]
@@ -25,17 +32,16 @@ def predict(potential, frames: list[Frame], batch_size: int = 64, forces: bool =
         batch = {key: value.to(device) for key, value in potential.batch(chunk).items()}
         out = potential(batch, forces=forces)
         energies.append(out[keys.ENERGY].detach().double().numpy())
-        if keys.ENERGY_STD in out:
-            energy_std.append(out[keys.ENERGY_STD].detach().double().numpy())
+        split = np.cumsum([len(f) for f in chunk])[:-1]
         if forces:
-            split = np.cumsum([len(f) for f in chunk])[:-1]
             force_list += np.split(out[keys.FORCES].detach().double().numpy(), split)
-            if keys.FORCES_STD in out:
-                force_std += np.split(out[keys.FORCES_STD].detach().double().numpy(), split)
+        for key, per_atom in SIGMA_KEYS.items():
+            if key in out:
+                values = out[key].detach().double().numpy()
+                sigmas[key] += np.split(values, split) if per_atom else list(values)
     potential.train(was_training)
     predicted = {"energy": list(np.concatenate(energies)), "forces": force_list}
-    if energy_std:
-        predicted.update(energy_std=list(np.concatenate(energy_std)), forces_std=force_std)
+    predicted.update({key: values for key, values in sigmas.items() if values})
     return predicted
 
 

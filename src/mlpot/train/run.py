@@ -23,6 +23,7 @@ from mlpot.data.records import Frame, check_elements, read_frames
 from mlpot.descriptors.symmetry import SymmetryFunctions, default_angular, default_radial
 from mlpot.models import BehlerParrinello, LinearModel, build_model
 from mlpot.models.standardize import element_feature_stats
+from mlpot.models.variance import VarianceHead
 from mlpot.potential import Potential
 from mlpot.serialize import load, save, write_json_atomic
 from mlpot.train.metrics import evaluate
@@ -87,7 +88,7 @@ def build_potential(config: RunConfig, elements: list[int], e0: dict[str, float]
         model = build_model(m.kind, elements=elements, cutoff=m.cutoff,
                             cutoff_function=m.cutoff_function, baseline=m.baseline,
                             **m.architecture())
-        return Potential(model, e0)
+        return Potential(model, e0, variance_head(config, elements))
     angular_cutoff = m.angular_cutoff or m.cutoff
     descriptor = SymmetryFunctions(
         elements, cutoff=m.cutoff, angular_cutoff=angular_cutoff,
@@ -99,7 +100,15 @@ def build_potential(config: RunConfig, elements: list[int], e0: dict[str, float]
     else:
         model = BehlerParrinello(descriptor, hidden=m.hidden, activation=m.activation,
                                  baseline=m.baseline)
-    return Potential(model, e0)
+    return Potential(model, e0, variance_head(config, elements))
+
+
+def variance_head(config: RunConfig, elements: list[int]) -> VarianceHead | None:
+    """The aleatoric variance head if ``training.aleatoric`` asks for one."""
+    t = config.training
+    if not t.aleatoric:
+        return None
+    return VarianceHead(elements, config.model.cutoff, t.sigma_energy, t.sigma_force)
 
 
 @torch.no_grad()
@@ -134,6 +143,13 @@ def fit_statistics(potential: Potential, train: list[Frame]) -> None:
     solution = torch.linalg.lstsq(torch.cat(coordination_sums),
                                   torch.cat(residuals)[:, None]).solution[:, 0]
     scale = max(force_rms(train), 1e-3)
+    head = potential.variance_head
+    if head is not None:
+        features = [head.descriptor(potential.batch(train[k:k + 64], dtype=torch.float64))
+                    for k in range(0, len(train), 64)]
+        species = [head.descriptor.species_index[torch.as_tensor(f.numbers)] for f in train]
+        head.set_statistics(*element_feature_stats(torch.cat(features), torch.cat(species),
+                                                   n_el))
     if getattr(model, "kind", None) == "equivariant":
         model.set_statistics(scale, solution, mean_neighbours=float(np.mean(
             [potential.graph(f)[keys.EDGE_INDEX].shape[1] / len(f) for f in train])))

@@ -103,7 +103,7 @@ class Trainer:
         and the cache fits in ``cache_max_gb`` (see :mod:`mlpot.train.feature_cache`)."""
         model = self.potential.model
         if (not self.config.cache_descriptors or not hasattr(model, "atomic_energies")
-                or self.device.type != "cpu"):
+                or self.device.type != "cpu" or self.potential.variance_head is not None):
             return False
         if any(f.stress is not None for f in train):
             return False
@@ -167,7 +167,8 @@ class Trainer:
             else:
                 batch = to_device(self.train_graphs.batch(index, dtype=self.dtype), self.device)
                 prediction = self.potential(batch, forces=True, create_graph=True)
-            loss, _ = self.loss(prediction, batch)
+            loss, _ = self.loss(prediction, batch, nll=self._nll_phase(started),
+                                beta=self.config.beta_nll)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.config.grad_clip:
@@ -183,6 +184,17 @@ class Trainer:
             if self._out_of_time(started):
                 break
         return {"train_loss": total / max(count, 1)}
+
+    def _nll_phase(self, started: float) -> bool:
+        """Whether the variance head trains (NLL): after ``nll_warmup`` of the budget."""
+        if self.potential.variance_head is None:
+            return False
+        c = self.config
+        if c.max_minutes:
+            done = (self.elapsed + time.monotonic() - started) / (c.max_minutes * 60)
+        else:
+            done = self.epoch / c.max_epochs
+        return done >= c.nll_warmup
 
     def _set_cosine_rate(self, started: float) -> None:
         """lr = lr_min + ½(lr_0 − lr_min)(1 + cos(π t / T)), t the training time so far."""

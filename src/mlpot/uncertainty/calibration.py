@@ -69,18 +69,34 @@ def ensemble_errors(frames: list[Frame], predicted: dict) -> dict[str, tuple]:
     return result
 
 
-def uncertainty_metrics(frames: list[Frame], predicted: dict) -> dict:
-    """Epistemic σ means, Spearman, NLL and miscalibration area of an ensemble's predictions.
+def _mean_sigma(frames: list[Frame], predicted: dict, key: str, per_atom: bool) -> float | None:
+    """Mean σ in meV/atom (energies, per atom of each structure) or meV/Å (force components)."""
+    if key not in predicted:
+        return None
+    if per_atom:
+        with_forces = [k for k, f in enumerate(frames) if f.forces is not None]
+        if not with_forces:
+            return None
+        return float(np.mean(np.concatenate([predicted[key][k] for k in with_forces])) * 1000)
+    return float(np.mean(np.asarray(predicted[key]) / [len(f) for f in frames]) * 1000)
 
-    ``predicted`` holds "energy", "energy_std" (eV, per structure) and, with forces,
-    "forces", "forces_std" (eV/Å, per frame arrays). Energies are compared per atom (as the
-    error metrics); per-atom force σ and error are the norms over x, y, z.
+
+def uncertainty_metrics(frames: list[Frame], predicted: dict) -> dict:
+    """σ means (epistemic and aleatoric apart), Spearman, NLL and miscalibration area.
+
+    ``predicted`` (from mlpot.train.metrics.predict) holds "energy", "energy_std" (the total
+    σ, eV, per structure) and, with forces, "forces", "forces_std" (eV/Å, per frame arrays),
+    plus the "…_epistemic" / "…_aleatoric" parts where predicted. Energies are compared per
+    atom (as the error metrics); per-atom force σ and error are the norms over x, y, z. NLL,
+    Spearman and the miscalibration area use the total σ.
     Units: σ means in meV/atom and meV/Å; NLL in eV/atom (energies) and eV/Å (forces).
     """
     errors = ensemble_errors(frames, predicted)
     energy_error, energy_sigma = errors["energy"]
-    result = {"energy_sigma_epistemic": float(np.mean(energy_sigma) * 1000),
-              "energy_sigma_aleatoric": None,  # needs variance heads (not in this model)
+    result = {"energy_sigma_epistemic": _mean_sigma(frames, predicted, "energy_std_epistemic",
+                                                    False),
+              "energy_sigma_aleatoric": _mean_sigma(frames, predicted, "energy_std_aleatoric",
+                                                    False),
               "spearman_energy": spearman(energy_sigma, energy_error),
               "nll_energy": gaussian_nll(energy_error, energy_sigma),
               "miscalibration_area_energy": miscalibration_area(energy_error, energy_sigma),
@@ -89,7 +105,8 @@ def uncertainty_metrics(frames: list[Frame], predicted: dict) -> dict:
     if "forces" in errors:
         error, sigma = errors["forces"]
         result.update(
-            force_sigma_epistemic=float(np.mean(sigma) * 1000),
+            force_sigma_epistemic=_mean_sigma(frames, predicted, "forces_std_epistemic", True),
+            force_sigma_aleatoric=_mean_sigma(frames, predicted, "forces_std_aleatoric", True),
             spearman_force=spearman(np.linalg.norm(sigma, axis=1), np.linalg.norm(error, axis=1)),
             nll=gaussian_nll(error.ravel(), sigma.ravel()),
             miscalibration_area_force=miscalibration_area(error.ravel(), sigma.ravel()))

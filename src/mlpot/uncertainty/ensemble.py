@@ -8,6 +8,9 @@ predictions (same structures, one shared batch and neighbour list):
 
 σ is the *epistemic* uncertainty: members agree where training data pinned them down and
 disagree where it did not. It says nothing of the noise in the labels themselves (aleatoric).
+Members with variance heads also predict that noise; the ensemble's aleatoric variance is the
+members' mean, and the total predictive variance is σ²_epistemic + σ²_aleatoric (both kept
+apart under their own keys).
 
 Recalibration: members of a small ensemble tend to agree too much (or too little), so σ is
 multiplied by factors s_E, s_F fitted on validation data (``calibration.fit_sigma_scale``) and
@@ -88,19 +91,37 @@ class Ensemble(nn.Module):
         outs = [member(batch, forces=forces, stress=stress, create_graph=create_graph)
                 for member in self.members]
         energies = torch.stack([out[keys.ENERGY] for out in outs])  # (M, B)
-        result = {keys.ENERGY: energies.mean(0),
-                  keys.ENERGY_STD: energies.std(0, correction=0) * self.sigma_scale_energy,
-                  keys.ENERGY_MEMBERS: energies,
+        result = {keys.ENERGY: energies.mean(0), keys.ENERGY_MEMBERS: energies,
                   keys.ATOMIC_ENERGY: torch.stack([o[keys.ATOMIC_ENERGY] for o in outs]).mean(0)}
+        result.update(_split_sigma(energies, outs, keys.ENERGY_VAR_ALEATORIC,
+                                   self.sigma_scale_energy, "energy"))
         if forces:
             member_forces = torch.stack([out[keys.FORCES] for out in outs])  # (M, N, 3)
-            result.update({keys.FORCES: member_forces.mean(0),
-                           keys.FORCES_STD: (member_forces.std(0, correction=0)
-                                             * self.sigma_scale_forces),
-                           keys.FORCES_MEMBERS: member_forces})
+            result.update({keys.FORCES: member_forces.mean(0), keys.FORCES_MEMBERS: member_forces})
+            result.update(_split_sigma(member_forces, outs, keys.FORCES_VAR_ALEATORIC,
+                                       self.sigma_scale_forces, "forces"))
         if stress:
             result[keys.STRESS] = torch.stack([out[keys.STRESS] for out in outs]).mean(0)
         return result
+
+
+def _split_sigma(values: torch.Tensor, outs: list[dict], variance_key: str, scale: float,
+                 name: str) -> dict[str, torch.Tensor]:
+    """Epistemic σ (spread of ``values`` over members, axis 0), aleatoric σ (root of the
+    members' mean predicted variance, if they predict one) and total σ, each × ``scale``."""
+    keys_of = {"energy": (keys.ENERGY_STD, keys.ENERGY_STD_EPISTEMIC, keys.ENERGY_STD_ALEATORIC),
+               "forces": (keys.FORCES_STD, keys.FORCES_STD_EPISTEMIC, keys.FORCES_STD_ALEATORIC)}
+    total_key, epistemic_key, aleatoric_key = keys_of[name]
+    epistemic = values.std(0, correction=0)
+    result = {epistemic_key: epistemic * scale, total_key: epistemic * scale}
+    if all(variance_key in out for out in outs):
+        aleatoric_var = torch.stack([out[variance_key] for out in outs]).mean(0)
+        if name == "forces":
+            aleatoric_var = aleatoric_var[:, None].expand(-1, 3)
+        aleatoric_var = aleatoric_var.to(epistemic.dtype)
+        result[aleatoric_key] = aleatoric_var.sqrt() * scale
+        result[total_key] = (epistemic**2 + aleatoric_var).sqrt() * scale
+    return result
 
 
 def save_ensemble(ensemble: Ensemble, path: str | Path, metadata: dict | None = None) -> Path:
