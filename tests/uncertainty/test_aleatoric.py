@@ -97,3 +97,22 @@ def test_training_recovers_known_force_noise(acac_frames, tmp_path):
     out = student(student.batch(frames[50:]))
     sigma_f = float(out[keys.FORCES_VAR_ALEATORIC].mean().sqrt())
     assert sigma_f == pytest.approx(0.1, rel=0.2)
+
+
+@pytest.mark.parametrize("kind", ["bpnn", "equivariant"])
+def test_statistics_of_model_and_head(acac_frames, kind):
+    """fit_statistics standardises the head's G2 features per element without touching the
+    model's own statistics (bpnn's descriptor has other features)."""
+    from mlpot.config import config_from_dict
+    from mlpot.train.run import build_potential, fit_statistics
+
+    config = config_from_dict({"data": {"train": "x.xyz"},
+                               "model": {"kind": kind, "size": "small", "cutoff": 4.0},
+                               "training": {"aleatoric": True}})
+    potential = build_potential(config, [1, 6, 8], E0)
+    fit_statistics(potential, acac_frames[:20])
+    head = potential.variance_head
+    assert head.feature_mean.shape == (3, head.descriptor.n_features)
+    assert float(head.feature_std.min()) > 0 and float(head.feature_mean.abs().max()) > 0
+    if kind == "bpnn":
+        assert potential.model.feature_mean.shape[1] == potential.model.descriptor.n_features

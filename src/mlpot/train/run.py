@@ -145,11 +145,11 @@ def fit_statistics(potential: Potential, train: list[Frame]) -> None:
     scale = max(force_rms(train), 1e-3)
     head = potential.variance_head
     if head is not None:
-        features = [head.descriptor(potential.batch(train[k:k + 64], dtype=torch.float64))
-                    for k in range(0, len(train), 64)]
-        species = [head.descriptor.species_index[torch.as_tensor(f.numbers)] for f in train]
-        head.set_statistics(*element_feature_stats(torch.cat(features), torch.cat(species),
-                                                   n_el))
+        head_features = [head.descriptor(potential.batch(train[k:k + 64], dtype=torch.float64))
+                         for k in range(0, len(train), 64)]
+        head_species = [head.descriptor.species_index[torch.as_tensor(f.numbers)] for f in train]
+        head.set_statistics(*element_feature_stats(torch.cat(head_features),
+                                                   torch.cat(head_species), n_el))
     if getattr(model, "kind", None) == "equivariant":
         model.set_statistics(scale, solution, mean_neighbours=float(np.mean(
             [potential.graph(f)[keys.EDGE_INDEX].shape[1] / len(f) for f in train])))
