@@ -12,29 +12,14 @@ import pytest
 import torch
 from e3nn import o3
 
+from helpers import frame, orthogonal
+
 from mlpot import keys
-from mlpot.data.records import Frame
 from mlpot.models.equivariant import (ChannelwiseProduct, Equivariant, from_channels,
                                       natural_irreps, to_channels)
 from mlpot.potential import Potential
 
 E0 = {"H": -13.568422178253735, "C": -1026.8538996116154, "O": -2037.796869412825}
-
-
-def _orthogonal(rng, proper: bool) -> np.ndarray:
-    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
-    q = q * np.sign(np.diag(r))
-    if (np.linalg.det(q) > 0) != proper:
-        q[:, 0] *= -1
-    return q
-
-
-def _frame(numbers, positions, cell=None) -> Frame:
-    periodic = cell is not None
-    return Frame(numbers=np.asarray(numbers, dtype=np.int64),
-                 positions=np.asarray(positions, dtype=np.float64),
-                 cell=np.zeros((3, 3)) if cell is None else np.asarray(cell, dtype=np.float64),
-                 pbc=np.array([periodic] * 3))
 
 
 def _wigner(irreps: o3.Irreps, q: torch.Tensor) -> torch.Tensor:
@@ -57,7 +42,7 @@ def test_tensor_features_are_equivariant(acac_frames, proper):
     a reflection flips 1o vectors with Q itself, 0e scalars stay), in a molecule and a
     triclinic periodic cell; forces rotate with Q and energies do not change."""
     rng = np.random.default_rng(31 + proper)
-    q = _orthogonal(rng, proper)
+    q = orthogonal(rng, proper)
     q_t = torch.as_tensor(q)
     torch.manual_seed(3)
     model = Equivariant([1, 6, 8], cutoff=4.0, n_features=6, n_interactions=3, n_rbf=6,
@@ -65,9 +50,9 @@ def test_tensor_features_are_equivariant(acac_frames, proper):
     model.set_statistics(0.5, torch.tensor([-0.4, -1.2, -0.9]), mean_neighbours=8.0)
     potential = Potential(model, E0).double().eval()
     cell = np.array([[7.5, 0.0, 0.0], [1.0, 7.0, 0.0], [0.5, -0.8, 7.2]])
-    frames = [acac_frames[0], _frame(acac_frames[1].numbers, acac_frames[1].positions, cell)]
+    frames = [acac_frames[0], frame(acac_frames[1].numbers, acac_frames[1].positions, cell)]
     shift = rng.normal(size=3)
-    moved = [_frame(f.numbers, f.positions @ q.T + shift, f.cell @ q.T if f.pbc.all() else None)
+    moved = [frame(f.numbers, f.positions @ q.T + shift, f.cell @ q.T if f.pbc.all() else None)
              for f in frames]
     n = sum(len(f) for f in frames)
     layers = model.features(potential.batch(frames))[0]
@@ -102,7 +87,7 @@ def test_channelwise_product_is_equivariant_and_matches_e3nn():
     out = product(x, y, species)
 
     # rotation (and parity) equivariance
-    d = _wigner(irreps, torch.as_tensor(_orthogonal(np.random.default_rng(2), proper=False)))
+    d = _wigner(irreps, torch.as_tensor(orthogonal(np.random.default_rng(2), proper=False)))
     rotated = product(to_channels(x_e3nn @ d.T, irreps), to_channels(y_e3nn @ d.T, irreps),
                       species)
     torch.testing.assert_close(from_channels(rotated, irreps), from_channels(out, irreps) @ d.T,
@@ -148,7 +133,7 @@ def test_correlation_raises_body_order():
             moved = positions.copy()
             moved[1] += da
             moved[2] += db
-            out = potential(potential.batch([_frame(numbers, moved)]), forces=False)
+            out = potential(potential.batch([frame(numbers, moved)]), forces=False)
             energies.append(float(out[keys.ATOMIC_ENERGY][0]))
         e00, ea, eb, eab = energies
         results[correlation] = (abs(eab - ea - eb + e00), abs(ea - e00))

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import frame, orthogonal
+
 from mlpot import keys
-from mlpot.data.records import Frame
 from mlpot.models import PaiNN
 from mlpot.potential import Potential
 
@@ -27,34 +28,18 @@ def _random_painn(dtype=torch.float64) -> Potential:
     return Potential(model, E0).to(dtype)
 
 
-def _frame(numbers, positions, cell=None) -> Frame:
-    periodic = cell is not None
-    return Frame(numbers=np.asarray(numbers, dtype=np.int64),
-                 positions=np.asarray(positions, dtype=np.float64),
-                 cell=np.zeros((3, 3)) if cell is None else np.asarray(cell, dtype=np.float64),
-                 pbc=np.array([periodic] * 3))
-
-
-def _orthogonal(rng, proper: bool) -> np.ndarray:
-    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
-    q = q * np.sign(np.diag(r))
-    if (np.linalg.det(q) > 0) != proper:
-        q[:, 0] *= -1
-    return q
-
-
 @pytest.mark.parametrize("proper", [True, False], ids=["rotation", "reflection"])
 def test_vector_features_are_equivariant(acac_frames, proper):
     """v_i(Q r) = Q v_i(r) and s_i(Q r) = s_i(r) for an orthogonal Q (det ±1), in a molecule
     and a periodic cell (cell rotated too); forces rotate with Q, energies do not change."""
     rng = np.random.default_rng(21 + proper)
-    q = _orthogonal(rng, proper)
+    q = orthogonal(rng, proper)
     potential = _random_painn().eval()
     model = potential.model
     cell = np.array([[7.5, 0.0, 0.0], [1.0, 7.0, 0.0], [0.5, -0.8, 7.2]])
-    frames = [acac_frames[0], _frame(acac_frames[1].numbers, acac_frames[1].positions, cell)]
+    frames = [acac_frames[0], frame(acac_frames[1].numbers, acac_frames[1].positions, cell)]
     shift = rng.normal(size=3)
-    moved = [_frame(f.numbers, f.positions @ q.T + shift, f.cell @ q.T if f.pbc.all() else None)
+    moved = [frame(f.numbers, f.positions @ q.T + shift, f.cell @ q.T if f.pbc.all() else None)
              for f in frames]
     n = sum(len(f) for f in frames)
     batch, batch_moved = potential.batch(frames), potential.batch(moved)
@@ -79,8 +64,8 @@ def test_force_training_is_finite_where_vectors_vanish():
     as they do for an isolated atom and the ghosts: the safe norm keeps the parameter gradient
     of a force loss (a second derivative) finite there."""
     potential = _random_painn().train()
-    co2 = _frame([8, 6, 8], [[-1.16, 0.0, 0.0], [0.0, 0.0, 0.0], [1.16, 0.0, 0.0]])
-    lone = _frame([1], [[0.0, 0.0, 0.0]])
+    co2 = frame([8, 6, 8], [[-1.16, 0.0, 0.0], [0.0, 0.0, 0.0], [1.16, 0.0, 0.0]])
+    lone = frame([1], [[0.0, 0.0, 0.0]])
     batch = potential.batch([co2, lone])
     _, v = potential.model.features(batch)
     assert torch.all(v[1] == 0) and torch.all(v[3] == 0)  # the carbon, the lone H
