@@ -75,3 +75,8 @@ def collate(frames: list[Frame], graphs: list[dict[str, np.ndarray]],
     if all(f.stress is not None for f in frames):
         batch[keys.STRESS] = torch.from_numpy(np.stack([f.stress for f in frames])).to(dtype)
     return batch
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """The batch's tensors on ``device`` (no copy when already there)."""
+    return {key: value.to(device) for key, value in batch.items()}

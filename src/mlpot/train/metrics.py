@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from mlpot import keys
+from mlpot.data.batch import to_device
 from mlpot.data.records import Frame
 
 
@@ -28,8 +29,7 @@ def predict(potential, frames: list[Frame], batch_size: int = 64, forces: bool =
     starts = range(0, len(frames), batch_size)
     for start in tqdm(starts, desc="predict", disable=not progress, leave=False):
         chunk = frames[start:start + batch_size]
-        device = potential.e0.device
-        batch = {key: value.to(device) for key, value in potential.batch(chunk).items()}
+        batch = to_device(potential.batch(chunk), potential.e0.device)
         out = potential(batch, forces=forces)
         energies.append(out[keys.ENERGY].detach().double().numpy())
         split = np.cumsum([len(f) for f in chunk])[:-1]

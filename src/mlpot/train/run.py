@@ -126,7 +126,9 @@ def fit_statistics(potential: Potential, train: list[Frame]) -> None:
     n_el = len(model.elements)
     descriptor = getattr(model, "descriptor", None)  # None for SchNet and PaiNN
     species_index = (model if descriptor is None else descriptor).species_index
+    head = potential.variance_head
     features, species, coordination_sums, residuals = [], [], [], []
+    head_features, head_species, edges_per_atom = [], [], []
     for start in range(0, len(train), 64):
         frames = train[start:start + 64]
         batch = potential.batch(frames, dtype=torch.float64)
@@ -134,6 +136,11 @@ def fit_statistics(potential: Potential, train: list[Frame]) -> None:
         if descriptor is not None:
             features.append(descriptor(batch))
             species.append(index)
+        if head is not None:
+            head_features.append(head.descriptor(batch))
+            head_species.append(head.descriptor.species_index[batch["numbers"]])
+        edges = torch.bincount(batch["batch"][batch[keys.EDGE_INDEX][0]], minlength=len(frames))
+        edges_per_atom += (edges.double() / batch[keys.N_ATOMS]).tolist()
         sums = torch.zeros(len(frames) * n_el, dtype=torch.float64).index_add(
             0, batch["batch"] * n_el + index, model.coordination(batch))
         coordination_sums.append(sums.reshape(len(frames), n_el))
@@ -143,16 +150,11 @@ def fit_statistics(potential: Potential, train: list[Frame]) -> None:
     solution = torch.linalg.lstsq(torch.cat(coordination_sums),
                                   torch.cat(residuals)[:, None]).solution[:, 0]
     scale = max(force_rms(train), 1e-3)
-    head = potential.variance_head
     if head is not None:
-        head_features = [head.descriptor(potential.batch(train[k:k + 64], dtype=torch.float64))
-                         for k in range(0, len(train), 64)]
-        head_species = [head.descriptor.species_index[torch.as_tensor(f.numbers)] for f in train]
         head.set_statistics(*element_feature_stats(torch.cat(head_features),
                                                    torch.cat(head_species), n_el))
     if getattr(model, "kind", None) == "equivariant":
-        model.set_statistics(scale, solution, mean_neighbours=float(np.mean(
-            [potential.graph(f)[keys.EDGE_INDEX].shape[1] / len(f) for f in train])))
+        model.set_statistics(scale, solution, mean_neighbours=float(np.mean(edges_per_atom)))
     elif descriptor is None:
         model.set_statistics(scale, solution)
     else:

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from mlpot.config import TrainingConfig, default_learning_rate
 from mlpot.errors import ConfigError
-from mlpot.data.batch import GraphCache
+from mlpot.data.batch import GraphCache, to_device
 from mlpot.data.records import Frame
 from mlpot.potential import Potential
 from mlpot.serialize import save
@@ -46,11 +46,6 @@ def training_device(name: str) -> torch.device:
         raise ConfigError("training.device is 'cuda' but torch sees no GPU "
                           f"(torch {torch.__version__})")
     return torch.device(name)
-
-
-def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    """The batch's tensors on ``device`` (no copy when already there)."""
-    return {key: value.to(device) for key, value in batch.items()}
 
 
 class Trainer:
