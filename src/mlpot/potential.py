@@ -82,6 +82,21 @@ class Potential(nn.Module):
         parameter = next(self.parameters(), None)
         return parameter.dtype if parameter is not None else torch.float64
 
+    def aleatoric(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The variance head's outputs (nothing without a head): energy variances
+        (n_structures,) eV² and per-atom force variances (n_atoms,) eV²/Å², and their roots
+        as σ (the force σ per component, (n_atoms, 3))."""
+        if self.variance_head is None:
+            return {}
+        energy_var, force_var = self.variance_head(batch)
+        n_structures = batch[keys.CELL].shape[0]
+        energy_var = energy_var.double().new_zeros(n_structures).index_add(
+            0, batch[keys.BATCH], energy_var.double())
+        energy_std, force_std = energy_var.sqrt(), force_var.sqrt()[:, None].expand(-1, 3)
+        return {keys.ENERGY_VAR_ALEATORIC: energy_var, keys.FORCES_VAR_ALEATORIC: force_var,
+                keys.ENERGY_STD: energy_std, keys.ENERGY_STD_ALEATORIC: energy_std,
+                keys.FORCES_STD: force_std, keys.FORCES_STD_ALEATORIC: force_std}
+
     def forward(self, batch: dict[str, torch.Tensor], forces: bool = True, stress: bool = False,
                 create_graph: bool | None = None) -> dict[str, torch.Tensor]:
         """Energies (n_structures,) eV, always float64; forces (n_atoms, 3) eV/Å and stress
@@ -91,44 +106,54 @@ class Potential(nn.Module):
         """
         if create_graph is None:
             create_graph = self.training
-        batch = dict(batch)
-        positions = batch[keys.POSITIONS]
+        batch, positions, strain = attach_strain(batch, forces, stress)
         n_structures = batch[keys.CELL].shape[0]
-        strain = None
-        if forces or stress:
-            positions = positions.detach().requires_grad_(True)
-            batch[keys.POSITIONS] = positions
-        if stress:
-            strain = torch.zeros(n_structures, 3, 3, dtype=positions.dtype,
-                                 device=positions.device, requires_grad=True)
-            symmetric = 0.5 * (strain + strain.transpose(1, 2))
-            batch[keys.POSITIONS] = positions + torch.einsum(
-                "na,nab->nb", positions, symmetric[batch[keys.BATCH]])
-            batch[keys.CELL] = batch[keys.CELL] + batch[keys.CELL] @ symmetric
-
         atomic = self.model(batch)[keys.ATOMIC_ENERGY]
         # E0 (~1e3 eV per atom) is added in float64 so float32 models keep meV resolution
         atomic = atomic.double() + self.e0[batch[keys.NUMBERS]]
         energy = atomic.new_zeros(n_structures).index_add(0, batch[keys.BATCH], atomic)
         out = {keys.ENERGY: energy, keys.ATOMIC_ENERGY: atomic}
-        if self.variance_head is not None:
-            energy_var, force_var = self.variance_head(batch)
-            out[keys.ENERGY_VAR_ALEATORIC] = energy_var.double().new_zeros(n_structures).index_add(
-                0, batch[keys.BATCH], energy_var.double())
-            out[keys.FORCES_VAR_ALEATORIC] = force_var
-            out[keys.ENERGY_STD] = out[keys.ENERGY_STD_ALEATORIC] = out[
-                keys.ENERGY_VAR_ALEATORIC].sqrt()
-            out[keys.FORCES_STD] = out[keys.FORCES_STD_ALEATORIC] = force_var.sqrt()[
-                :, None].expand(-1, 3)
+        out.update(self.aleatoric(batch))
         if forces or stress:
             inputs = [positions] + ([strain] if stress else [])
             grads = torch.autograd.grad(energy.sum(), inputs, create_graph=create_graph,
                                         allow_unused=True)
-            if forces:
-                out[keys.FORCES] = (-grads[0] if grads[0] is not None
-                                    else torch.zeros_like(positions))
-            if stress:
-                volume = torch.linalg.det(batch[keys.CELL].detach()).abs()
-                d_strain = grads[1] if grads[1] is not None else torch.zeros_like(strain)
-                out[keys.STRESS] = d_strain / volume[:, None, None]
+            out.update(derivatives(grads, positions, strain, batch, forces))
         return out
+
+
+def attach_strain(batch: dict[str, torch.Tensor], forces: bool, stress: bool):
+    """(batch, positions, strain): a copy of ``batch`` whose positions require grad (for
+    forces or stress) and, for stress, carry a zero symmetric strain ε (n_structures, 3, 3)
+    applied to positions and cell alike, so that σ = (1/V) ∂E/∂ε. ``strain`` is None without
+    stress."""
+    batch = dict(batch)
+    positions = batch[keys.POSITIONS]
+    strain = None
+    if forces or stress:
+        positions = positions.detach().requires_grad_(True)
+        batch[keys.POSITIONS] = positions
+    if stress:
+        n_structures = batch[keys.CELL].shape[0]
+        strain = torch.zeros(n_structures, 3, 3, dtype=positions.dtype,
+                             device=positions.device, requires_grad=True)
+        symmetric = 0.5 * (strain + strain.transpose(1, 2))
+        batch[keys.POSITIONS] = positions + torch.einsum(
+            "na,nab->nb", positions, symmetric[batch[keys.BATCH]])
+        batch[keys.CELL] = batch[keys.CELL] + batch[keys.CELL] @ symmetric
+    return batch, positions, strain
+
+
+def derivatives(grads, positions: torch.Tensor, strain: torch.Tensor | None,
+                batch: dict[str, torch.Tensor], forces: bool) -> dict[str, torch.Tensor]:
+    """Forces −∂E/∂r (eV/Å) and, if ``strain`` is given, stress (1/V) ∂E/∂ε (eV/Å³) from
+    ``grads`` = ∂E/∂(positions[, strain]); grads may carry a leading axis of several
+    energies (one per ensemble member or head), which the results keep."""
+    out = {}
+    if forces:
+        out[keys.FORCES] = -grads[0] if grads[0] is not None else torch.zeros_like(positions)
+    if strain is not None:
+        volume = torch.linalg.det(batch[keys.CELL].detach()).abs()
+        d_strain = grads[1] if grads[1] is not None else torch.zeros_like(strain)
+        out[keys.STRESS] = d_strain / volume[:, None, None]
+    return out

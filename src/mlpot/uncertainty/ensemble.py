@@ -34,6 +34,7 @@ from mlpot import keys
 from mlpot.errors import ModelFileError
 from mlpot.potential import Potential
 from mlpot.serialize import load, replace_folder, save, write_json_atomic
+from mlpot.uncertainty.stacked import can_stack, stacked_forward
 
 FORMAT = "mlpot-ensemble"
 
@@ -44,7 +45,9 @@ class Ensemble(nn.Module):
     ``forward`` returns the members' mean energy, forces (and stress) under the usual keys,
     the epistemic σ under ``keys.ENERGY_STD`` / ``keys.FORCES_STD`` and every member's
     prediction under ``keys.ENERGY_MEMBERS`` / ``keys.FORCES_MEMBERS``. One batch (one
-    neighbour list) serves all members; each member runs its own forward and backward pass.
+    neighbour list) serves all members. Behler–Parrinello members on one descriptor are
+    evaluated together (:mod:`mlpot.uncertainty.stacked`); others, and training (a graph for
+    a loss), run each member's forward and backward pass in turn.
     """
 
     def __init__(self, members: list[Potential], sigma_scale_energy: float = 1.0,
@@ -88,34 +91,49 @@ class Ensemble(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor], forces: bool = True, stress: bool = False,
                 create_graph: bool | None = None) -> dict[str, torch.Tensor]:
-        outs = [member(batch, forces=forces, stress=stress, create_graph=create_graph)
-                for member in self.members]
-        energies = torch.stack([out[keys.ENERGY] for out in outs])  # (M, B)
+        if create_graph is None:
+            create_graph = self.training
+        if not create_graph and can_stack(self.members):
+            stacked = stacked_forward(self.members, batch, forces=forces, stress=stress)
+        else:
+            stacked = self._members_in_turn(batch, forces, stress, create_graph)
+        energies = stacked[keys.ENERGY]  # (M, B)
         result = {keys.ENERGY: energies.mean(0), keys.ENERGY_MEMBERS: energies,
-                  keys.ATOMIC_ENERGY: torch.stack([o[keys.ATOMIC_ENERGY] for o in outs]).mean(0)}
-        result.update(_split_sigma(energies, outs, keys.ENERGY_VAR_ALEATORIC,
+                  keys.ATOMIC_ENERGY: stacked[keys.ATOMIC_ENERGY].mean(0)}
+        result.update(_split_sigma(energies, stacked.get(keys.ENERGY_VAR_ALEATORIC),
                                    self.sigma_scale_energy, "energy"))
         if forces:
-            member_forces = torch.stack([out[keys.FORCES] for out in outs])  # (M, N, 3)
+            member_forces = stacked[keys.FORCES]  # (M, N, 3)
             result.update({keys.FORCES: member_forces.mean(0), keys.FORCES_MEMBERS: member_forces})
-            result.update(_split_sigma(member_forces, outs, keys.FORCES_VAR_ALEATORIC,
+            result.update(_split_sigma(member_forces, stacked.get(keys.FORCES_VAR_ALEATORIC),
                                        self.sigma_scale_forces, "forces"))
         if stress:
-            result[keys.STRESS] = torch.stack([out[keys.STRESS] for out in outs]).mean(0)
+            result[keys.STRESS] = stacked[keys.STRESS].mean(0)
         return result
 
+    def _members_in_turn(self, batch, forces, stress, create_graph) -> dict[str, torch.Tensor]:
+        """Each member's forward and backward pass in turn (any model kind; training);
+        the outputs stacked as :func:`~mlpot.uncertainty.stacked.stacked_forward` does."""
+        outs = [member(batch, forces=forces, stress=stress, create_graph=create_graph)
+                for member in self.members]
+        wanted = [keys.ENERGY, keys.ATOMIC_ENERGY] + [keys.FORCES] * forces + [keys.STRESS] * stress
+        return {key: torch.stack([out[key] for out in outs]) for key in wanted + [
+            keys.ENERGY_VAR_ALEATORIC, keys.FORCES_VAR_ALEATORIC]
+            if all(key in out for out in outs)}
 
-def _split_sigma(values: torch.Tensor, outs: list[dict], variance_key: str, scale: float,
+
+def _split_sigma(values: torch.Tensor, aleatoric_var: torch.Tensor | None, scale: float,
                  name: str) -> dict[str, torch.Tensor]:
     """Epistemic σ (spread of ``values`` over members, axis 0), aleatoric σ (root of the
-    members' mean predicted variance, if they predict one) and total σ, each × ``scale``."""
+    members' mean predicted variance ``aleatoric_var`` (M, …), if they predict one) and
+    total σ, each × ``scale``."""
     keys_of = {"energy": (keys.ENERGY_STD, keys.ENERGY_STD_EPISTEMIC, keys.ENERGY_STD_ALEATORIC),
                "forces": (keys.FORCES_STD, keys.FORCES_STD_EPISTEMIC, keys.FORCES_STD_ALEATORIC)}
     total_key, epistemic_key, aleatoric_key = keys_of[name]
     epistemic = values.std(0, correction=0)
     result = {epistemic_key: epistemic * scale, total_key: epistemic * scale}
-    if all(variance_key in out for out in outs):
-        aleatoric_var = torch.stack([out[variance_key] for out in outs]).mean(0)
+    if aleatoric_var is not None:
+        aleatoric_var = aleatoric_var.mean(0)
         if name == "forces":
             aleatoric_var = aleatoric_var[:, None].expand(-1, 3)
         aleatoric_var = aleatoric_var.to(epistemic.dtype)
