@@ -22,7 +22,8 @@ def _train(args) -> int:
                       ("cutoff", "model.cutoff"), ("max_minutes", "training.max_minutes"),
                       ("max_epochs", "training.max_epochs"), ("seed", "seed"), ("out", "out"),
                       ("dtype", "training.dtype"), ("threads", "training.threads"),
-                      ("device", "training.device"), ("ensemble", "training.ensemble")]:
+                      ("device", "training.device"), ("ensemble", "training.ensemble"),
+                      ("last_layer", "training.last_layer")]:
         value = getattr(args, flag)
         if value is not None:
             overrides[key] = value
@@ -142,6 +143,10 @@ def parser() -> argparse.ArgumentParser:
                        help="ensemble members train on bootstrap resamples of the data")
     train.add_argument("--aleatoric", action="store_true",
                        help="add a variance head that learns the label noise (NLL)")
+    train.add_argument("--last-layer", choices=["local", "heads"],
+                       help="bpnn: last-layer (LLPR) epistemic σ fitted after training; force σ "
+                            "from sampled last layers (heads) or, cheaper, per atom from its "
+                            "local energy (local)")
     train.add_argument("--device", choices=["cpu", "cuda", "auto"],
                        help="where to train (default cpu; auto: the GPU when there is one)")
     train.add_argument("--out", help="output folder; DIR/model is the trained potential")

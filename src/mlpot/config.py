@@ -148,6 +148,11 @@ class TrainingConfig(Strict):
     #                                               fitted by the plain loss before NLL starts
     beta_nll: float = Field(0.5, ge=0, le=1)  # β-NLL (Seitzer et al. 2022): 0 plain NLL,
     #                                            1 mean-fit gradients as unweighted squares
+    # last-layer (LLPR) epistemic σ of one bpnn model, fitted after training
+    # (mlpot.uncertainty.last_layer): force σ from sampled last layers ("heads") or, cheaper
+    # and blunter, from each atom's local-energy σ ("local")
+    last_layer: Literal["off", "local", "heads"] = "off"
+    last_layer_heads: int = Field(16, ge=2)  # sampled last layers for last_layer: heads
 
 
     @model_validator(mode="after")
@@ -171,6 +176,10 @@ class RunConfig(Strict):
         if self.model.kind == "linear" and self.training.ensemble > 1 and not self.training.bootstrap:
             raise ValueError("a linear model is fitted in closed form, so its ensemble members "
                              "would be identical: set training.bootstrap: true")
+        if self.training.last_layer != "off" and (self.model.kind != "bpnn"
+                                                   or self.training.ensemble > 1):
+            raise ValueError("training.last_layer is for one bpnn model (its last layer); "
+                             "other kinds and ensembles take training.ensemble alone")
         if self.model.kind == "linear" and self.training.aleatoric:
             raise ValueError("training.aleatoric needs a trained network, not the closed-form "
                              "linear fit")

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from mlpot.uncertainty.calibration import (calibration_curve, gaussian_nll, miscalibration_area,
-                                           spearman)
+from mlpot.uncertainty.calibration import (calibration_curve, fit_sigma_scale, gaussian_nll,
+                                           miscalibration_area, spearman)
 
 
 def test_nll_is_the_gaussian_log_density():
@@ -33,8 +33,6 @@ def test_calibrated_sigmas_have_small_area_and_wrong_ones_large():
 def test_sigma_scale_maximises_the_likelihood():
     """s² = ⟨e²/σ²⟩ is the maximum of the Gaussian likelihood over s; with σ four times too
     small it recovers ≈ 4 and brings the miscalibration area down."""
-    from mlpot.uncertainty.calibration import fit_sigma_scale
-
     rng = np.random.default_rng(3)
     sigmas = rng.uniform(0.5, 2.0, 5000)
     errors = rng.normal(size=sigmas.size) * sigmas
@@ -44,3 +42,4 @@ def test_sigma_scale_maximises_the_likelihood():
     assert nll[1] < nll[0] and nll[1] < nll[2]
     assert miscalibration_area(errors, sigmas / 4) > 0.3
     assert miscalibration_area(errors, sigmas / 4 * scale) < 0.02
+

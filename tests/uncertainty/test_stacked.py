@@ -7,40 +7,13 @@ import torch
 
 from mlpot import keys
 from mlpot.data.records import Frame
-from mlpot.descriptors.symmetry import SymmetryFunctions, default_angular, default_radial
 from mlpot.models import BehlerParrinello, SchNet
-from mlpot.models.variance import VarianceHead
 from mlpot.potential import Potential
 from mlpot.uncertainty.ensemble import Ensemble
 from mlpot.uncertainty.stacked import can_stack, stacked_forward
+from helpers import E0, random_bpnn, small_descriptor
 
-E0 = {"H": -13.568422178253735, "C": -1026.8538996116154, "O": -2037.796869412825}
 CELL = np.array([[7.5, 0.0, 0.0], [1.0, 7.0, 0.0], [0.5, -0.8, 7.2]])
-
-
-def _descriptor() -> SymmetryFunctions:
-    return SymmetryFunctions([1, 6, 8], cutoff=4.0, angular_cutoff=3.5,
-                             radial=default_radial(4.0, 4),
-                             angular=default_angular(3.5, 2, (1.0, 4.0)))
-
-
-def _member(seed: int, head: bool = False) -> Potential:
-    """Random weights, statistics and baseline terms that differ per member."""
-    generator = torch.Generator().manual_seed(seed)
-    model = BehlerParrinello(_descriptor(), hidden=(8, 8)).double()
-    n_el, n_feat = 3, model.descriptor.n_features
-    model.set_statistics(torch.rand(n_el, n_feat, generator=generator, dtype=torch.float64),
-                         0.5 + torch.rand(n_el, n_feat, generator=generator, dtype=torch.float64),
-                         energy_scale=0.2 + 0.1 * seed)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.copy_(0.4 * torch.randn(parameter.shape, generator=generator,
-                                              dtype=torch.float64))
-    variance_head = None
-    if head:
-        torch.manual_seed(seed)
-        variance_head = VarianceHead([1, 6, 8], 4.0, 0.001, 0.03).double()
-    return Potential(model, E0, variance_head).double().eval()
 
 
 def _in_turn(members, batch, stress=False):
@@ -53,7 +26,7 @@ def _in_turn(members, batch, stress=False):
 
 @pytest.mark.parametrize("head", [False, True])
 def test_stacked_equals_members_in_turn_molecules(acac_frames, head):
-    members = [_member(seed, head) for seed in (1, 2, 3)]
+    members = [random_bpnn(seed, head) for seed in (1, 2, 3)]
     assert can_stack(members)
     batch = members[0].batch(acac_frames[:4])
     stacked = stacked_forward(members, batch)
@@ -68,7 +41,7 @@ def test_stacked_equals_members_in_turn_molecules(acac_frames, head):
 def test_stacked_equals_members_in_turn_periodic_with_stress(acac_frames):
     frames = [Frame(numbers=f.numbers, positions=f.positions, cell=CELL,
                     pbc=np.array([True] * 3)) for f in acac_frames[:2]]
-    members = [_member(seed) for seed in (4, 5)]
+    members = [random_bpnn(seed) for seed in (4, 5)]
     batch = members[0].batch(frames)
     stacked = stacked_forward(members, batch, stress=True)
     reference = _in_turn(members, batch, stress=True)
@@ -77,7 +50,7 @@ def test_stacked_equals_members_in_turn_periodic_with_stress(acac_frames):
 
 
 def test_ensemble_uses_the_stacked_path_in_float32_too(acac_frames):
-    members = [_member(seed).float() for seed in (6, 7)]
+    members = [random_bpnn(seed).float() for seed in (6, 7)]
     ensemble = Ensemble(members).eval()
     batch = ensemble.batch(acac_frames[:3])
     out = ensemble(batch)
@@ -89,9 +62,9 @@ def test_ensemble_uses_the_stacked_path_in_float32_too(acac_frames):
 
 
 def test_what_cannot_be_stacked():
-    bpnn = [_member(1), _member(2)]
-    wider = Potential(BehlerParrinello(_descriptor(), hidden=(8, 4)), E0).double()
-    other_baseline = Potential(BehlerParrinello(_descriptor(), hidden=(8, 8),
+    bpnn = [random_bpnn(1), random_bpnn(2)]
+    wider = Potential(BehlerParrinello(small_descriptor(), hidden=(8, 4)), E0).double()
+    other_baseline = Potential(BehlerParrinello(small_descriptor(), hidden=(8, 8),
                                                 baseline="saturating"), E0).double()
     schnet = Potential(SchNet([1, 6, 8], cutoff=4.0, n_features=8, n_interactions=1,
                               n_rbf=4), E0).double()

@@ -94,7 +94,7 @@ def run_md(atoms: Atoms, calculator, steps: int, dt: float = 0.5, temperature: f
     has_sigma = "forces_std_epistemic" in atoms.calc.results
     if max_force_sigma is not None and not has_sigma:
         raise ValueError("max_force_sigma needs a calculator that predicts the epistemic "
-                         "forces_std_epistemic (an ensemble model)")
+                         "forces_std_epistemic (an ensemble or a last-layer model)")
 
     def record():
         epot = atoms.get_potential_energy()

@@ -33,6 +33,7 @@ from mlpot.uncertainty.calibration import (calibration_curve, ensemble_errors,
                                          fit_sigma_scale, miscalibration_area,
                                          uncertainty_metrics)
 from mlpot.uncertainty.ensemble import Ensemble, load_model, save_ensemble
+from mlpot.uncertainty.last_layer import fit_last_layer, save_last_layer
 
 
 def versions() -> dict:
@@ -238,6 +239,13 @@ def run_training(config: RunConfig, resume: bool = False, progress: bool = True)
     if n_members == 1:
         summary = train_member(config, train, valid, elements, e0, out, config.seed, metadata,
                                progress, resume)
+        if config.training.last_layer != "off":
+            say("fitting the last-layer uncertainty", flush=True)
+            uncertain, summary["last_layer"] = fit_last_layer(
+                load(out / "model"), train, valid, config.training.sigma_energy,
+                config.training.sigma_force, config.training.last_layer,
+                config.training.last_layer_heads, config.seed, progress)
+            save_last_layer(uncertain, out / "model", metadata)
     else:
         summaries, members = [], []
         for k in range(n_members):
@@ -262,7 +270,7 @@ def run_training(config: RunConfig, resume: bool = False, progress: bool = True)
                                                  if k.startswith("test:")]:
         if frames:
             metrics[name], predictions[name] = evaluate(best, frames, progress=progress)
-            if "energy_std" in predictions[name]:  # an ensemble
+            if "energy_std" in predictions[name]:  # an ensemble, last layer or variance head
                 metrics[name].update(uncertainty_metrics(frames, predictions[name]))
                 errors = ensemble_errors(frames, predictions[name])
                 if "forces" in errors:

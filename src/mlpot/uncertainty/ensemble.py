@@ -157,10 +157,15 @@ def save_ensemble(ensemble: Ensemble, path: str | Path, metadata: dict | None = 
     return replace_folder(tmp, path)
 
 
-def load_model(path: str | Path) -> Potential | Ensemble:
-    """A saved potential, or an :class:`Ensemble` if ``path`` holds ensemble.json."""
+def load_model(path: str | Path):
+    """A saved potential, an :class:`Ensemble` if ``path`` holds ensemble.json, or a
+    :class:`~mlpot.uncertainty.last_layer.LastLayerUncertainty` if it holds last_layer.json."""
     path = Path(path)
     index = path / "ensemble.json"
+    if (path / "last_layer.json").exists():
+        from mlpot.uncertainty.last_layer import load_last_layer
+
+        return load_last_layer(path)
     if not index.exists():
         return load(path)
     description = json.loads(index.read_text())
