@@ -76,6 +76,8 @@ def plot(rows: list[dict], path: Path) -> None:
                 label=f"{test}: epistemic σ (spread)")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.set_xticks(sizes, [str(n) for n in sizes])
+    ax.minorticks_off()
     ax.set_xlabel("training structures")
     ax.set_ylabel("meV/Å")
     ax.legend(fontsize=7)
