@@ -1,4 +1,5 @@
-"""Command line: ``mlpot train|eval|md``. It parses arguments and calls the library; nothing more."""
+"""Command line: ``mlpot train|eval|md|label|report``. It parses arguments and calls the library;
+nothing more."""
 
 from __future__ import annotations
 
@@ -116,6 +117,69 @@ def _md(args) -> int:
     return 0
 
 
+def _engine(args):
+    from mlpot.label.engines import ASEEngine, PySCFEngine, XTBEngine
+
+    if args.engine == "pyscf":
+        return PySCFEngine(method=args.method or "hf", basis=args.basis or "sto-3g",
+                           forces=args.forces, threads=args.threads)
+    if args.engine == "xtb":
+        return XTBEngine(method=args.method or "GFN2-xTB")
+    if not args.calculator:
+        raise MlpotError("--engine ase needs --calculator module:Class")
+    try:
+        arguments = json.loads(args.calculator_args)
+    except json.JSONDecodeError as error:
+        raise MlpotError(f"--calculator-args is not JSON: {error}") from error
+    return ASEEngine(args.calculator, arguments)
+
+
+def _label(args) -> int:
+    from ase.io import read
+
+    from mlpot.label.runner import label_structures
+
+    try:
+        structures = read(args.structures, index=":")
+    except Exception as error:
+        raise MlpotError(f"{args.structures}: cannot read structures ({error})") from error
+    try:
+        engine = _engine(args)
+    except ValueError as error:
+        raise MlpotError(str(error)) from error
+    summary = label_structures(structures, engine, args.db, scheduler=args.scheduler,
+                               workers=args.workers, retry_failed=args.retry_failed,
+                               sources=[f"{args.structures}:{k}" for k in range(len(structures))])
+    print(json.dumps(summary))
+    return 0
+
+
+def _report(args) -> int:
+    from mlpot.label.cost import report
+
+    model = None
+    if args.model:
+        from mlpot.uncertainty.ensemble import load_model
+
+        model = load_model(args.model).eval()
+    result = report(args.db, model)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{args.db}:")
+    for level in result["levels"]:
+        per_label = level["cpu_seconds_per_label"]
+        line = (f"  {level['level']}: {level['labels']} labels ({level['failed']} failed), "
+                f"{level['cpu_hours']:.4f} CPU-h, "
+                f"{per_label if per_label is None else round(per_label, 3)} CPU-s per label")
+        if "speedup" in level:
+            line += f", model {level['speedup']:.0f}x faster"
+        print(line)
+    if "model_seconds_per_prediction" in result:
+        print(f"  model: {result['model_seconds_per_prediction'] * 1000:.2f} ms per prediction")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="mlpot", description=__doc__)
     commands = top.add_subparsers(dest="command", required=True)
@@ -183,6 +247,33 @@ def parser() -> argparse.ArgumentParser:
     md.add_argument("--out", default="md.traj", help="trajectory file (ASE .traj)")
     md.add_argument("--log", help="energy log (default: OUT with .log)")
     md.set_defaults(run=_md)
+
+    label = commands.add_parser("label", help="reference labels with PySCF, xTB or an ASE "
+                                              "calculator, on Dask workers, into an ASE db")
+    label.add_argument("structures", help="structures to label (any format ASE reads; "
+                                          "info charge/spin respected)")
+    label.add_argument("--engine", choices=["pyscf", "xtb", "ase"], required=True)
+    label.add_argument("--method", help="pyscf: hf, mp2, ccsd, ccsd(t) or a DFT functional; "
+                                        "xtb: GFN2-xTB (default) or GFN1-xTB")
+    label.add_argument("--basis", help="pyscf basis set (default sto-3g)")
+    label.add_argument("--forces", choices=["auto", "analytic", "none", "fd"], default="auto",
+                       help="pyscf: analytic where available (auto), or finite differences")
+    label.add_argument("--calculator", help="ase engine: module:Class")
+    label.add_argument("--calculator-args", default="{}", help="ase engine: JSON keyword args")
+    label.add_argument("--db", required=True, help="ASE database the labels go into")
+    label.add_argument("--scheduler", help="address of a running Dask scheduler "
+                                           "(default: a local cluster)")
+    label.add_argument("--workers", type=int, help="local cluster worker processes")
+    label.add_argument("--threads", type=int, default=1, help="pyscf threads per label")
+    label.add_argument("--retry-failed", action="store_true",
+                       help="label again what is stored as failed")
+    label.set_defaults(run=_label)
+
+    ledger = commands.add_parser("report", help="cost ledger of a label database (and model)")
+    ledger.add_argument("db")
+    ledger.add_argument("--model", help="a model folder: its cost per prediction and speed-up")
+    ledger.add_argument("--json", action="store_true")
+    ledger.set_defaults(run=_report)
     return top
 
 

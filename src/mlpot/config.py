@@ -42,6 +42,9 @@ class DataConfig(Strict):
     forces_key: str = "forces"
     valid_fraction: float = Field(0.05, ge=0.0, lt=1.0)
     max_train: int | None = None  # use at most this many training frames (after the split)
+    # ASE databases: which rows (ase.db query, e.g. "level=xtb/gfn2-xtb" for `mlpot label`'s
+    # databases that hold several levels); rows stored as failed are always skipped
+    db_select: str | None = None
 
 
 # Sizes of every model kind: what a user gets with ``model.size`` (default medium) for each

@@ -105,12 +105,19 @@ def _read_ase_file(path: Path, fmt: str | None, **keys) -> list[Frame]:
     return frames
 
 
-def _read_ase_db(path: Path, **keys) -> list[Frame]:
+def _read_ase_db(path: Path, select: str | None = None, **keys) -> list[Frame]:
     import ase.db
 
     frames = []
     with ase.db.connect(str(path)) as db:
-        for index, row in enumerate(db.select()):
+        try:
+            rows = list(db.select(select) if select else db.select())
+        except Exception as error:  # ASE raises ValueError/KeyError/SyntaxError on bad queries
+            raise DataError(f"database selection {select!r} failed ({error})",
+                            source=str(path), field="db_select") from error
+        for index, row in enumerate(rows):
+            if row.get("failed"):  # a label stored as failed by `mlpot label`: no energy
+                continue
             atoms = row.toatoms(add_additional_information=True)
             info = dict(row.key_value_pairs)
             info.update(row.data or {})
@@ -147,11 +154,13 @@ def _read_npz(path: Path) -> list[Frame]:
 
 def read_frames(path: str | Path, *, energy_key: str = "energy", forces_key: str = "forces",
                 stress_key: str = "stress", require_energy: bool = True,
-                validate: bool = True) -> list[Frame]:
+                validate: bool = True, db_select: str | None = None) -> list[Frame]:
     """Read every frame of an extxyz/xyz file, an ASE database (.db) or an rMD17 .npz.
 
     ``energy_key``/``forces_key`` name the info/arrays entries holding labels (e.g.
     ``REF_energy``); ``energy``/``forces`` are also found on an attached calculator.
+    ``db_select`` (ASE databases only) is an ase.db query choosing the rows; rows that
+    `mlpot label` stored as failed are skipped.
     """
     path = Path(path)
     if not path.exists():
@@ -161,7 +170,7 @@ def read_frames(path: str | Path, *, energy_key: str = "energy", forces_key: str
     if suffix == ".npz":
         frames = _read_npz(path)
     elif suffix in (".db", ".sqlite"):
-        frames = _read_ase_db(path, **keys)
+        frames = _read_ase_db(path, db_select, **keys)
     else:
         frames = _read_ase_file(path, "extxyz" if suffix in (".xyz", ".extxyz") else None, **keys)
     if not frames:

@@ -66,7 +66,8 @@ def git_commit() -> str | None:
 def load_data(config: RunConfig) -> dict[str, list[Frame]]:
     """Training, validation, isolated-atom and test frames as the config says."""
     data = config.data
-    read = dict(energy_key=data.energy_key, forces_key=data.forces_key)
+    read = dict(energy_key=data.energy_key, forces_key=data.forces_key,
+                db_select=data.db_select)
     isolated, train = split_isolated_atoms(read_frames(data.train, **read))
     if data.isolated_atoms:
         isolated += read_frames(data.isolated_atoms, **read)

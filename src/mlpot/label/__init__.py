@@ -1,0 +1,1 @@
+"""Reference labels: engines (PySCF, tblite, ASE calculators), Dask runner, ASE-db store."""
