@@ -1,4 +1,4 @@
-"""Command line: ``mlpot train|eval|md|label|report``. It parses arguments and calls the library;
+"""Command line: ``mlpot train|eval|md|label|learn|report``. It parses arguments and calls the library;
 nothing more."""
 
 from __future__ import annotations
@@ -40,7 +40,10 @@ def _train(args) -> int:
         if not args.train:
             raise MlpotError("give a CONFIG.yaml or --train FILE")
         config = config_from_dict({}, overrides, source="command line")
-    summary = run_training(config, resume=args.resume)
+    try:
+        summary = run_training(config, resume=args.resume)
+    except ValueError as error:  # e.g. an init_model that does not fit the data
+        raise MlpotError(str(error)) from error
     out = Path(config.out)
     print(f"model saved: {out / 'model'}")
     print(f"metrics: {out / 'metrics.json'}   log: {out / 'log.csv'}   "
@@ -180,6 +183,22 @@ def _report(args) -> int:
     return 0
 
 
+def _learn(args) -> int:
+    from mlpot.active.loop import run_learning
+    from mlpot.config import load_learn_config
+
+    config = load_learn_config(args.config)
+    try:
+        state = run_learning(config)
+    except ValueError as error:
+        raise MlpotError(str(error)) from error
+    last = state["history"][-1] if state["history"] else {}
+    print(json.dumps({"iterations": state["finished"], "stopped_by": state.get("stopped_by"),
+                      "labels": last.get("labels"),
+                      "test_force_rmse": last.get("test_force_rmse")}))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="mlpot", description=__doc__)
     commands = top.add_subparsers(dest="command", required=True)
@@ -268,6 +287,12 @@ def parser() -> argparse.ArgumentParser:
     label.add_argument("--retry-failed", action="store_true",
                        help="label again what is stored as failed")
     label.set_defaults(run=_label)
+
+    learn = commands.add_parser("learn", help="active learning: label, train an ensemble, "
+                                              "explore, select uncertain structures, repeat")
+    learn.add_argument("config", help="YAML (mlpot.config.LearnConfig); resumes if OUT has "
+                                      "state.json")
+    learn.set_defaults(run=_learn)
 
     ledger = commands.add_parser("report", help="cost ledger of a label database (and model)")
     ledger.add_argument("db")

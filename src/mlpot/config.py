@@ -156,6 +156,9 @@ class TrainingConfig(Strict):
     # and blunter, from each atom's local-energy σ ("local")
     last_layer: Literal["off", "local", "heads"] = "off"
     last_layer_heads: int = Field(16, ge=2)  # sampled last layers for last_layer: heads
+    # start from this trained model (or ensemble: member k from its member k) instead of new
+    # weights: warm start of active learning, fine-tuning on another level of theory
+    init_model: str | None = None
 
 
     @model_validator(mode="after")
@@ -183,6 +186,8 @@ class RunConfig(Strict):
                                                    or self.training.ensemble > 1):
             raise ValueError("training.last_layer is for one bpnn model (its last layer); "
                              "other kinds and ensembles take training.ensemble alone")
+        if self.model.kind == "linear" and self.training.init_model:
+            raise ValueError("training.init_model: a linear model is refitted in closed form")
         if self.model.kind == "linear" and self.training.aleatoric:
             raise ValueError("training.aleatoric needs a trained network, not the closed-form "
                              "linear fit")
@@ -193,6 +198,94 @@ class RunConfig(Strict):
         if self.training.learning_rate is None:
             self.training.learning_rate = default_learning_rate(self.model.kind)
         return self
+
+
+class EngineConfig(Strict):
+    """A reference engine of mlpot.label.engines."""
+
+    kind: Literal["pyscf", "xtb", "ase"] = "xtb"
+    method: str | None = None  # pyscf: hf, mp2, ccsd, ccsd(t) or a functional; xtb: GFN2-xTB
+    basis: str | None = None  # pyscf (default sto-3g)
+    forces: Literal["auto", "analytic", "none", "fd"] = "auto"  # pyscf
+    calculator: str | None = None  # ase: module:Class
+    arguments: dict = {}  # ase: keyword arguments of the calculator
+    threads: int = Field(1, ge=1)  # pyscf threads per label
+
+    def build(self):
+        from mlpot.label.engines import ASEEngine, PySCFEngine, XTBEngine
+
+        if self.kind == "pyscf":
+            return PySCFEngine(self.method or "hf", self.basis or "sto-3g", self.forces,
+                               threads=self.threads)
+        if self.kind == "xtb":
+            return XTBEngine(self.method or "GFN2-xTB")
+        if not self.calculator:
+            raise ValueError("engine kind 'ase' needs calculator: module:Class")
+        return ASEEngine(self.calculator, dict(self.arguments))
+
+
+class ExploreConfig(Strict):
+    """Langevin exploration with the current model (mlpot.active.explore)."""
+
+    trajectories: int = Field(4, ge=1)  # per iteration, each from a random labelled structure
+    temperature: float = Field(500.0, gt=0)  # K
+    steps: int = Field(400, ge=1)
+    dt: float = Field(0.5, gt=0)  # fs
+    interval: int = Field(10, ge=1)  # steps between snapshots (candidates)
+    friction: float = Field(0.02, gt=0)  # 1/fs
+    stop_sigma: float = Field(1.0, gt=0)  # eV/Å: end a trajectory when its force σ passes this
+
+
+class SelectConfig(Strict):
+    """Which candidates to label (mlpot.active.select)."""
+
+    force_sigma: float = Field(0.1, gt=0)  # eV/Å: label snapshots whose max epistemic σ exceeds
+    max_new: int = Field(10, ge=1)  # labels per iteration
+    min_distance: float = Field(0.02, ge=0)  # Å: fingerprint RMS below which two are duplicates
+
+
+class LearnConfig(Strict):
+    """`mlpot learn`: label, train, explore, select, repeat (mlpot.active.loop)."""
+
+    start: str  # initial structures (any format ASE reads), labelled in iteration 0
+    test: str | None = None  # labelled structures on which each iteration is scored
+    db: str | None = None  # ASE database of labels (default OUT/labels.db)
+    out: str = "runs/learn"
+    engine: EngineConfig = EngineConfig()
+    model: ModelConfig = ModelConfig()
+    training: TrainingConfig = TrainingConfig(ensemble=3, max_minutes=1.0)
+    explore: ExploreConfig = ExploreConfig()
+    select: SelectConfig = SelectConfig()
+    iterations: int = Field(10, ge=1)
+    max_labels: int | None = None  # stop once this many structures are labelled
+    target_force_rmse: float | None = None  # meV/Å on test: stop once reached
+    valid_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    scheduler: str | None = None  # Dask scheduler address (default: a local cluster)
+    workers: int | None = None  # local cluster worker processes
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _needs_epistemic_force_sigma(self):
+        if self.training.ensemble < 2 and self.training.last_layer != "heads":
+            raise ValueError("active learning selects by epistemic force σ: set "
+                             "training.ensemble ≥ 2 (or last_layer: heads for a bpnn)")
+        return self
+
+
+def load_learn_config(path: str | Path) -> LearnConfig:
+    """Read and validate a `mlpot learn` YAML config (paths relative to the file)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+        for key in ("start", "test", "db", "out"):
+            if raw.get(key):
+                raw[key] = _relative_to(path.parent, raw[key])
+        return LearnConfig.model_validate(raw)
+    except (OSError, yaml.YAMLError, AttributeError) as error:
+        raise ConfigError(f"{path}: cannot read YAML ({error})") from error
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise ConfigError(f"{path}: {problems}") from None
 
 
 def default_learning_rate(kind: str) -> float:

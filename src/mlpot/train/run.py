@@ -190,9 +190,19 @@ def recalibrate(ensemble: Ensemble, frames: list[Frame]) -> dict:
 
 def train_member(config: RunConfig, train: list[Frame], valid: list[Frame], elements: list[int],
                  e0: dict[str, float], out: Path, seed: int, metadata: dict, progress: bool,
-                 resume: bool) -> dict:
-    """Build, fit and save one potential into ``out/model``; returns the training summary."""
+                 resume: bool, init: Path | None = None) -> dict:
+    """Build, fit and save one potential into ``out/model``; returns the training summary.
+    ``init``: a saved model to start from (warm start / fine-tuning) instead of a new one."""
     say = print if progress else (lambda *a, **k: None)
+    if init is not None:
+        potential = initial_potential(init, elements, e0)
+        if potential.model.kind != config.model.kind:
+            raise ValueError(f"{init}: a {potential.model.kind} model, but model.kind is "
+                             f"{config.model.kind!r}")
+        dtype = getattr(torch, config.training.dtype)
+        trainer = Trainer(potential.to(dtype), train, valid, config.training, out, seed=seed,
+                          metadata={**metadata, "init_model": str(init)}, progress=progress)
+        return trainer.run(resume=resume)
     potential = build_potential(config, elements, e0)
     dtype = getattr(torch, config.training.dtype)
     if config.model.kind == "linear":
@@ -206,6 +216,31 @@ def train_member(config: RunConfig, train: list[Frame], valid: list[Frame], elem
     trainer = Trainer(potential.to(dtype), train, valid, config.training, out, seed=seed,
                       metadata=metadata, progress=progress)
     return trainer.run(resume=resume)
+
+
+def initial_potential(path: Path, elements: list[int], e0: dict[str, float]) -> Potential:
+    """A trained model to continue from, with this data's reference energies E0 (the level of
+    theory may differ; the networks and their input statistics are kept)."""
+    start = load(path)
+    missing = sorted(set(elements) - set(start.elements))
+    if missing:
+        raise ValueError(f"{path}: the model does not cover elements {missing} of the data")
+    return Potential(start.model, e0, start.variance_head)
+
+
+def member_init(init_model: str | None, k: int) -> Path | None:
+    """The model member ``k`` starts from: member k of an ensemble folder (cycling), or the
+    one model of a model folder."""
+    if init_model is None:
+        return None
+    path = Path(init_model)
+    index = path / "ensemble.json"
+    if index.exists():
+        import json
+
+        names = json.loads(index.read_text())["members"]
+        return path / names[k % len(names)]
+    return path
 
 
 def run_training(config: RunConfig, resume: bool = False, progress: bool = True) -> dict:
@@ -239,7 +274,7 @@ def run_training(config: RunConfig, resume: bool = False, progress: bool = True)
     n_members = config.training.ensemble
     if n_members == 1:
         summary = train_member(config, train, valid, elements, e0, out, config.seed, metadata,
-                               progress, resume)
+                               progress, resume, member_init(config.training.init_model, 0))
         if config.training.last_layer != "off":
             say("fitting the last-layer uncertainty", flush=True)
             uncertain, summary["last_layer"] = fit_last_layer(
@@ -257,7 +292,8 @@ def run_training(config: RunConfig, resume: bool = False, progress: bool = True)
             member_out = out / "members" / f"member_{k}"
             summaries.append(train_member(config, member_train, valid, elements, e0,
                                           member_out, seed, {**metadata, "seed": seed},
-                                          progress, resume))
+                                          progress, resume,
+                                          member_init(config.training.init_model, k)))
             members.append(load(member_out / "model"))
         ensemble = Ensemble(members)
         summary = {"members": summaries, "stopped_by": "ensemble of " + str(n_members)}

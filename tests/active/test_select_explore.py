@@ -1,0 +1,60 @@
+"""Selection keeps the most uncertain snapshots and drops near-duplicates; exploration
+reports the model's own epistemic force σ for every snapshot it keeps."""
+
+import numpy as np
+import torch
+from ase.build import molecule
+
+from mlpot.active.explore import explore, largest_force_sigma
+from mlpot.active.select import fingerprint, select
+from mlpot.dynamics.calculator import MlpotCalculator
+from mlpot.uncertainty.ensemble import Ensemble
+from helpers import random_bpnn
+
+
+def _moved(atoms, shift, seed):
+    moved = atoms.copy()
+    moved.positions += np.random.default_rng(seed).normal(0, shift, moved.positions.shape)
+    return moved
+
+
+def test_fingerprint_is_invariant_and_separates_structures():
+    water = _moved(molecule("H2O"), 0.05, 0)
+    turned = water.copy()
+    turned.rotate(73, "z")
+    turned.translate([1.0, -2.0, 0.5])
+    swapped = turned[[0, 2, 1]]
+    np.testing.assert_allclose(fingerprint(swapped), fingerprint(water), atol=1e-12)
+    assert np.sqrt(np.mean((fingerprint(_moved(water, 0.1, 1)) - fingerprint(water))**2)) > 0.02
+
+
+def test_select_threshold_order_and_diversity():
+    base = molecule("H2O")
+    candidates = [_moved(base, 0.1, k) for k in range(6)]
+    candidates.append(candidates[2].copy())  # an exact duplicate of candidate 2
+    candidates[6].rotate(40, "x")
+    sigmas = np.array([0.05, 0.3, 0.9, 0.2, 0.6, 0.01, 0.95])
+    chosen = select(candidates, sigmas, [], threshold=0.1, max_new=10, min_distance=0.01)
+    assert chosen == [6, 4, 1, 3]  # 2 duplicates 6 (chosen first: larger σ); 0, 5 below σ
+    assert select(candidates, sigmas, [], 0.1, 2, 0.01) == [6, 4]
+    known = [candidates[4].copy()]
+    assert 4 not in select(candidates, sigmas, known, 0.1, 10, 0.01)
+
+
+def test_exploration_records_the_ensembles_sigma():
+    members = [random_bpnn(seed) for seed in (1, 2, 3)]
+    with torch.no_grad():
+        for member in members:
+            member.model.energy_scale.fill_(0.02)  # gentle forces for a stable trajectory
+    calculator = MlpotCalculator(Ensemble(members))
+    start = molecule("CH3CH2OH")
+    snapshots, sigmas = explore(calculator, [start], temperature=300, steps=20, dt=0.25,
+                                interval=5, friction=0.02, stop_sigma=1e9, seed=0)
+    assert len(snapshots) == 4 and len(sigmas) == 4
+    probe = snapshots[2].copy()
+    probe.calc = calculator
+    probe.get_forces()
+    assert largest_force_sigma(probe) == sigmas[2]
+    assert not np.allclose(snapshots[0].positions, start.positions)
+    stopped, _ = explore(calculator, [start], 300, 20, 0.25, 5, 0.02, stop_sigma=0.0, seed=0)
+    assert len(stopped) == 1  # the first snapshot already passes σ > 0: the trajectory ends
