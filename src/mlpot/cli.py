@@ -61,9 +61,14 @@ def _eval(args) -> int:
     from mlpot.uncertainty.calibration import uncertainty_metrics
     from mlpot.uncertainty.ensemble import load_model
 
+    from mlpot.label.delta import baseline_engine, subtract_baseline
+
     potential = load_model(args.model)
     frames = read_frames(args.file, energy_key=args.energy_key, forces_key=args.forces_key)
     frames = [f for f in frames if not f.is_isolated_atom] or frames
+    baseline = baseline_engine(args.model)
+    if baseline is not None:  # a Δ-model: compare ΔE with reference − baseline (same errors)
+        frames = subtract_baseline(frames, baseline)
     metrics, predicted = evaluate(potential, frames, batch_size=args.batch_size,
                                   progress=not args.json)
     if "energy_std" in predicted:

@@ -45,6 +45,9 @@ class DataConfig(Strict):
     # ASE databases: which rows (ase.db query, e.g. "level=xtb/gfn2-xtb" for `mlpot label`'s
     # databases that hold several levels); rows stored as failed are always skipped
     db_select: str | None = None
+    # Δ-learning: train on (this database's labels) − (labels of this baseline level of the
+    # same structures, e.g. "xtb/gfn2-xtb"); train, valid and test must be label databases
+    delta_baseline: str | None = None
 
 
 # Sizes of every model kind: what a user gets with ``model.size`` (default medium) for each
@@ -176,6 +179,16 @@ class RunConfig(Strict):
     training: TrainingConfig = TrainingConfig()
     seed: int = 0
     out: str = "runs/mlpot"
+
+    @model_validator(mode="after")
+    def _delta_needs_a_level(self):
+        if self.data.delta_baseline and not (self.data.db_select or "").startswith("level="):
+            raise ValueError("data.delta_baseline needs data.db_select: level=… (the level "
+                             "whose difference to the baseline is learned)")
+        if self.data.delta_baseline and self.data.isolated_atoms:
+            raise ValueError("data.delta_baseline: E0 of a Δ model come from a fit to the "
+                             "differences; leave data.isolated_atoms out")
+        return self
 
     @model_validator(mode="after")
     def _ensemble_of_a_closed_form_fit_needs_bootstrap(self):

@@ -19,20 +19,29 @@ class MlpotCalculator(Calculator):
     total σ, split into ``…_epistemic`` and (with variance heads) ``…_aleatoric``; a single
     model with a variance head gives the aleatoric σ alone.
 
+    A Δ-model (trained on differences to a baseline level, see :mod:`mlpot.label.delta`)
+    adds its baseline engine's energy and forces (the engine runs on every call; per-atom
+    energies and stress are then not available).
+
     Args:
         model: path of a saved model or ensemble folder, a Potential or an Ensemble.
         dtype: "float64" (default, for MD energy conservation) or "float32".
+        baseline: engine whose energy and forces are added (default: the one a Δ-model
+            folder records, else none).
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress",
                               "energy_std", "forces_std"]
 
-    def __init__(self, model, dtype: str = "float64", **kwargs):
+    def __init__(self, model, dtype: str = "float64", baseline=None, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(model, torch.nn.Module):
+            from mlpot.label.delta import baseline_engine
             from mlpot.uncertainty.ensemble import load_model
 
+            baseline = baseline or baseline_engine(model)
             model = load_model(model)
+        self.baseline = baseline
         self.potential = model.to(getattr(torch, dtype)).eval()
         self.dtype = getattr(torch, dtype)
 
@@ -53,6 +62,8 @@ class MlpotCalculator(Calculator):
         for key in (keys.FORCES_STD, keys.FORCES_STD_EPISTEMIC, keys.FORCES_STD_ALEATORIC):
             if key in out:
                 self.results[key] = out[key].detach().numpy().astype(np.float64)
+        if self.baseline is not None:
+            self._add_baseline(want_stress)
         if want_stress:
             stress = out[keys.STRESS][0].detach().numpy().astype(np.float64)
             self.results["stress"] = full_3x3_to_voigt_6_stress(stress)
@@ -60,3 +71,18 @@ class MlpotCalculator(Calculator):
             from ase.calculators.calculator import PropertyNotImplementedError
 
             raise PropertyNotImplementedError("stress needs a cell periodic in all directions")
+
+    def _add_baseline(self, want_stress: bool) -> None:
+        """E = E_baseline + ΔE, F = F_baseline + ΔF (Δ-models)."""
+        from ase.calculators.calculator import CalculationFailed, PropertyNotImplementedError
+
+        if want_stress:
+            raise PropertyNotImplementedError("a Δ-model's baseline gives no stress")
+        label = self.baseline.label(self.atoms)
+        if label.failed or label.forces is None:
+            raise CalculationFailed(f"baseline {self.baseline.level}: "
+                                    f"{label.error or 'no forces'}")
+        self.results["energy"] += label.energy
+        self.results["free_energy"] = self.results["energy"]
+        self.results["forces"] = self.results["forces"] + label.forces
+        self.results.pop("energies", None)  # the baseline has no per-atom split

@@ -238,7 +238,10 @@ class ASEEngine:
         return f"ase/{self.calculator.split(':')[1].lower()}"
 
     def describe(self) -> dict:
-        return {"engine": "ase", "method": self.calculator, "basis": ""}
+        import json
+
+        return {"engine": "ase", "method": self.calculator, "basis": "",
+                "arguments": json.dumps(self.arguments, sort_keys=True)}
 
     def build(self):
         module, name = self.calculator.split(":")

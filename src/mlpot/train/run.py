@@ -68,19 +68,35 @@ def load_data(config: RunConfig) -> dict[str, list[Frame]]:
     data = config.data
     read = dict(energy_key=data.energy_key, forces_key=data.forces_key,
                 db_select=data.db_select)
-    isolated, train = split_isolated_atoms(read_frames(data.train, **read))
+    reader = _delta_reader(data) or read_frames
+    isolated, train = split_isolated_atoms(reader(data.train, **read))
     if data.isolated_atoms:
         isolated += read_frames(data.isolated_atoms, **read)
     if data.valid:
-        valid = split_isolated_atoms(read_frames(data.valid, **read))[1]
+        valid = split_isolated_atoms(reader(data.valid, **read))[1]
     else:
         valid_index, train_index = split_indices(len(train), (data.valid_fraction,), config.seed)
         valid, train = [train[k] for k in valid_index], [train[k] for k in train_index]
     if data.max_train is not None:
         train = train[:data.max_train]
-    tests = {Path(p).stem: read_frames(p, **read) for p in data.test}
+    tests = {Path(p).stem: reader(p, **read) for p in data.test}
     return {"train": train, "valid": valid, "isolated": isolated, **{
         f"test:{name}": frames for name, frames in tests.items()}}
+
+
+def _delta_reader(data):
+    """With ``data.delta_baseline``: a reader of label databases giving the differences of
+    the selected level to the baseline level (Δ-learning); else None."""
+    if not data.delta_baseline:
+        return None
+    from mlpot.label.delta import delta_frames
+
+    level = data.db_select.split("=", 1)[1]
+
+    def read(path, **_):
+        return delta_frames(path, level, data.delta_baseline)
+
+    return read
 
 
 def build_potential(config: RunConfig, elements: list[int], e0: dict[str, float]) -> Potential:
@@ -270,6 +286,11 @@ def run_training(config: RunConfig, resume: bool = False, progress: bool = True)
     write_json_atomic(out / "run.json", info)
     metadata = {"seed": config.seed, "git_commit": info["git_commit"],
                 "versions": info["versions"], "training_config": config.model_dump()}
+    if config.data.delta_baseline:
+        from mlpot.label.delta import baseline_description
+
+        metadata["baseline"] = baseline_description(config.data.train,
+                                                    config.data.delta_baseline)
 
     n_members = config.training.ensemble
     if n_members == 1:
