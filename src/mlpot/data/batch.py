@@ -80,3 +80,27 @@ def collate(frames: list[Frame], graphs: list[dict[str, np.ndarray]],
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     """The batch's tensors on ``device`` (no copy when already there)."""
     return {key: value.to(device) for key, value in batch.items()}
+
+
+def structure_jacobian(function, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """∂function(r)/∂r_{S,a,α} for every structure S of the batch at once, by forward-mode
+    autograd: structures share no atoms, so one tangent moving atom a of every structure serves
+    them all (3·max_n passes, batched with vmap; zero where a structure has no atom a).
+
+    ``function`` maps positions (n_atoms, 3) to a tensor; the result has shape
+    (max_n, 3, *that tensor's shape)."""
+    positions = batch[keys.POSITIONS].detach()
+    n_atoms = batch[keys.N_ATOMS]
+    offsets = torch.cumsum(n_atoms, 0) - n_atoms
+    local = torch.arange(len(positions), device=positions.device) - offsets[batch[keys.BATCH]]
+    max_n = int(n_atoms.max())
+    tangents = positions.new_zeros(max_n, 3, *positions.shape)
+    for a in range(max_n):
+        for alpha in range(3):
+            tangents[a, alpha, local == a, alpha] = 1.0
+
+    def derivative(tangent):
+        return torch.func.jvp(function, (positions,), (tangent,))[1]
+
+    jacobian = torch.func.vmap(derivative)(tangents.reshape(max_n * 3, *positions.shape))
+    return jacobian.reshape(max_n, 3, *jacobian.shape[1:])

@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mlpot import keys
+from mlpot.data.batch import structure_jacobian
 from mlpot.data.records import Frame
 
 
@@ -55,20 +56,8 @@ class FeatureCache:
             q = rows(positions)
         n_atoms = batch[keys.N_ATOMS]
         offsets = torch.cumsum(n_atoms, 0) - n_atoms
-        local = torch.arange(len(positions)) - offsets[batch[keys.BATCH]]
-        max_n = int(n_atoms.max())
-        # jac[i, d, a, α] = ∂q_id / ∂r_{b(i), a, α}: structures are independent, so one
-        # forward-mode pass moving atom a of every structure serves the whole chunk
-        tangents = positions.new_zeros(max_n, 3, *positions.shape)
-        for a in range(max_n):
-            for alpha in range(3):
-                tangents[a, alpha, local == a, alpha] = 1.0
-
-        def derivative(tangent):
-            return torch.func.jvp(rows, (positions,), (tangent,))[1]
-
-        jac = torch.func.vmap(derivative)(tangents.reshape(max_n * 3, *positions.shape))
-        jac = jac.reshape(max_n, 3, *q.shape).permute(2, 3, 0, 1)  # (n_atoms, D+1, max_n, 3)
+        # jac[i, d, a, α] = ∂q_id / ∂r_{b(i), a, α}
+        jac = structure_jacobian(rows, batch).permute(2, 3, 0, 1)  # (n_atoms, D+1, max_n, 3)
         e0 = potential.e0.double()[batch[keys.NUMBERS]]
         species = model.descriptor.species_index[batch[keys.NUMBERS]]
         items = []

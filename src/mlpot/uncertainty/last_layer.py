@@ -45,6 +45,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mlpot import keys
+from mlpot.data.batch import structure_jacobian
 from mlpot.data.records import Frame
 from mlpot.errors import ModelFileError
 from mlpot.models.bpnn import BehlerParrinello
@@ -224,35 +225,16 @@ def training_precision(potential: Potential, frames: list[Frame], sigma_energy: 
         precision += scaled.T @ scaled
         counts["energies"] += len(energy_rows)
         if any(f.forces is not None for f in chunk):
-            jacobian = _structure_jacobian(model, batch)  # (max_n·3, B, P)
+            def phi_per_structure(moved):  # φ_S (B, P) as a function of the positions
+                phi, _, _ = last_layer_features(model, {**batch, keys.POSITIONS: moved})
+                return phi.new_zeros(len(chunk), phi.shape[1]).index_add(
+                    0, batch[keys.BATCH], phi)
+
+            jacobian = structure_jacobian(phi_per_structure, batch).flatten(0, 1)  # (3n, B, P)
             jacobian = jacobian[:, [f.forces is not None for f in chunk]] / sigma_force
             precision += torch.einsum("kbp,kbq->pq", jacobian, jacobian).detach()
             counts["force_components"] += 3 * sum(len(f) for f in chunk if f.forces is not None)
     return precision, counts
-
-
-def _structure_jacobian(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """∂φ_S/∂r_{S,a,α} of every structure S, (max_n·3, n_structures, P), by forward-mode
-    autograd: structures do not share atoms, so one tangent moving atom a of every structure
-    serves them all (3·max_n passes, batched with vmap; zeros where a structure has no atom a)."""
-    positions = batch[keys.POSITIONS].detach()
-    n_atoms = batch[keys.N_ATOMS]
-    offsets = torch.cumsum(n_atoms, 0) - n_atoms
-    local = torch.arange(len(positions)) - offsets[batch[keys.BATCH]]
-    max_n = int(n_atoms.max())
-    tangents = positions.new_zeros(max_n, 3, *positions.shape)
-    for a in range(max_n):
-        for alpha in range(3):
-            tangents[a, alpha, local == a, alpha] = 1.0
-
-    def phi_per_structure(moved):
-        phi, _, _ = last_layer_features(model, {**batch, keys.POSITIONS: moved})
-        return phi.new_zeros(len(n_atoms), phi.shape[1]).index_add(0, batch[keys.BATCH], phi)
-
-    def derivative(tangent):
-        return torch.func.jvp(phi_per_structure, (positions,), (tangent,))[1]
-
-    return torch.func.vmap(derivative)(tangents.reshape(max_n * 3, *positions.shape))
 
 
 def _chunks(frames: list[Frame], max_atoms: int):
