@@ -44,6 +44,8 @@ def _train(args) -> int:
         summary = run_training(config, resume=args.resume)
     except ValueError as error:  # e.g. an init_model that does not fit the data
         raise MlpotError(str(error)) from error
+    if "metrics" not in summary:  # a torchrun process other than rank 0: it only trained
+        return 0
     out = Path(config.out)
     print(f"model saved: {out / 'model'}")
     print(f"metrics: {out / 'metrics.json'}   log: {out / 'log.csv'}   "

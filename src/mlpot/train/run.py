@@ -28,7 +28,8 @@ from mlpot.potential import Potential
 from mlpot.serialize import load, save, write_json_atomic
 from mlpot.train.metrics import evaluate
 from mlpot.train.ridge import fit_linear
-from mlpot.train.trainer import Trainer
+from mlpot.train.distributed import context
+from mlpot.train.trainer import Trainer, training_device
 from mlpot.uncertainty.calibration import (calibration_curve, ensemble_errors,
                                          fit_sigma_scale, miscalibration_area,
                                          uncertainty_metrics)
@@ -267,6 +268,10 @@ def run_training(config: RunConfig, resume: bool = False, progress: bool = True)
     if config.training.threads:
         torch.set_num_threads(config.training.threads)
     started = time.time()
+    ctx = context(training_device(config.training.device))  # torchrun: one of several
+    progress = progress and ctx.is_main
+    if ctx.distributed and config.model.kind == "linear":
+        raise ValueError("a linear model is fitted in closed form: run it without torchrun")
     say = print if progress else (lambda *a, **k: None)
     say(f"reading data ({config.data.train})", flush=True)
     data = load_data(config)
@@ -283,7 +288,8 @@ def run_training(config: RunConfig, resume: bool = False, progress: bool = True)
             "git_commit": git_commit(), "command": sys.argv, "e0_source": e0_source,
             "reference_energies": e0, "n_train": len(train), "n_valid": len(valid),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    write_json_atomic(out / "run.json", info)
+    if ctx.is_main:
+        write_json_atomic(out / "run.json", info)
     metadata = {"seed": config.seed, "git_commit": info["git_commit"],
                 "versions": info["versions"], "training_config": config.model_dump()}
     if config.data.delta_baseline:
@@ -296,6 +302,8 @@ def run_training(config: RunConfig, resume: bool = False, progress: bool = True)
     if n_members == 1:
         summary = train_member(config, train, valid, elements, e0, out, config.seed, metadata,
                                progress, resume, member_init(config.training.init_model, 0))
+        if not ctx.is_main:  # the other torchrun processes only train
+            return summary
         if config.training.last_layer != "off":
             say("fitting the last-layer uncertainty", flush=True)
             uncertain, summary["last_layer"] = fit_last_layer(
@@ -315,7 +323,10 @@ def run_training(config: RunConfig, resume: bool = False, progress: bool = True)
                                           member_out, seed, {**metadata, "seed": seed},
                                           progress, resume,
                                           member_init(config.training.init_model, k)))
-            members.append(load(member_out / "model"))
+            if ctx.is_main:
+                members.append(load(member_out / "model"))
+        if not ctx.is_main:
+            return {"members": summaries}
         ensemble = Ensemble(members)
         summary = {"members": summaries, "stopped_by": "ensemble of " + str(n_members)}
         if valid:

@@ -23,6 +23,7 @@ from mlpot.data.batch import GraphCache, to_device
 from mlpot.data.records import Frame
 from mlpot.potential import Potential
 from mlpot.serialize import save
+from mlpot.train.distributed import context, mean_over_processes, shard
 from mlpot.train.feature_cache import FeatureCache, cache_bytes, predict_cached
 from mlpot.train.loss import EnergyForceLoss
 
@@ -48,6 +49,18 @@ def training_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+class CachedPredictor(torch.nn.Module):
+    """A training step's prediction from cached descriptors (a module, so that DDP can wrap
+    it; see :func:`mlpot.train.feature_cache.predict_cached`)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return predict_cached(self.model, batch)
+
+
 class Trainer:
     """Fits a potential's parameters to energies and forces of ``train``; selects on ``valid``.
 
@@ -59,11 +72,14 @@ class Trainer:
                  config: TrainingConfig, out: Path, seed: int = 0, metadata: dict | None = None,
                  progress: bool = True):
         self.device = training_device(config.device)
+        self.ctx = context(self.device)
+        if self.device.type == "cuda" and self.ctx.distributed:
+            self.device = torch.device("cuda", self.ctx.local_rank)
         self.potential = potential.to(self.device)
         self.config = config
         self.out = Path(out)
         self.metadata = metadata or {}
-        self.progress = progress
+        self.progress = progress and self.ctx.is_main
         self.dtype = getattr(torch, config.dtype)
         cutoff, angular = potential.model.cutoff, potential.model.angular_cutoff
         self.train_graphs = GraphCache(train, cutoff, angular)
@@ -72,7 +88,7 @@ class Trainer:
         if self._use_feature_cache(train):
             began = time.monotonic()
             self.feature_cache = FeatureCache(potential, train, dtype=self.dtype,
-                                              progress=progress)
+                                              progress=self.progress)
             self.setup_seconds = time.monotonic() - began
         self.valid_graphs = GraphCache(valid, cutoff, angular)
         self.loss = EnergyForceLoss(config.sigma_energy, config.sigma_force, config.sigma_stress)
@@ -83,6 +99,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, factor=config.lr_factor, patience=config.lr_patience,
             min_lr=config.min_learning_rate)
+        self.forward = self._forward_module()
         self.ema = AveragedModel(potential, multi_avg_fn=get_ema_multi_avg_fn(
             config.ema_decay), use_buffers=True) if config.ema_decay > 0 else None
         self.generator = torch.Generator().manual_seed(seed)
@@ -104,6 +121,19 @@ class Trainer:
             return False
         need = cache_bytes(train, model.descriptor.n_features, self.dtype)
         return need <= self.config.cache_max_gb * 2**30
+
+    def _forward_module(self) -> torch.nn.Module:
+        """What a training step calls: the potential (or, with the descriptor cache, the
+        cached predictor), wrapped in DistributedDataParallel under torchrun."""
+        module = (CachedPredictor(self.potential.model) if self.feature_cache is not None
+                  else self.potential)
+        if not self.ctx.distributed:
+            return module
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(
+            module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            find_unused_parameters=self.potential.variance_head is not None)
 
     # -- state ---------------------------------------------------------------------------
     def state(self) -> dict:
@@ -129,7 +159,8 @@ class Trainer:
         self.snapshots_done = list(state["snapshots_done"])
 
     def checkpoint(self) -> None:
-        save_checkpoint_atomic(self.state(), self.out / CHECKPOINT)
+        if self.ctx.is_main:
+            save_checkpoint_atomic(self.state(), self.out / CHECKPOINT)
 
     def resume(self) -> bool:
         """Load ``checkpoint.pt`` if present (weights-only unpickling); True if resumed."""
@@ -145,9 +176,15 @@ class Trainer:
         return self.ema.module if self.ema else self.potential
 
     # -- loop ----------------------------------------------------------------------------
+    def _seconds(self, started: float) -> float:
+        """Training seconds so far (summed over resumes); under torchrun the processes'
+        mean, so that time-based decisions (budget, cosine rate, NLL phase) agree."""
+        return mean_over_processes(self.elapsed + time.monotonic() - started, self.ctx,
+                                   self.device)
+
     def _out_of_time(self, started: float) -> bool:
         limit = self.config.max_minutes
-        return limit is not None and self.elapsed + time.monotonic() - started >= limit * 60
+        return limit is not None and self._seconds(started) >= limit * 60
 
     def train_epoch(self, started: float) -> dict:
         self.potential.train()
@@ -155,13 +192,15 @@ class Trainer:
         size = self.config.batch_size
         total, count = 0.0, 0
         for start in range(0, len(order), size):
-            index = order[start:start + size]
+            if len(order[start:start + size]) < self.ctx.world_size:
+                continue  # a last global batch too small to give every process a structure
+            index = shard(order[start:start + size], self.ctx)
             if self.feature_cache is not None:
                 batch = self.feature_cache.batch(index)
-                prediction = predict_cached(self.potential.model, batch)
+                prediction = self.forward(batch)
             else:
                 batch = to_device(self.train_graphs.batch(index, dtype=self.dtype), self.device)
-                prediction = self.potential(batch, forces=True, create_graph=True)
+                prediction = self.forward(batch, forces=True, create_graph=True)
             loss, _ = self.loss(prediction, batch, nll=self._nll_phase(started),
                                 beta=self.config.beta_nll)
             self.optimizer.zero_grad(set_to_none=True)
@@ -178,7 +217,7 @@ class Trainer:
                 self._set_cosine_rate(started)
             if self._out_of_time(started):
                 break
-        return {"train_loss": total / max(count, 1)}
+        return {"train_loss": mean_over_processes(total / max(count, 1), self.ctx, self.device)}
 
     def _nll_phase(self, started: float) -> bool:
         """Whether the variance head trains (NLL): after ``nll_warmup`` of the budget."""
@@ -186,7 +225,7 @@ class Trainer:
             return False
         c = self.config
         if c.max_minutes:
-            done = (self.elapsed + time.monotonic() - started) / (c.max_minutes * 60)
+            done = self._seconds(started) / (c.max_minutes * 60)
         else:
             done = self.epoch / c.max_epochs
         return done >= c.nll_warmup
@@ -194,7 +233,7 @@ class Trainer:
     def _set_cosine_rate(self, started: float) -> None:
         """lr = lr_min + ½(lr_0 − lr_min)(1 + cos(π t / T)), t the training time so far."""
         c = self.config
-        fraction = min((self.elapsed + time.monotonic() - started) / (c.max_minutes * 60), 1.0)
+        fraction = min(self._seconds(started) / (c.max_minutes * 60), 1.0)
         rate = c.min_learning_rate + 0.5 * (self.learning_rate - c.min_learning_rate) * (
             1 + math.cos(math.pi * fraction))
         for group in self.optimizer.param_groups:
@@ -228,6 +267,8 @@ class Trainer:
     def _take_snapshots(self, started: float) -> None:
         """Copy the best model so far to ``snapshots/model_<M>min`` once M minutes have passed
         (what a run stopped at M minutes would have returned)."""
+        if not self.ctx.is_main:
+            return
         minutes = (self.elapsed + time.monotonic() - started) / 60
         for mark in self.config.snapshot_minutes:
             if mark not in self.snapshots_done and minutes >= mark and (self.out / "model").exists():
@@ -266,8 +307,9 @@ class Trainer:
                 self.scheduler.step(row["valid_loss"])
             if row["valid_loss"] < self.best_loss:
                 self.best_loss, self.bad_epochs = row["valid_loss"], 0
-                save(self.evaluated, self.out / "model",
-                     {**self.metadata, "epoch": self.epoch, "valid": row})
+                if self.ctx.is_main:
+                    save(self.evaluated, self.out / "model",
+                         {**self.metadata, "epoch": self.epoch, "valid": row})
             else:
                 self.bad_epochs += 1
             self.history.append(row)
@@ -286,7 +328,7 @@ class Trainer:
                 "best_valid_loss": self.best_loss, "resumed": resumed}
 
     def _write_log(self) -> None:
-        if not self.history:
+        if not self.history or not self.ctx.is_main:
             return
         fields = list(self.history[0])
         buffer = io.StringIO()
