@@ -24,7 +24,8 @@ def _train(args) -> int:
                       ("max_epochs", "training.max_epochs"), ("seed", "seed"), ("out", "out"),
                       ("dtype", "training.dtype"), ("threads", "training.threads"),
                       ("device", "training.device"), ("ensemble", "training.ensemble"),
-                      ("last_layer", "training.last_layer")]:
+                      ("last_layer", "training.last_layer"),
+                      ("long_range", "model.long_range")]:
         value = getattr(args, flag)
         if value is not None:
             overrides[key] = value
@@ -233,6 +234,8 @@ def parser() -> argparse.ArgumentParser:
                        help="ensemble members train on bootstrap resamples of the data")
     train.add_argument("--aleatoric", action="store_true",
                        help="add a variance head that learns the label noise (NLL)")
+    train.add_argument("--long-range", choices=["none", "coulomb"],
+                       help="add learned charges and their Coulomb energy to the local model")
     train.add_argument("--last-layer", choices=["local", "heads"],
                        help="bpnn: last-layer (LLPR) epistemic σ fitted after training; force σ "
                             "from sampled last layers (heads) or, cheaper, per atom from its "

@@ -98,6 +98,10 @@ class ModelConfig(Strict):
     l_max: int | None = Field(None, ge=0, le=4)  # equivariant: spherical harmonics order
     hidden_l: int | None = Field(None, ge=0, le=4)  # equivariant: order of passed features
     correlation: int | None = Field(None, ge=1, le=4)  # equivariant: product basis order ν
+    # long range added to the local model (mlpot.physics): "coulomb" = learned charges
+    # (total charge conserved) and their Coulomb energy, switched off inside exclusion_radius
+    long_range: Literal["none", "coulomb"] = "none"
+    exclusion_radius: float | None = Field(None, gt=0)  # Å, default the cutoff
 
     @field_validator("zetas")
     @classmethod
@@ -199,6 +203,9 @@ class RunConfig(Strict):
                                                    or self.training.ensemble > 1):
             raise ValueError("training.last_layer is for one bpnn model (its last layer); "
                              "other kinds and ensembles take training.ensemble alone")
+        if self.model.kind == "linear" and self.model.long_range != "none":
+            raise ValueError("model.long_range needs a trained network, not the closed-form "
+                             "linear fit")
         if self.model.kind == "linear" and self.training.init_model:
             raise ValueError("training.init_model: a linear model is refitted in closed form")
         if self.model.kind == "linear" and self.training.aleatoric:

@@ -34,3 +34,8 @@ ENERGY_STD_ALEATORIC = "energy_std_aleatoric"  # (n_structures,) float64 | eV
 FORCES_STD_ALEATORIC = "forces_std_aleatoric"  # (n_atoms, 3) float | eV/Å
 ENERGY_MEMBERS = "energy_members"  # (n_members, n_structures) float64 | each member's energy, eV
 FORCES_MEMBERS = "forces_members"  # (n_members, n_atoms, 3) float | each member's forces, eV/Å
+
+# long range (mlpot.physics): learned charges and their Coulomb energy
+CHARGES = "charges"  # (n_atoms,) float | atomic partial charges, e (sum = CHARGE per structure)
+DIPOLE = "dipole"  # (n_structures, 3) float | Σ q_i r_i, e·Å (molecules; zeros for periodic cells)
+ENERGY_COULOMB = "energy_coulomb"  # (n_structures,) float64 | the Coulomb part of ENERGY, eV

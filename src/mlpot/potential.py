@@ -29,13 +29,16 @@ class Potential(nn.Module):
             ``elements``, ``cutoff`` and ``angular_cutoff`` attributes.
         reference_energies: E0 by chemical symbol, eV (``{"H": -13.57, ...}``).
         variance_head: optional aleatoric variance head (same elements, cutoff ≤ the model's).
+        long_range: optional :class:`~mlpot.physics.electrostatics.Electrostatics`: learned
+            charges whose Coulomb energy adds to the model's (a sibling term).
     """
 
     def __init__(self, model: nn.Module, reference_energies: dict[str, float],
-                 variance_head: nn.Module | None = None):
+                 variance_head: nn.Module | None = None, long_range: nn.Module | None = None):
         super().__init__()
         self.model = model
         self.variance_head = variance_head
+        self.long_range = long_range
         missing = [chemical_symbols[z] for z in model.elements
                    if chemical_symbols[z] not in reference_energies]
         if missing:
@@ -109,10 +112,17 @@ class Potential(nn.Module):
         batch, positions, strain = attach_strain(batch, forces, stress)
         n_structures = batch[keys.CELL].shape[0]
         atomic = self.model(batch)[keys.ATOMIC_ENERGY]
+        long_range = self.long_range(batch) if self.long_range is not None else None
+        if long_range is not None:
+            atomic = atomic + long_range["atomic"].to(atomic.dtype)
         # E0 (~1e3 eV per atom) is added in float64 so float32 models keep meV resolution
         atomic = atomic.double() + self.e0[batch[keys.NUMBERS]]
         energy = atomic.new_zeros(n_structures).index_add(0, batch[keys.BATCH], atomic)
         out = {keys.ENERGY: energy, keys.ATOMIC_ENERGY: atomic}
+        if long_range is not None:
+            out[keys.ENERGY_COULOMB] = atomic.new_zeros(n_structures).index_add(
+                0, batch[keys.BATCH], long_range["atomic"].double())
+            out[keys.CHARGES], out[keys.DIPOLE] = long_range[keys.CHARGES], long_range[keys.DIPOLE]
         out.update(self.aleatoric(batch))
         if forces or stress:
             inputs = [positions] + ([strain] if stress else [])

@@ -21,11 +21,13 @@ from safetensors.torch import load_file, save_file
 from mlpot.errors import ModelFileError
 from mlpot.models import build_model
 from mlpot.models.variance import VarianceHead
+from mlpot.physics.electrostatics import Electrostatics
 from mlpot.potential import Potential
 
 FORMAT = "mlpot-model"
-VERSION = 3  # 2: models record their "baseline" (version 1 used the linear one);
-#              3: optional "variance_head" (aleatoric uncertainty)
+VERSION = 4  # 2: models record their "baseline" (version 1 used the linear one);
+#              3: optional "variance_head" (aleatoric uncertainty);
+#              4: optional "long_range" (learned charges + Coulomb)
 
 
 def potential_config(potential: Potential) -> dict:
@@ -35,15 +37,18 @@ def potential_config(potential: Potential) -> dict:
             "reference_energies": potential.reference_energies,
             "variance_head": (potential.variance_head.config()
                               if potential.variance_head is not None else None),
+            "long_range": (potential.long_range.config()
+                           if potential.long_range is not None else None),
             "dtype": str(potential.dtype).removeprefix("torch.")}
 
 
 def build_potential(config: dict) -> Potential:
     """An untrained potential of the architecture ``config`` describes."""
     model = build_model(config["model_kind"], **config["model"])
-    head = config.get("variance_head")
+    head, long_range = config.get("variance_head"), config.get("long_range")
     potential = Potential(model, config["reference_energies"],
-                          VarianceHead(**head) if head else None)
+                          VarianceHead(**head) if head else None,
+                          Electrostatics(**long_range) if long_range else None)
     return potential.to(getattr(torch, config.get("dtype", "float64")))
 
 

@@ -12,9 +12,9 @@ import mlpot
 from mlpot import keys
 from mlpot.data.records import Frame, read_frames
 from mlpot.dynamics.calculator import MlpotCalculator
-from mlpot.uncertainty.last_layer import (LastLayerUncertainty, fit_last_layer,
-                                          last_layer_features, last_layer_weights,
-                                          save_last_layer, training_precision)
+from mlpot.uncertainty.last_layer import (LastLayerUncertainty, last_layer_features,
+                                          last_layer_weights, save_last_layer,
+                                          training_precision)
 from helpers import random_bpnn
 
 CELL = np.array([[7.5, 0.0, 0.0], [1.0, 7.0, 0.0], [0.5, -0.8, 7.2]])

@@ -19,6 +19,9 @@ class MlpotCalculator(Calculator):
     total σ, split into ``…_epistemic`` and (with variance heads) ``…_aleatoric``; a single
     model with a variance head gives the aleatoric σ alone.
 
+    With long-range electrostatics the results also hold ``charges`` (e), ``dipole`` (e·Å,
+    molecules) and ``energy_terms`` ({"short": …, "coulomb": …}, eV; "short" includes E0).
+
     A Δ-model (trained on differences to a baseline level, see :mod:`mlpot.label.delta`)
     adds its baseline engine's energy and forces (the engine runs on every call; per-atom
     energies and stress are then not available).
@@ -31,7 +34,7 @@ class MlpotCalculator(Calculator):
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress",
-                              "energy_std", "forces_std"]
+                              "energy_std", "forces_std", "charges", "dipole"]
 
     def __init__(self, model, dtype: str = "float64", baseline=None, **kwargs):
         super().__init__(**kwargs)
@@ -56,6 +59,11 @@ class MlpotCalculator(Calculator):
         self.results["energy"] = self.results["free_energy"] = energy
         self.results["energies"] = out[keys.ATOMIC_ENERGY].detach().numpy().astype(np.float64)
         self.results["forces"] = out[keys.FORCES].detach().numpy().astype(np.float64)
+        if keys.CHARGES in out:  # a model with long-range electrostatics
+            self.results["charges"] = out[keys.CHARGES].detach().numpy().astype(np.float64)
+            self.results["dipole"] = out[keys.DIPOLE][0].detach().numpy().astype(np.float64)
+            coulomb = float(out[keys.ENERGY_COULOMB][0].detach())
+            self.results["energy_terms"] = {"short": energy - coulomb, "coulomb": coulomb}
         for key in (keys.ENERGY_STD, keys.ENERGY_STD_EPISTEMIC, keys.ENERGY_STD_ALEATORIC):
             if key in out:
                 self.results[key] = float(out[key][0].detach())

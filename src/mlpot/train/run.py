@@ -107,7 +107,8 @@ def build_potential(config: RunConfig, elements: list[int], e0: dict[str, float]
         model = build_model(m.kind, elements=elements, cutoff=m.cutoff,
                             cutoff_function=m.cutoff_function, baseline=m.baseline,
                             **m.architecture())
-        return Potential(model, e0, variance_head(config, elements))
+        return Potential(model, e0, variance_head(config, elements),
+                         long_range(config, elements))
     angular_cutoff = m.angular_cutoff or m.cutoff
     descriptor = SymmetryFunctions(
         elements, cutoff=m.cutoff, angular_cutoff=angular_cutoff,
@@ -119,7 +120,17 @@ def build_potential(config: RunConfig, elements: list[int], e0: dict[str, float]
     else:
         model = BehlerParrinello(descriptor, hidden=m.hidden, activation=m.activation,
                                  baseline=m.baseline)
-    return Potential(model, e0, variance_head(config, elements))
+    return Potential(model, e0, variance_head(config, elements), long_range(config, elements))
+
+
+def long_range(config: RunConfig, elements: list[int]):
+    """Learned charges + Coulomb if ``model.long_range`` asks for them."""
+    m = config.model
+    if m.long_range == "none":
+        return None
+    from mlpot.physics.electrostatics import Electrostatics
+
+    return Electrostatics(elements, m.cutoff, exclusion_radius=m.exclusion_radius)
 
 
 def variance_head(config: RunConfig, elements: list[int]) -> VarianceHead | None:
@@ -145,9 +156,10 @@ def fit_statistics(potential: Potential, train: list[Frame]) -> None:
     n_el = len(model.elements)
     descriptor = getattr(model, "descriptor", None)  # None for SchNet and PaiNN
     species_index = (model if descriptor is None else descriptor).species_index
-    head = potential.variance_head
+    heads = [h for h in (potential.variance_head, getattr(potential.long_range, "charge_head",
+                                                           None)) if h is not None]
     features, species, coordination_sums, residuals = [], [], [], []
-    head_features, head_species, edges_per_atom = [], [], []
+    head_features, head_species, edges_per_atom = [[] for _ in heads], [[] for _ in heads], []
     for start in range(0, len(train), 64):
         frames = train[start:start + 64]
         batch = potential.batch(frames, dtype=torch.float64)
@@ -155,9 +167,9 @@ def fit_statistics(potential: Potential, train: list[Frame]) -> None:
         if descriptor is not None:
             features.append(descriptor(batch))
             species.append(index)
-        if head is not None:
-            head_features.append(head.descriptor(batch))
-            head_species.append(head.descriptor.species_index[batch["numbers"]])
+        for k, head in enumerate(heads):  # variance and charge heads: their own G2 inputs
+            head_features[k].append(head.descriptor(batch))
+            head_species[k].append(head.descriptor.species_index[batch["numbers"]])
         edges = torch.bincount(batch["batch"][batch[keys.EDGE_INDEX][0]], minlength=len(frames))
         edges_per_atom += (edges.double() / batch[keys.N_ATOMS]).tolist()
         sums = torch.zeros(len(frames) * n_el, dtype=torch.float64).index_add(
@@ -169,9 +181,9 @@ def fit_statistics(potential: Potential, train: list[Frame]) -> None:
     solution = torch.linalg.lstsq(torch.cat(coordination_sums),
                                   torch.cat(residuals)[:, None]).solution[:, 0]
     scale = max(force_rms(train), 1e-3)
-    if head is not None:
-        head.set_statistics(*element_feature_stats(torch.cat(head_features),
-                                                   torch.cat(head_species), n_el))
+    for k, head in enumerate(heads):
+        head.set_statistics(*element_feature_stats(torch.cat(head_features[k]),
+                                                   torch.cat(head_species[k]), n_el))
     if getattr(model, "kind", None) == "equivariant":
         model.set_statistics(scale, solution, mean_neighbours=float(np.mean(edges_per_atom)))
     elif descriptor is None:
@@ -242,7 +254,7 @@ def initial_potential(path: Path, elements: list[int], e0: dict[str, float]) -> 
     missing = sorted(set(elements) - set(start.elements))
     if missing:
         raise ValueError(f"{path}: the model does not cover elements {missing} of the data")
-    return Potential(start.model, e0, start.variance_head)
+    return Potential(start.model, e0, start.variance_head, start.long_range)
 
 
 def member_init(init_model: str | None, k: int) -> Path | None:

@@ -115,7 +115,8 @@ class Trainer:
         and the cache fits in ``cache_max_gb`` (see :mod:`mlpot.train.feature_cache`)."""
         model = self.potential.model
         if (not self.config.cache_descriptors or not hasattr(model, "atomic_energies")
-                or self.device.type != "cpu" or self.potential.variance_head is not None):
+                or self.device.type != "cpu" or self.potential.variance_head is not None
+                or self.potential.long_range is not None):
             return False
         if any(f.stress is not None for f in train):
             return False

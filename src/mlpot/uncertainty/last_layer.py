@@ -71,7 +71,7 @@ def last_layer_features(model: BehlerParrinello, batch: dict[str, torch.Tensor])
     species = model.descriptor.species_index[batch[keys.NUMBERS]]
     dtype = features.dtype
     mean, std = model.feature_mean.to(dtype), model.feature_std.to(dtype)
-    blocks, start = [], 0
+    start = 0
     phi = features.new_zeros(len(species), last_layer_weights(model).numel())
     for e, z in enumerate(model.descriptor.elements):
         network = model.networks[chemical_symbols[z]]
@@ -108,9 +108,10 @@ class LastLayerUncertainty(nn.Module):
                  sigma_scale_forces: float = 1.0, prior: float = 0.0,
                  force_sigma: str = "local"):
         super().__init__()
-        if type(potential.model) is not BehlerParrinello:
-            raise ValueError("last-layer uncertainty needs a Behler–Parrinello model "
-                             f"(this one is {potential.model.kind!r}); use an ensemble")
+        if type(potential.model) is not BehlerParrinello or potential.long_range is not None:
+            raise ValueError("last-layer uncertainty needs a Behler–Parrinello model without "
+                             f"long-range terms (this one is {potential.model.kind!r}); use an "
+                             "ensemble")
         if force_sigma not in FORCE_SIGMA:
             raise ValueError(f"force_sigma must be one of {FORCE_SIGMA}, not {force_sigma!r}")
         if force_sigma == "heads" and len(head_offsets) < 2:

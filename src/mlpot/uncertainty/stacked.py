@@ -30,9 +30,10 @@ from mlpot.potential import attach_strain, derivatives
 
 def can_stack(members) -> bool:
     """True if every member is a Behler–Parrinello model on the same descriptor, baseline,
-    network shapes and dtype (what stacking needs)."""
+    network shapes and dtype, without long-range terms (what stacking needs)."""
     models = [member.model for member in members]
-    if not all(type(model) is BehlerParrinello for model in models):
+    if not all(type(model) is BehlerParrinello for model in models) or any(
+            member.long_range is not None for member in members):
         return False
     first = models[0]
     return all(model.descriptor.config() == first.descriptor.config()

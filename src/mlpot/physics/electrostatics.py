@@ -1,0 +1,50 @@
+"""Electrostatics as a sibling of the local model: learned charges and their Coulomb energy.
+
+E_total = E0 + E_short(model) + E_coulomb(q), with q from :class:`ChargeHead` (conserving
+each structure's total charge) and E_coulomb from :class:`Coulomb` (switched off inside the
+exclusion radius, where the local model describes the interaction).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mlpot import keys
+from mlpot.physics.charges import ChargeHead
+from mlpot.physics.coulomb import Coulomb
+
+
+class Electrostatics(nn.Module):
+    """Per-atom charges (e) and Coulomb energies (eV) of a batch.
+
+    Args:
+        elements: atomic numbers.  cutoff: Å, of the charge network's descriptors.
+        exclusion_radius: Å (default: ``cutoff``).  real_cutoff: Ewald real space, Å.
+        n_radial, hidden: size of the charge network.
+    """
+
+    def __init__(self, elements, cutoff: float, exclusion_radius: float | None = None,
+                 real_cutoff: float = 10.0, n_radial: int = 8, hidden: int = 16):
+        super().__init__()
+        self.charge_head = ChargeHead(elements, cutoff, n_radial=n_radial, hidden=hidden)
+        self.coulomb = Coulomb(cutoff if exclusion_radius is None else exclusion_radius,
+                               real_cutoff=real_cutoff)
+
+    def config(self) -> dict:
+        head = self.charge_head.config()
+        return dict(elements=head["elements"], cutoff=head["cutoff"],
+                    exclusion_radius=self.coulomb.exclusion_radius,
+                    real_cutoff=self.coulomb.real_cutoff, n_radial=head["n_radial"],
+                    hidden=head["hidden"])
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``keys.CHARGES`` (n_atoms,) e, per-atom Coulomb energies ``"atomic"`` (n_atoms,)
+        eV and ``keys.DIPOLE`` (n_structures, 3) e·Å (zero for periodic structures)."""
+        charges = self.charge_head(batch)
+        atomic = self.coulomb(charges, batch)
+        index = batch[keys.BATCH]
+        dipole = charges.new_zeros(len(batch[keys.N_ATOMS]), 3).index_add(
+            0, index, charges[:, None] * batch[keys.POSITIONS])
+        dipole = dipole * (~batch[keys.PBC].any(1))[:, None]
+        return {keys.CHARGES: charges, "atomic": atomic, keys.DIPOLE: dipole}

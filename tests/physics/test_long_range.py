@@ -1,0 +1,195 @@
+"""Learned charges and Coulomb: total charge conserved exactly, Madelung constants of NaCl and
+CsCl, supercell invariance, Ewald = direct sum up to the images' dipole energy, exact 1/r decay
+between separated ions, forces and stress equal finite differences, save/load."""
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import bulk
+
+from mlpot import keys
+from mlpot.data.batch import collate
+from mlpot.data.records import Frame, frame_from_atoms
+from mlpot.neighbors import graph_arrays
+from mlpot.physics.coulomb import COULOMB_CONSTANT, madelung_energy
+from mlpot.physics.electrostatics import Electrostatics
+from mlpot.potential import Potential
+from helpers import random_bpnn
+
+pytest.importorskip("torchpme")
+TRICLINIC = np.array([[9.0, 0.0, 0.0], [1.2, 8.5, 0.0], [0.7, -0.9, 9.3]])
+
+
+def _electrostatic_potential(seed: int = 0, exclusion: float = 3.0) -> Potential:
+    """A random bpnn plus random charge network (weights of order one), float64."""
+    potential = random_bpnn(seed)
+    torch.manual_seed(seed)
+    term = Electrostatics([1, 6, 8], cutoff=4.0, exclusion_radius=exclusion).double()
+    with torch.no_grad():
+        for parameter in term.parameters():
+            parameter.normal_(0, 0.5)
+    potential.long_range = term
+    return potential.eval()
+
+
+def _periodic(frame: Frame, cell=TRICLINIC) -> Frame:
+    return Frame(numbers=frame.numbers, positions=frame.positions, cell=np.asarray(cell),
+                 pbc=np.array([True] * 3))
+
+
+def test_total_charge_is_conserved_exactly(acac_frames):
+    potential = _electrostatic_potential()
+    frames = [acac_frames[k] for k in range(4)]
+    for frame, total in zip(frames, (0.0, 1.0, -2.0, 0.5)):
+        frame.charge = total
+    batch = potential.batch(frames)
+    charges = potential(batch, forces=False)[keys.CHARGES]
+    sums = torch.zeros(4, dtype=torch.float64).index_add(0, batch[keys.BATCH], charges)
+    torch.testing.assert_close(sums, torch.tensor([0.0, 1.0, -2.0, 0.5], dtype=torch.float64),
+                               rtol=0, atol=1e-12)
+    assert float(charges.detach().abs().max()) > 0.05  # not trivially zero
+    for frame in frames:
+        frame.charge = 0.0
+
+
+@pytest.mark.parametrize("name, madelung, nearest", [
+    ("NaCl", 1.747565, lambda a: a / 2), ("CsCl", 1.762675, lambda a: a * np.sqrt(3) / 2)])
+def test_madelung_constants(name, madelung, nearest):
+    a = 5.64 if name == "NaCl" else 4.12
+    crystal = bulk(name, "rocksalt" if name == "NaCl" else "cesiumchloride", a=a)
+    charges = [1.0 if z in (11, 55) else -1.0 for z in crystal.numbers]
+    energy = madelung_energy(charges, crystal.positions, crystal.cell.array)
+    assert -energy * nearest(a) / COULOMB_CONSTANT == pytest.approx(madelung, abs=1e-5)
+    bigger = crystal * (2, 1, 3)  # a supercell: 6 times the energy
+    charges = [1.0 if z in (11, 55) else -1.0 for z in bigger.numbers]
+    assert madelung_energy(charges, bigger.positions, bigger.cell.array) == pytest.approx(
+        6 * energy, rel=1e-9)
+
+
+def test_learned_charges_supercell_invariance(acac_frames):
+    potential = _electrostatic_potential(1)
+    cell = _periodic(acac_frames[3])
+    atoms = Atoms(numbers=cell.numbers, positions=cell.positions, cell=cell.cell, pbc=True)
+    big = frame_from_atoms(atoms * (2, 1, 1), source="<test>", index=0)
+    one = potential(potential.batch([cell]), forces=False)
+    two = potential(potential.batch([big]), forces=False)
+    assert float(two[keys.ENERGY_COULOMB][0]) == pytest.approx(
+        2 * float(one[keys.ENERGY_COULOMB][0]), rel=1e-8)
+    assert abs(float(one[keys.ENERGY_COULOMB][0])) > 1e-3
+
+
+def test_ewald_approaches_the_direct_sum_in_large_boxes(acac_frames):
+    """A neutral molecule in a cubic box of side L differs from the isolated one by the
+    interaction with its images, ≈ k μ²/L³ (dipolar lattice sum): it shrinks as L⁻³."""
+    potential = _electrostatic_potential(2)
+    frame = acac_frames[5]
+    isolated = potential(potential.batch([frame]), forces=False)
+    mu = float(isolated[keys.DIPOLE][0].norm())
+    direct = float(isolated[keys.ENERGY_COULOMB][0])
+    gaps = []
+    for side in (30.0, 60.0):
+        boxed = _periodic(frame, np.eye(3) * side)
+        boxed.positions = boxed.positions + side / 2
+        ewald = float(potential(potential.batch([boxed]), forces=False)[keys.ENERGY_COULOMB][0])
+        gaps.append(abs(ewald - direct))
+        assert gaps[-1] < 5 * COULOMB_CONSTANT * mu**2 / side**3
+    assert gaps[1] < gaps[0] / 4  # ~ L⁻³
+    assert abs(direct) > 1e-3
+
+
+def test_separated_ions_interact_as_point_charges():
+    """Beyond the charge network's cutoff the charges stop changing, so E_coulomb · r is
+    constant: the exact 1/r decay."""
+    term = Electrostatics([11, 17], cutoff=4.0, exclusion_radius=4.0).double()
+    with torch.no_grad():
+        for parameter in term.parameters():
+            parameter.normal_(0, 0.5)
+    products = []
+    for r in (8.0, 12.0, 20.0, 30.0):
+        frame = Frame(numbers=np.array([11, 17]), positions=np.array([[0, 0, 0], [r, 0, 0.0]]),
+                      cell=np.zeros((3, 3)), pbc=np.zeros(3, dtype=bool))
+        batch = collate([frame], [graph_arrays(frame.positions, frame.cell, frame.pbc, 4.0)],
+                        dtype=torch.float64)
+        out = term(batch)
+        products.append(float(out["atomic"].sum()) * r)
+        np.testing.assert_allclose(out[keys.CHARGES].sum().item(), 0.0, atol=1e-12)
+    np.testing.assert_allclose(products, products[0], rtol=1e-10)
+    assert abs(products[0]) > 1e-3
+
+
+@pytest.mark.parametrize("periodic", [False, True])
+def test_forces_and_stress_are_finite_differences(acac_frames, periodic):
+    potential = _electrostatic_potential(3)
+    frame = _periodic(acac_frames[7]) if periodic else acac_frames[7]
+    out = potential(potential.batch([frame]), forces=True, stress=periodic)
+    forces = out[keys.FORCES].detach().numpy()
+    step = 1e-5
+    for atom, alpha in ((0, 0), (4, 2), (9, 1)):
+        energies = []
+        for sign in (1, -1):
+            moved = Frame(numbers=frame.numbers, positions=frame.positions.copy(),
+                          cell=frame.cell, pbc=frame.pbc)
+            moved.positions[atom, alpha] += sign * step
+            energies.append(float(potential(potential.batch([moved]), forces=False)[
+                keys.ENERGY][0]))
+        assert forces[atom, alpha] == pytest.approx(-(energies[0] - energies[1]) / (2 * step),
+                                                    abs=1e-6)
+    if periodic:
+        volume = abs(np.linalg.det(frame.cell))
+        strain = np.zeros((3, 3))
+        strain[0, 1] = strain[1, 0] = step
+        energies = []
+        for sign in (1, -1):
+            deform = np.eye(3) + sign * strain
+            moved = Frame(numbers=frame.numbers, positions=frame.positions @ deform,
+                          cell=frame.cell @ deform, pbc=frame.pbc)
+            energies.append(float(potential(potential.batch([moved]), forces=False)[
+                keys.ENERGY][0]))
+        numeric = (energies[0] - energies[1]) / (2 * step) / volume / 2
+        assert float(out[keys.STRESS][0, 0, 1]) == pytest.approx(numeric, abs=1e-7)
+
+
+def test_save_load_round_trip(acac_frames, tmp_path):
+    from mlpot.serialize import load, save
+
+    potential = _electrostatic_potential(4)
+    loaded = load(save(potential, tmp_path / "model"))
+    batch = potential.batch(acac_frames[:2])
+    for key in (keys.ENERGY, keys.CHARGES, keys.ENERGY_COULOMB):
+        torch.testing.assert_close(loaded.double()(batch, forces=False)[key],
+                                   potential(batch, forces=False)[key])
+
+
+def test_training_with_coulomb_and_the_calculator(acac_dir, tmp_path):
+    """`model.long_range: coulomb` trains (energies and forces only), saves, loads, and the
+    ASE calculator reports charges, dipole and the energy split."""
+    from mlpot.config import config_from_dict
+    from mlpot.dynamics.calculator import MlpotCalculator
+    from mlpot.train.run import run_training
+
+    config = config_from_dict({"data": {"train": str(acac_dir / "train_300K.xyz"),
+                                        "isolated_atoms": str(acac_dir / "isolated_atoms.xyz"),
+                                        "max_train": 40},
+                               "model": {"kind": "bpnn", "size": "small",
+                                         "long_range": "coulomb"},
+                               "training": {"max_epochs": 2, "threads": 1},
+                               "out": str(tmp_path / "run")})
+    summary = run_training(config, progress=False)
+    assert summary["metrics"]["valid"]["force_rmse"] > 0
+    atoms = read_acac(acac_dir)
+    atoms.calc = MlpotCalculator(str(tmp_path / "run" / "model"))
+    energy = atoms.get_potential_energy()
+    results = atoms.calc.results
+    assert results["charges"].shape == (len(atoms),)
+    assert abs(results["charges"].sum()) < 1e-9
+    np.testing.assert_allclose(results["dipole"],
+                               (results["charges"][:, None] * atoms.positions).sum(0), atol=1e-9)
+    terms = results["energy_terms"]
+    assert terms["short"] + terms["coulomb"] == pytest.approx(energy, abs=1e-9)
+
+
+def read_acac(acac_dir):
+    from ase.io import read
+
+    return read(acac_dir / "test_MD_300K.xyz", index=0)
