@@ -12,7 +12,8 @@ held-out structures:
   A  DFT only (n_dft labels);
   B  A fine-tuned on the n_cc CCSD(T) labels (training.init_model);
   C  Δ-learning: CCSD(T) − xTB on the n_cc structures, predictions = xTB + Δ;
-  D  CCSD(T) only, the same n_cc labels from scratch.
+  D  CCSD(T) only, the same n_cc labels from scratch;
+  E  Δ-learning on the DFT baseline: CCSD(T) − B3LYP, predictions = B3LYP + Δ.
 Energies are compared after removing each model's mean offset (DFT and CCSD(T) totals differ
 by a constant); forces as they are. Also the cost ledger (`mlpot report`).
 Writes OUT/results.json and prints a table.
@@ -80,14 +81,15 @@ def train(out: Path, name: str, data: dict, minutes: float, init: Path | None = 
     return run / "model"
 
 
-def score(model: Path, test_db: Path, delta: bool) -> dict:
-    """Errors against CCSD(T) on the test structures: energy (offset removed) and forces."""
+def score(model: Path, test_db: Path, baseline: str | None) -> dict:
+    """Errors against CCSD(T) on the test structures: energy (offset removed) and forces
+    (a Δ-model against CCSD(T) − its baseline: the same errors)."""
     from mlpot.data.records import read_frames
     from mlpot.label.delta import delta_frames
     from mlpot.train.metrics import evaluate
     from mlpot.uncertainty.ensemble import load_model
 
-    frames = (delta_frames(test_db, CC, XTB) if delta
+    frames = (delta_frames(test_db, CC, baseline) if baseline
               else read_frames(test_db, db_select=f"level={CC}"))
     _, predicted = evaluate(load_model(model), frames)
     n = np.array([len(f) for f in frames])
@@ -130,21 +132,26 @@ def main() -> None:
     label(out / "test.xyz", test_db, args.workers, "--engine", "pyscf", "--method",
           "ccsd(t)", "--basis", "cc-pvdz")
     label(out / "test.xyz", test_db, args.workers, "--engine", "xtb")
+    label(out / "test.xyz", test_db, args.workers, "--engine", "pyscf", "--method", "b3lyp",
+          "--basis", "cc-pvdz")  # the baseline of model E
 
     models = {}
     models["A: DFT only"] = (train(out, "dft", {"train": str(train_db),
                                                 "db_select": f"level={DFT}"}, args.minutes),
-                             False)
+                             None)
     models["B: A fine-tuned on CCSD(T)"] = (train(
         out, "finetune", {"train": str(train_db), "db_select": f"level={CC}"}, args.minutes,
-        init=models["A: DFT only"][0]), False)
+        init=models["A: DFT only"][0]), None)
     models["C: xTB + Δ(CCSD(T) − xTB)"] = (train(
         out, "delta", {"train": str(train_db), "db_select": f"level={CC}",
-                       "delta_baseline": XTB}, args.minutes), True)
+                       "delta_baseline": XTB}, args.minutes), XTB)
+    models["E: DFT + Δ(CCSD(T) − DFT)"] = (train(
+        out, "delta_dft", {"train": str(train_db), "db_select": f"level={CC}",
+                           "delta_baseline": DFT}, args.minutes), DFT)
     models["D: CCSD(T) only"] = (train(out, "cc_only", {"train": str(train_db),
                                                         "db_select": f"level={CC}"},
-                                       args.minutes), False)
-    results = {name: score(model, test_db, delta) for name, (model, delta) in models.items()}
+                                       args.minutes), None)
+    results = {name: score(model, test_db, base) for name, (model, base) in models.items()}
     ledger = json.loads(subprocess.run(
         [sys.executable, "-m", "mlpot", "report", str(train_db), "--model",
          str(models["B: A fine-tuned on CCSD(T)"][0]), "--json"], check=True, env=ENV,
@@ -156,7 +163,8 @@ def main() -> None:
     print("| model | labels | E RMSE (offset removed), meV/atom | F RMSE, meV/Å |")
     print("|---|---|---|---|")
     labels = {"A": f"{args.n_dft} DFT", "B": f"{args.n_dft} DFT + {args.n_cc} CCSD(T)",
-              "C": f"{args.n_cc} CCSD(T) + xTB", "D": f"{args.n_cc} CCSD(T)"}
+              "C": f"{args.n_cc} CCSD(T) + xTB", "D": f"{args.n_cc} CCSD(T)",
+              "E": f"{args.n_cc} CCSD(T) + DFT"}
     for name, r in results.items():
         print(f"| {name} | {labels[name[0]]} | {r['energy_rmse_offset_removed']:.2f} | "
               f"{r['force_rmse']:.1f} |")
