@@ -38,4 +38,5 @@ FORCES_MEMBERS = "forces_members"  # (n_members, n_atoms, 3) float | each member
 # long range (mlpot.physics): learned charges and their Coulomb energy
 CHARGES = "charges"  # (n_atoms,) float | atomic partial charges, e (sum = CHARGE per structure)
 DIPOLE = "dipole"  # (n_structures, 3) float | Σ q_i r_i, e·Å (molecules; zeros for periodic cells)
+HAS_DIPOLE = "has_dipole"  # (n_structures,) bool | whether a reference dipole exists (molecules)
 ENERGY_COULOMB = "energy_coulomb"  # (n_structures,) float64 | the Coulomb part of ENERGY, eV

@@ -193,3 +193,43 @@ def read_acac(acac_dir):
     from ase.io import read
 
     return read(acac_dir / "test_MD_300K.xyz", index=0)
+
+
+def test_reference_dipoles_train_the_charges(acac_dir, tmp_path):
+    """Frames carrying dipoles of known fixed charges (H +0.1, O −0.6, C +0.08 e; neutral):
+    training with the dipole loss brings the learned charges' dipoles to them."""
+    from ase.io import read, write
+
+    from mlpot.config import config_from_dict
+    from mlpot.data.records import read_frames
+    from mlpot.serialize import load
+    from mlpot.train.run import run_training
+
+    fixed = {1: 0.1, 6: 0.08, 8: -0.6}
+    frames = read(acac_dir / "train_300K.xyz", index=":60")
+    for atoms in frames:
+        q = np.array([fixed[z] for z in atoms.numbers])
+        atoms.info["dipole"] = (q[:, None] * atoms.positions).sum(0)
+    write(tmp_path / "with_dipoles.xyz", frames)
+
+    def dipole_rmse(model_dir):
+        potential = load(model_dir)
+        test = read_frames(tmp_path / "with_dipoles.xyz")[-10:]
+        out = potential(potential.batch(test), forces=False)
+        reference = np.stack([f.dipole for f in test])
+        return float(np.sqrt(np.mean((out[keys.DIPOLE].detach().numpy() - reference) ** 2)))
+
+    rmse = {}
+    for epochs in (1, 40):
+        out = tmp_path / f"run{epochs}"
+        config = config_from_dict({"data": {"train": str(tmp_path / "with_dipoles.xyz"),
+                                            "isolated_atoms": str(acac_dir / "isolated_atoms.xyz"),
+                                            "valid_fraction": 0.2},
+                                   "model": {"kind": "bpnn", "size": "small",
+                                             "long_range": "coulomb"},
+                                   "training": {"max_epochs": epochs, "threads": 1,
+                                                "learning_rate": 5e-3, "sigma_dipole": 0.005},
+                                   "out": str(out)})
+        run_training(config, progress=False)
+        rmse[epochs] = dipole_rmse(out / "model")
+    assert rmse[40] < 0.3 * rmse[1], rmse

@@ -123,6 +123,23 @@ def test_with_stress():
     assert float(loss) == pytest.approx(expected, rel=1e-12)
 
 
+def test_with_dipoles():
+    """Each reference dipole adds 3 observations (Δμ_α/σ_μ)²; structures without one none."""
+    n_atoms, has = [2, 3], [True, True]
+    prediction, batch = _batch(n_atoms, has, seed=6)
+    generator = torch.Generator().manual_seed(6)
+    batch[keys.DIPOLE] = torch.randn(2, 3, generator=generator, dtype=torch.float64)
+    batch[keys.HAS_DIPOLE] = torch.tensor([True, False])
+    prediction[keys.DIPOLE] = torch.randn(2, 3, generator=generator, dtype=torch.float64)
+    sigma = 0.02
+    loss, parts = EnergyForceLoss(SIGMA_E, SIGMA_F, sigma_dipole=sigma)(prediction, batch)
+    plain, count = _hand_loss(prediction, batch, n_atoms, has)
+    dipole = (((prediction[keys.DIPOLE] - batch[keys.DIPOLE])[0] / sigma) ** 2).sum()
+    assert float(loss) == pytest.approx((plain * count + float(dipole)) / (count + 3),
+                                        rel=1e-12)
+    assert parts["dipole"] == pytest.approx(float(dipole) / 3)
+
+
 def test_perfect_prediction_is_zero_and_gradient_flows():
     n_atoms = [3, 2]
     prediction, batch = _batch(n_atoms, [True, True], seed=5)

@@ -74,6 +74,11 @@ def collate(frames: list[Frame], graphs: list[dict[str, np.ndarray]],
                                   for f in frames]).to(dtype)
     if all(f.stress is not None for f in frames):
         batch[keys.STRESS] = torch.from_numpy(np.stack([f.stress for f in frames])).to(dtype)
+    has_dipole = np.array([f.dipole is not None and not f.pbc.any() for f in frames])
+    if has_dipole.any():
+        batch[keys.HAS_DIPOLE] = torch.from_numpy(has_dipole)
+        batch[keys.DIPOLE] = torch.from_numpy(np.stack([
+            f.dipole if ok else np.zeros(3) for f, ok in zip(frames, has_dipole)])).to(dtype)
     return batch
 
 

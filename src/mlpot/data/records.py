@@ -30,6 +30,7 @@ class Frame:
     energy: float | None = None  # eV
     forces: np.ndarray | None = None  # (n, 3) float64, eV/Å
     stress: np.ndarray | None = None  # (3, 3) float64, eV/Å³
+    dipole: np.ndarray | None = None  # (3,) float64, e·Å (molecules; reference dipole moment)
     charge: float = 0.0  # e
     config_type: str | None = None
     source: str = "<memory>"
@@ -75,6 +76,12 @@ def frame_from_atoms(atoms: Atoms, *, source: str, index: int, energy_key: str =
     except (TypeError, ValueError):
         raise DataError(f"energy is not a number: {energy!r}", source=source, frame=index,
                         field=energy_key) from None
+    dipole = atoms.info.get("dipole", results.get("dipole"))
+    if dipole is not None:
+        dipole = np.asarray(dipole, dtype=np.float64)
+        if dipole.shape != (3,):
+            raise DataError(f"dipole has shape {dipole.shape}, expected (3,)", source=source,
+                            frame=index, field="dipole")
     return Frame(
         numbers=np.asarray(atoms.numbers, dtype=np.int64),
         positions=np.asarray(atoms.positions, dtype=np.float64),
@@ -83,6 +90,7 @@ def frame_from_atoms(atoms: Atoms, *, source: str, index: int, energy_key: str =
         energy=energy,
         forces=None if forces is None else np.asarray(forces, dtype=np.float64),
         stress=stress,
+        dipole=dipole,
         charge=float(atoms.info.get("charge", 0.0)),
         config_type=atoms.info.get("config_type"),
         source=source,
@@ -206,6 +214,8 @@ def validate_frame(frame: Frame, *, require_energy: bool = True, energy_key: str
             raise DataError("forces contain NaN or inf", field=forces_key, **where)
     if frame.stress is not None and not np.all(np.isfinite(frame.stress)):
         raise DataError("stress contains NaN or inf", field="stress", **where)
+    if frame.dipole is not None and not np.all(np.isfinite(frame.dipole)):
+        raise DataError("dipole contains NaN or inf", field="dipole", **where)
     if frame.pbc.any() and abs(np.linalg.det(frame.cell[frame.pbc][:, frame.pbc])
                                if frame.pbc.all() else 1.0) < 1e-12:
         raise DataError("periodic structure has a singular cell", field="cell", **where)

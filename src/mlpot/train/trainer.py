@@ -91,7 +91,8 @@ class Trainer:
                                               progress=self.progress)
             self.setup_seconds = time.monotonic() - began
         self.valid_graphs = GraphCache(valid, cutoff, angular)
-        self.loss = EnergyForceLoss(config.sigma_energy, config.sigma_force, config.sigma_stress)
+        self.loss = EnergyForceLoss(config.sigma_energy, config.sigma_force, config.sigma_stress,
+                                    config.sigma_dipole)
         self.learning_rate = (config.learning_rate
                               or default_learning_rate(getattr(potential.model, "kind", "")))
         self.optimizer = torch.optim.AdamW(potential.parameters(), lr=self.learning_rate,
