@@ -115,14 +115,15 @@ def main() -> None:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    frames = water_structures(args.n_dft + args.n_test)
-    rng = np.random.default_rng(1)
-    order = rng.permutation(len(frames))
-    train_frames = [frames[k] for k in order[:args.n_dft]]
-    test_frames = [frames[k] for k in order[args.n_dft:]]
-    for name, subset in (("train_all", train_frames), ("train_cc", train_frames[:args.n_cc]),
-                         ("test", test_frames)):
-        write(out / f"{name}.xyz", subset)
+    if not (out / "test.xyz").exists():  # a rerun labels and trains only what is missing
+        frames = water_structures(args.n_dft + args.n_test)
+        rng = np.random.default_rng(1)
+        order = rng.permutation(len(frames))
+        train_frames = [frames[k] for k in order[:args.n_dft]]
+        test_frames = [frames[k] for k in order[args.n_dft:]]
+        for name, subset in (("train_all", train_frames), ("train_cc", train_frames[:args.n_cc]),
+                             ("test", test_frames)):
+            write(out / f"{name}.xyz", subset)
     train_db, test_db = out / "train.db", out / "test.db"
     label(out / "train_all.xyz", train_db, args.workers, "--engine", "pyscf", "--method",
           "b3lyp", "--basis", "cc-pvdz")
