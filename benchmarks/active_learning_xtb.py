@@ -11,7 +11,12 @@
 3. Active learning: `mlpot learn` starts from the first 10 random pool structures and adds at
    most ``--max-new`` per iteration, chosen by exploring at 600 K with its own ensemble
    (same members and minutes) and labelling with xTB on a local Dask cluster.
-Both run at once (one thread each). Writes OUT/results.json, OUT/al_vs_random.png and a table.
+   Exploration: ``--trajectories`` Langevin runs per iteration, each ending once its
+   epistemic force σ passes ``--stop-sigma``; selected: snapshots above ``--threshold``.
+   With ``--from-pool`` the candidates are instead the random-sampling pool's structures
+   (unlabelled), scored by the ensemble (pool-based query by committee).
+Both run at once (one thread each); finished runs are reused. Writes OUT/results_NAME.json,
+OUT/NAME_vs_random.png and a table.
 """
 from __future__ import annotations
 
@@ -92,7 +97,8 @@ def train_random(out: Path, pool: Path, test: Path, size: int, minutes: float) -
 
 
 def active(out: Path, pool: Path, test: Path, minutes: float, iterations: int,
-           max_new: int) -> list[dict]:
+           max_new: int, threshold: float, stop_sigma: float, trajectories: int,
+           name: str, from_pool: bool) -> list[dict]:
     import yaml
     from ase.io import read, write
 
@@ -100,20 +106,21 @@ def active(out: Path, pool: Path, test: Path, minutes: float, iterations: int,
     picks = np.random.default_rng(10).choice(len(frames), 10, replace=False)
     start = out / "al_start.xyz"
     write(start, [frames[k] for k in picks])  # the labels are recomputed by the loop
-    config = out / "al.yaml"
+    config = out / f"{name}.yaml"
     config.write_text(yaml.safe_dump({
-        "start": str(start), "test": str(test), "out": str(out / "al"),
+        "start": str(start), "test": str(test), "out": str(out / name),
         "engine": {"kind": "xtb"}, "model": {"kind": "bpnn"},
         "training": {"ensemble": 3, "max_minutes": minutes, "threads": 1},
-        "explore": {"trajectories": 6, "temperature": TEMPERATURE, "steps": 400,
-                    "interval": 10, "stop_sigma": 2.0},
-        "select": {"force_sigma": 0.05, "max_new": max_new, "min_distance": 0.02},
+        "explore": {"trajectories": trajectories, "temperature": TEMPERATURE, "steps": 400,
+                    "interval": 10, "stop_sigma": stop_sigma,
+                    "pool": str(pool) if from_pool else None},
+        "select": {"force_sigma": threshold, "max_new": max_new, "min_distance": 0.02},
         "iterations": iterations, "valid_fraction": 0.1, "workers": 1}))
-    with open(out / "al.log", "w") as log:
+    with open(out / f"{name}.log", "a") as log:
         subprocess.run([sys.executable, "-m", "mlpot", "learn", str(config)], check=True,
                        stdout=log, stderr=subprocess.STDOUT,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
-    state = json.loads((out / "al" / "state.json").read_text())
+    state = json.loads((out / name / "state.json").read_text())
     return [{"labels": h["labels"], "test_force_rmse": h["test_force_rmse"],
              "selected_sigma_mean": h.get("selected_sigma_mean")} for h in state["history"]]
 
@@ -147,6 +154,15 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=0.5)
     parser.add_argument("--iterations", type=int, default=8)
     parser.add_argument("--max-new", type=int, default=15)
+    parser.add_argument("--threshold", type=float, default=0.15,
+                        help="select snapshots with max epistemic force σ above this, eV/Å")
+    parser.add_argument("--stop-sigma", type=float, default=0.3,
+                        help="end an exploration trajectory once σ passes this, eV/Å")
+    parser.add_argument("--trajectories", type=int, default=15)
+    parser.add_argument("--name", default="al", help="folder of the active-learning run")
+    parser.add_argument("--from-pool", action="store_true",
+                        help="select from the (unlabelled) random-sampling pool by σ instead "
+                             "of exploring with MD")
     args = parser.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -155,13 +171,15 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     with ThreadPoolExecutor(2) as executor:
         learning = executor.submit(active, out, pool, test, args.minutes, args.iterations,
-                                   args.max_new)
+                                   args.max_new, args.threshold, args.stop_sigma,
+                                   args.trajectories, args.name, args.from_pool)
         random = [train_random(out, pool, test, n, args.minutes) for n in sizes]
         results = {"random": random, "active": learning.result()}
     results.update(minutes_per_member=args.minutes, members=3, date=time.ctime(),
-                   wall_minutes=(time.time() - started) / 60)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    plot(results, out / "al_vs_random.png")
+                   wall_minutes=(time.time() - started) / 60, threshold=args.threshold,
+                   stop_sigma=args.stop_sigma, trajectories=args.trajectories)
+    (out / f"results_{args.name}.json").write_text(json.dumps(results, indent=1))
+    plot(results, out / f"{args.name}_vs_random.png")
     print("| strategy | labels | test force RMSE (meV/Å) |\n|---|---|---|")
     for name in ("random", "active"):
         for p in results[name]:

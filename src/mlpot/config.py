@@ -255,6 +255,8 @@ class ExploreConfig(Strict):
     interval: int = Field(10, ge=1)  # steps between snapshots (candidates)
     friction: float = Field(0.02, gt=0)  # 1/fs
     stop_sigma: float = Field(1.0, gt=0)  # eV/Å: end a trajectory when its force σ passes this
+    # unlabelled candidate structures (any ASE format) to score instead of running MD
+    pool: str | None = None
 
 
 class SelectConfig(Strict):
@@ -301,6 +303,8 @@ def load_learn_config(path: str | Path) -> LearnConfig:
         for key in ("start", "test", "db", "out"):
             if raw.get(key):
                 raw[key] = _relative_to(path.parent, raw[key])
+        if isinstance(raw.get("explore"), dict) and raw["explore"].get("pool"):
+            raw["explore"]["pool"] = _relative_to(path.parent, raw["explore"]["pool"])
         return LearnConfig.model_validate(raw)
     except (OSError, yaml.YAMLError, AttributeError) as error:
         raise ConfigError(f"{path}: cannot read YAML ({error})") from error

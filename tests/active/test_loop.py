@@ -74,3 +74,26 @@ def test_learn_runs_resumes_and_labels_only_selections(tmp_path):
     assert members["init_model"].endswith("iter_01/train/model/member_0")
     assert state["history"][2]["test_force_rmse"] > 0
     assert (run / "learning.png").exists()
+
+
+def test_learn_selects_from_a_pool(tmp_path):
+    """With explore.pool the candidates are the pool's structures, scored by the ensemble."""
+    write(tmp_path / "start.xyz", _ethanols(5, 0.05, 2))
+    pool = _ethanols(12, 0.1, 3)
+    write(tmp_path / "pool.xyz", pool)
+    path = tmp_path / "learn.yaml"
+    path.write_text(yaml.safe_dump({
+        "start": "start.xyz", "out": "run", "engine": {"kind": "xtb"},
+        "model": {"kind": "bpnn", "size": "small"},
+        "training": {"ensemble": 2, "max_epochs": 2, "max_minutes": None, "threads": 1},
+        "explore": {"pool": "pool.xyz"}, "select": {"force_sigma": 1e-4, "max_new": 4},
+        "iterations": 2, "workers": 1}))
+    done = subprocess.run([sys.executable, "-m", "mlpot", "learn", str(path)],
+                          capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=900)
+    assert done.returncode == 0, done.stderr
+    picks = read(tmp_path / "run" / "iter_01" / "selected.xyz", index=":")
+    pool_keys = {structure_key(a) for a in read(tmp_path / "pool.xyz", index=":")}
+    assert len(picks) == 4 and {structure_key(a) for a in picks} <= pool_keys
+    selection = json.loads((tmp_path / "run" / "iter_01" / "selection.json").read_text())
+    assert selection["candidates"] == 12

@@ -2,6 +2,7 @@
 reports the model's own epistemic force σ for every snapshot it keeps."""
 
 import numpy as np
+import pytest
 import torch
 from ase.build import molecule
 
@@ -58,3 +59,17 @@ def test_exploration_records_the_ensembles_sigma():
     assert not np.allclose(snapshots[0].positions, start.positions)
     stopped, _ = explore(calculator, [start], 300, 20, 0.25, 5, 0.02, stop_sigma=0.0, seed=0)
     assert len(stopped) == 1  # the first snapshot already passes σ > 0: the trajectory ends
+
+
+def test_pool_sigmas_are_the_ensembles_own():
+    from mlpot.active.explore import pool_sigmas
+
+    ensemble = Ensemble([random_bpnn(seed) for seed in (4, 5)])
+    pool = [_moved(molecule("CH3CH2OH"), 0.05, k) for k in range(5)]
+    sigmas = pool_sigmas(ensemble, pool, batch_size=2)
+    calculator = MlpotCalculator(ensemble)
+    for atoms, sigma in zip(pool, sigmas):
+        probe = atoms.copy()
+        probe.calc = calculator
+        probe.get_forces()
+        assert sigma == pytest.approx(largest_force_sigma(probe), rel=1e-6)

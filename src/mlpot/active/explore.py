@@ -1,4 +1,5 @@
-"""Exploration: short Langevin trajectories with the model, watching its epistemic σ.
+"""Exploration: short Langevin trajectories with the model, watching its epistemic σ (or,
+given a pool of unlabelled structures, the model's σ on each of them).
 
 Each trajectory starts from a given structure, runs ``steps`` steps at ``temperature`` with
 the model's forces and keeps a snapshot every ``interval`` steps together with its largest
@@ -48,3 +49,22 @@ def explore(calculator, starts: list[Atoms], temperature: float, steps: int, dt:
             if sigma > stop_sigma:
                 break
     return snapshots, np.asarray(sigmas)
+
+
+def pool_sigmas(model, structures: list[Atoms], batch_size: int = 32) -> np.ndarray:
+    """Largest per-atom epistemic force σ (eV/Å) of ``model`` on every pool structure
+    (query by committee over candidates one already has, e.g. cheap MD snapshots)."""
+    import torch
+
+    from mlpot.data.records import frame_from_atoms
+    from mlpot.train.metrics import predict
+
+    frames = []
+    for k, atoms in enumerate(structures):
+        frame = frame_from_atoms(atoms, source="<pool>", index=k)
+        frame.energy = frame.forces = frame.stress = frame.dipole = None
+        frames.append(frame)
+    with torch.enable_grad():
+        predicted = predict(model, frames, batch_size=batch_size)
+    return np.array([float(np.linalg.norm(sigma, axis=1).max())
+                     for sigma in predicted["forces_std_epistemic"]])

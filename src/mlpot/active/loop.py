@@ -2,7 +2,7 @@
 
 Iteration k (folder OUT/iter_k):
 1. (k > 0) explore with Langevin MD on iteration k−1's model, from random labelled
-   structures, and select snapshots whose epistemic force σ passes the threshold, most
+   structures (or score a given pool of unlabelled structures with it), and select snapshots whose epistemic force σ passes the threshold, most
    uncertain first, without near-duplicates of each other or of labelled structures
    (selected.xyz, selection.json); iteration 0 takes the start structures;
 2. label them with the engine, on Dask workers, into the label database (a restart labels
@@ -111,7 +111,7 @@ def _explore_and_select(config: LearnConfig, previous: Path, folder: Path, db: P
                         level: str, rng, say) -> tuple[list, dict]:
     """Explore with the previous iteration's model and choose what to label next; the choice
     is kept in ``folder``/selected.xyz (reused on a resumed run)."""
-    from mlpot.active.explore import explore
+    from mlpot.active.explore import explore, pool_sigmas
     from mlpot.active.select import select
     from mlpot.dynamics.calculator import MlpotCalculator
     from mlpot.label.store import LabelStore
@@ -123,11 +123,17 @@ def _explore_and_select(config: LearnConfig, previous: Path, folder: Path, db: P
         found = json.loads(summary_file.read_text())
         return (read(chosen_file, index=":") if found["selected"] else []), found
     known = [row.toatoms() for row in LabelStore(db).rows(level=level, failed=False)]
-    calculator = MlpotCalculator(load_model(previous / "train" / "model"))
-    starts = [known[k] for k in rng.integers(0, len(known), config.explore.trajectories)]
+    model = load_model(previous / "train" / "model")
     e, s = config.explore, config.select
-    candidates, sigmas = explore(calculator, starts, e.temperature, e.steps, e.dt, e.interval,
-                                 e.friction, e.stop_sigma, seed=int(rng.integers(1 << 30)))
+    if e.pool:  # candidates given: the model's σ on each
+        candidates = read(e.pool, index=":")
+        sigmas = pool_sigmas(model, candidates)
+    else:
+        calculator = MlpotCalculator(model)
+        starts = [known[k] for k in rng.integers(0, len(known), e.trajectories)]
+        candidates, sigmas = explore(calculator, starts, e.temperature, e.steps, e.dt,
+                                     e.interval, e.friction, e.stop_sigma,
+                                     seed=int(rng.integers(1 << 30)))
     room = s.max_new if config.max_labels is None else max(
         min(s.max_new, config.max_labels - len(known)), 0)
     chosen = select(candidates, sigmas, known, s.force_sigma, room, s.min_distance)
@@ -139,7 +145,7 @@ def _explore_and_select(config: LearnConfig, previous: Path, folder: Path, db: P
              "candidate_sigma_mean": float(np.mean(sigmas)) if len(sigmas) else None,
              "selected_sigma_mean": float(np.mean(sigmas[chosen])) if chosen else None}
     write_json_atomic(summary_file, found)
-    say(f"{folder.name}: {len(candidates)} snapshots explored with {previous.name}'s model, "
+    say(f"{folder.name}: {len(candidates)} candidates scored with {previous.name}'s model, "
         f"{len(chosen)} selected (σ > {s.force_sigma} eV/Å)", flush=True)
     # the file is the record: label exactly what a resumed run would read back
     return (read(chosen_file, index=":") if selected else []), found
