@@ -18,15 +18,13 @@ Gaussian negative log-likelihood (mlpot.train.loss), never by the energy–force
 from __future__ import annotations
 
 import torch
-from ase.data import chemical_symbols
-from torch import nn
 from torch.nn import functional
 
 from mlpot import keys
-from mlpot.descriptors.symmetry import SymmetryFunctions, default_radial
+from mlpot.models.element_head import ElementHead
 
 
-class VarianceHead(nn.Module):
+class VarianceHead(ElementHead):
     """Per-atom aleatoric variances (eV², eV²/Å²) from G2 descriptors.
 
     Args:
@@ -39,43 +37,16 @@ class VarianceHead(nn.Module):
 
     def __init__(self, elements, cutoff: float, sigma_energy: float, sigma_force: float,
                  n_radial: int = 8, hidden: int = 16):
-        super().__init__()
-        self.descriptor = SymmetryFunctions(elements, cutoff=cutoff,
-                                            radial=default_radial(cutoff, n_radial),
-                                            angular=([], [], []))
+        super().__init__(elements, cutoff, n_radial=n_radial, hidden=hidden, n_outputs=2)
         self.sigma_energy, self.sigma_force = float(sigma_energy), float(sigma_force)
-        self.n_radial, self.hidden = int(n_radial), int(hidden)
-        n_el, n_feat = len(self.descriptor.elements), self.descriptor.n_features
-        self.networks = nn.ModuleDict({
-            chemical_symbols[z]: nn.Sequential(nn.Linear(n_feat, self.hidden), nn.SiLU(),
-                                               nn.Linear(self.hidden, 2))
-            for z in self.descriptor.elements})
-        self.register_buffer("feature_mean", torch.zeros(n_el, n_feat, dtype=torch.float64))
-        self.register_buffer("feature_std", torch.ones(n_el, n_feat, dtype=torch.float64))
 
     def config(self) -> dict:
-        return dict(elements=self.descriptor.elements, cutoff=self.descriptor.cutoff,
-                    sigma_energy=self.sigma_energy, sigma_force=self.sigma_force,
-                    n_radial=self.n_radial, hidden=self.hidden)
-
-    @torch.no_grad()
-    def set_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        """Per-element descriptor mean and std (n_elements, n_features)."""
-        self.feature_mean.copy_(mean)
-        self.feature_std.copy_(std)
+        return dict(super().config(), sigma_energy=self.sigma_energy,
+                    sigma_force=self.sigma_force)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(v^E, v^F), each (n_atoms,): eV² and eV²/Å²."""
-        batch = {**batch, keys.POSITIONS: batch[keys.POSITIONS].detach()}
-        features = self.descriptor(batch)
-        species = self.descriptor.species_index[batch[keys.NUMBERS]]
-        dtype = features.dtype
-        x = (features - self.feature_mean.to(dtype)[species]) / self.feature_std.to(dtype)[species]
-        raw = features.new_zeros(len(species), 2)
-        for e, z in enumerate(self.descriptor.elements):
-            mask = species == e
-            if mask.any():
-                raw[mask] = self.networks[chemical_symbols[z]](x[mask])
+        raw = self.raw_outputs({**batch, keys.POSITIONS: batch[keys.POSITIONS].detach()})
         scale = raw.new_tensor([self.sigma_energy**2, self.sigma_force**2])
         variances = functional.softplus(raw) * scale
         return variances[:, 0], variances[:, 1]

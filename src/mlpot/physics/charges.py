@@ -15,51 +15,21 @@ where the data has them.
 from __future__ import annotations
 
 import torch
-from ase.data import chemical_symbols
-from torch import nn
 from torch.nn import functional
 
 from mlpot import keys
-from mlpot.descriptors.symmetry import SymmetryFunctions, default_radial
+from mlpot.models.element_head import ElementHead
 
 
-class ChargeHead(nn.Module):
+class ChargeHead(ElementHead):
     """Per-atom charges (e) conserving each structure's total charge (batch ``charge``)."""
 
     def __init__(self, elements, cutoff: float, n_radial: int = 8, hidden: int = 16):
-        super().__init__()
-        self.descriptor = SymmetryFunctions(elements, cutoff=cutoff,
-                                            radial=default_radial(cutoff, n_radial),
-                                            angular=([], [], []))
-        self.n_radial, self.hidden = int(n_radial), int(hidden)
-        n_el, n_feat = len(self.descriptor.elements), self.descriptor.n_features
-        self.networks = nn.ModuleDict({
-            chemical_symbols[z]: nn.Sequential(nn.Linear(n_feat, self.hidden), nn.SiLU(),
-                                               nn.Linear(self.hidden, 2))
-            for z in self.descriptor.elements})
-        self.register_buffer("feature_mean", torch.zeros(n_el, n_feat, dtype=torch.float64))
-        self.register_buffer("feature_std", torch.ones(n_el, n_feat, dtype=torch.float64))
-
-    def config(self) -> dict:
-        return dict(elements=self.descriptor.elements, cutoff=self.descriptor.cutoff,
-                    n_radial=self.n_radial, hidden=self.hidden)
-
-    @torch.no_grad()
-    def set_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        self.feature_mean.copy_(mean)
-        self.feature_std.copy_(std)
+        super().__init__(elements, cutoff, n_radial=n_radial, hidden=hidden, n_outputs=2)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Charges (n_atoms,), e."""
-        features = self.descriptor(batch)
-        species = self.descriptor.species_index[batch[keys.NUMBERS]]
-        dtype = features.dtype
-        x = (features - self.feature_mean.to(dtype)[species]) / self.feature_std.to(dtype)[species]
-        raw = features.new_zeros(len(species), 2)
-        for e, z in enumerate(self.descriptor.elements):
-            atoms = torch.nonzero(species == e).squeeze(1)
-            if len(atoms):
-                raw = raw.index_put((atoms,), self.networks[chemical_symbols[z]](x[atoms]))
+        raw = self.raw_outputs(batch)
         return conserve_charge(raw[:, 0], functional.softplus(raw[:, 1]) + 1e-3, batch)
 
 

@@ -1,0 +1,63 @@
+"""Small per-element networks on radial symmetry functions: the base of the side heads.
+
+The aleatoric variance head (:mod:`mlpot.models.variance`) and the charge head
+(:mod:`mlpot.physics.charges`) both need a couple of numbers per atom from its radial
+environment, beside whatever model predicts the energy: G2 functions only (no angular
+triplets, the model's cutoff), standardised per element, one hidden layer per element.
+"""
+
+from __future__ import annotations
+
+import torch
+from ase.data import chemical_symbols
+from torch import nn
+
+from mlpot import keys
+from mlpot.descriptors.symmetry import SymmetryFunctions, default_radial
+
+
+class ElementHead(nn.Module):
+    """``n_outputs`` raw numbers per atom from a per-element network on G2 functions.
+
+    Args:
+        elements: atomic numbers covered.  cutoff: Å.
+        n_radial: G2 Gaussians per neighbour element.  hidden: width of the hidden layer.
+    """
+
+    def __init__(self, elements, cutoff: float, n_radial: int = 8, hidden: int = 16,
+                 n_outputs: int = 2):
+        super().__init__()
+        self.descriptor = SymmetryFunctions(elements, cutoff=cutoff,
+                                            radial=default_radial(cutoff, n_radial),
+                                            angular=([], [], []))
+        self.n_radial, self.hidden, self.n_outputs = int(n_radial), int(hidden), int(n_outputs)
+        n_el, n_feat = len(self.descriptor.elements), self.descriptor.n_features
+        self.networks = nn.ModuleDict({
+            chemical_symbols[z]: nn.Sequential(nn.Linear(n_feat, self.hidden), nn.SiLU(),
+                                               nn.Linear(self.hidden, n_outputs))
+            for z in self.descriptor.elements})
+        self.register_buffer("feature_mean", torch.zeros(n_el, n_feat, dtype=torch.float64))
+        self.register_buffer("feature_std", torch.ones(n_el, n_feat, dtype=torch.float64))
+
+    def config(self) -> dict:
+        return dict(elements=self.descriptor.elements, cutoff=self.descriptor.cutoff,
+                    n_radial=self.n_radial, hidden=self.hidden)
+
+    @torch.no_grad()
+    def set_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Per-element descriptor mean and std (n_elements, n_features)."""
+        self.feature_mean.copy_(mean)
+        self.feature_std.copy_(std)
+
+    def raw_outputs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The networks' outputs, (n_atoms, n_outputs); differentiable in positions."""
+        features = self.descriptor(batch)
+        species = self.descriptor.species_index[batch[keys.NUMBERS]]
+        dtype = features.dtype
+        x = (features - self.feature_mean.to(dtype)[species]) / self.feature_std.to(dtype)[species]
+        raw = features.new_zeros(len(species), self.n_outputs)
+        for e, z in enumerate(self.descriptor.elements):
+            atoms = torch.nonzero(species == e).squeeze(1)
+            if len(atoms):
+                raw = raw.index_put((atoms,), self.networks[chemical_symbols[z]](x[atoms]))
+        return raw
