@@ -98,7 +98,7 @@ def train_random(out: Path, pool: Path, test: Path, size: int, minutes: float) -
 
 def active(out: Path, pool: Path, test: Path, minutes: float, iterations: int,
            max_new: int, threshold: float, stop_sigma: float, trajectories: int,
-           name: str, from_pool: bool) -> list[dict]:
+           name: str, from_pool: bool, strategy: str) -> list[dict]:
     import yaml
     from ase.io import read, write
 
@@ -114,7 +114,8 @@ def active(out: Path, pool: Path, test: Path, minutes: float, iterations: int,
         "explore": {"trajectories": trajectories, "temperature": TEMPERATURE, "steps": 400,
                     "interval": 10, "stop_sigma": stop_sigma,
                     "pool": str(pool) if from_pool else None},
-        "select": {"force_sigma": threshold, "max_new": max_new, "min_distance": 0.02},
+        "select": {"force_sigma": threshold, "max_new": max_new, "min_distance": 0.02,
+                   "strategy": strategy},
         "iterations": iterations, "valid_fraction": 0.1, "workers": 1}))
     with open(out / f"{name}.log", "a") as log:
         subprocess.run([sys.executable, "-m", "mlpot", "learn", str(config)], check=True,
@@ -160,6 +161,8 @@ def main() -> None:
                         help="end an exploration trajectory once σ passes this, eV/Å")
     parser.add_argument("--trajectories", type=int, default=15)
     parser.add_argument("--name", default="al", help="folder of the active-learning run")
+    parser.add_argument("--strategy", choices=["top", "weighted"], default="top",
+                        help="most uncertain first, or drawn with probability ∝ σ")
     parser.add_argument("--from-pool", action="store_true",
                         help="select from the (unlabelled) random-sampling pool by σ instead "
                              "of exploring with MD")
@@ -172,7 +175,8 @@ def main() -> None:
     with ThreadPoolExecutor(2) as executor:
         learning = executor.submit(active, out, pool, test, args.minutes, args.iterations,
                                    args.max_new, args.threshold, args.stop_sigma,
-                                   args.trajectories, args.name, args.from_pool)
+                                   args.trajectories, args.name, args.from_pool,
+                                   args.strategy)
         random = [train_random(out, pool, test, n, args.minutes) for n in sizes]
         results = {"random": random, "active": learning.result()}
     results.update(minutes_per_member=args.minutes, members=3, date=time.ctime(),

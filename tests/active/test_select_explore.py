@@ -73,3 +73,18 @@ def test_pool_sigmas_are_the_ensembles_own():
         probe.calc = calculator
         probe.get_forces()
         assert sigma == pytest.approx(largest_force_sigma(probe), rel=1e-6)
+
+
+def test_weighted_selection_follows_sigma():
+    """Drawn with probability ∝ σ: over many draws a candidate's rate of being picked first
+    grows with its σ; below-threshold ones are never picked."""
+    base = molecule("H2O")
+    candidates = [_moved(base, 0.1, k) for k in range(4)]
+    sigmas = np.array([0.05, 0.2, 0.4, 0.8])
+    firsts = [select(candidates, sigmas, [], 0.1, 1, 0.0, "weighted",
+                     np.random.default_rng(seed))[0] for seed in range(2000)]
+    counts = np.bincount(firsts, minlength=4)
+    assert counts[0] == 0
+    np.testing.assert_allclose(counts[1:] / 2000, [0.2 / 1.4, 0.4 / 1.4, 0.8 / 1.4], atol=0.04)
+    with pytest.raises(ValueError, match="strategy"):
+        select(candidates, sigmas, [], 0.1, 1, 0.0, "greedy")

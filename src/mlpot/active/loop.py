@@ -136,7 +136,8 @@ def _explore_and_select(config: LearnConfig, previous: Path, folder: Path, db: P
                                      seed=int(rng.integers(1 << 30)))
     room = s.max_new if config.max_labels is None else max(
         min(s.max_new, config.max_labels - len(known)), 0)
-    chosen = select(candidates, sigmas, known, s.force_sigma, room, s.min_distance)
+    chosen = select(candidates, sigmas, known, s.force_sigma, room, s.min_distance,
+                    s.strategy, rng)
     selected = [candidates[k] for k in chosen]
     if selected:
         write(folder / "selected.tmp.xyz", selected, format="extxyz")

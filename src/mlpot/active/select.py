@@ -24,17 +24,33 @@ def _composition(atoms: Atoms) -> tuple:
 
 
 def select(candidates: list[Atoms], sigmas: np.ndarray, known: list[Atoms], threshold: float,
-           max_new: int, min_distance: float) -> list[int]:
-    """Indices of at most ``max_new`` candidates with σ > ``threshold``, most uncertain
-    first, none within ``min_distance`` (Å, fingerprint RMS) of a known structure or of one
-    already chosen."""
+           max_new: int, min_distance: float, strategy: str = "top",
+           rng: np.random.Generator | None = None) -> list[int]:
+    """Indices of at most ``max_new`` candidates with σ > ``threshold``, none within
+    ``min_distance`` (Å, fingerprint RMS) of a known structure or of one already chosen.
+
+    strategy "top": the most uncertain first. "weighted": a random draw without replacement
+    with probability ∝ σ (uncertain structures are favoured, but the draw still follows where
+    the candidates are dense instead of collecting the rarest outliers)."""
+    sigmas = np.asarray(sigmas, dtype=float)
+    if strategy == "top":
+        order = np.argsort(-sigmas, kind="stable")
+    elif strategy == "weighted":
+        above = np.nonzero(sigmas > threshold)[0]
+        rng = rng or np.random.default_rng(0)
+        order = (rng.choice(above, size=len(above), replace=False,
+                            p=sigmas[above] / sigmas[above].sum()) if len(above) else above)
+    else:
+        raise ValueError(f"strategy must be 'top' or 'weighted', not {strategy!r}")
     chosen: list[int] = []
     kept = {}
     for atoms in known:
         kept.setdefault(_composition(atoms), []).append(fingerprint(atoms))
-    for index in np.argsort(-np.asarray(sigmas), kind="stable"):
-        if len(chosen) >= max_new or sigmas[index] <= threshold:
+    for index in order:
+        if len(chosen) >= max_new:
             break
+        if sigmas[index] <= threshold:
+            continue
         atoms = candidates[index]
         candidate = fingerprint(atoms)
         others = kept.setdefault(_composition(atoms), [])
