@@ -134,3 +134,35 @@ def test_report_cli_ledger_and_model_speedup(tmp_path, acac_dir):
                           env=env, timeout=120)
     assert text.returncode == 0, text.stderr
     assert "pyscf/hf/sto-3g: 3 labels (0 failed)" in text.stdout and "faster" in text.stdout
+
+
+class _Crashing:
+    """An engine whose worker process dies (as a segfaulting or OOM-killed code would)."""
+
+    level = "test/crash"
+
+    def describe(self):
+        return {"engine": "test", "method": "crash", "basis": ""}
+
+    def label(self, atoms):
+        os._exit(1)
+
+
+def test_a_dead_worker_is_recorded_as_failed(tmp_path):
+    from distributed import LocalCluster
+
+    db = tmp_path / "labels.db"
+    cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                           dashboard_address=None)
+    try:
+        # allowed-failures 0: the scheduler gives up on the task at the first dead worker
+        import dask
+
+        with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+            summary = label_structures(_waters(1), _Crashing(), db,
+                                       scheduler=cluster.scheduler_address, progress=False)
+    finally:
+        cluster.close()
+    assert summary["failed"] == 1
+    (row,) = LabelStore(db).rows()
+    assert row.failed and "worker failed" in row.data["error"]

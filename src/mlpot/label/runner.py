@@ -5,7 +5,8 @@ this machine (one process per label: the CPU seconds recorded are the label's ow
 ``scheduler="tcp://host:8786"`` the labels run on an existing cluster instead. Only this
 process writes the database (SQLite has one writer), one row per finished label, so a killed
 run loses at most the labels in flight, and the same command restarted labels only what is
-missing (failed labels are kept as failed, retried only with ``retry_failed``).
+missing (failed labels, including those whose worker died, are kept as failed with their
+message, retried only with ``retry_failed``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from ase import Atoms
 from tqdm.auto import tqdm
 
+from mlpot.label.engines import Label
 from mlpot.label.store import LabelStore, structure_key
 
 
@@ -80,7 +82,12 @@ def label_structures(structures: list[Atoms], engine, db: str | Path, *,
                    disable=not progress)
         for future in as_completed(futures):
             k = futures[future]
-            result = future.result()
+            try:
+                result = future.result()
+            except Exception as error:  # the worker died (killed, out of memory, crashed)
+                result = Label(energy=None, forces=None, converged=False, wall_seconds=0.0,
+                               cpu_seconds=0.0, error=f"worker failed: {type(error).__name__}: "
+                                                      f"{error}")
             if store.write(structures[k], structure_key(structures[k]), level,
                            engine.describe(), result, sources[k]):
                 summary["written"] += 1
