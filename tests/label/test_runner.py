@@ -166,3 +166,15 @@ def test_a_dead_worker_is_recorded_as_failed(tmp_path):
     assert summary["failed"] == 1
     (row,) = LabelStore(db).rows()
     assert row.failed and "worker failed" in row.data["error"]
+
+
+def test_a_stale_ase_lock_file_does_not_block_a_restart(tmp_path):
+    """A writer killed inside ASE's lock leaves DB.lock behind; the store does not use it."""
+    db = tmp_path / "labels.db"
+    label_structures(_waters(1, seed=5), PySCFEngine("hf", "sto-3g"), db, workers=1,
+                     progress=False)
+    (tmp_path / "labels.db.lock").touch()  # what kill -9 during an ASE-locked write leaves
+    started = time.time()
+    summary = label_structures(_waters(2, seed=5), PySCFEngine("hf", "sto-3g"), db, workers=1,
+                               progress=False)
+    assert summary["written"] == 1 and time.time() - started < 60

@@ -12,7 +12,7 @@ A row holds the structure, its energy and forces (as a single-point calculator, 
     source         input file and frame index it came from
 
 (structure_key, level) is unique: a restarted run skips what is stored, so nothing finished is
-computed twice or lost. Each row is its own transaction.
+computed twice or lost. Each row is its own SQLite transaction.
 """
 
 from __future__ import annotations
@@ -47,7 +47,10 @@ class LabelStore:
 
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = ase.db.connect(str(self.path), type="db")
+        # no ASE lock file: it is created exclusively and a writer killed while holding it
+        # (kill -9) would leave it behind and block every restart; SQLite's own locks die
+        # with their process, and only one process (the runner's client) writes
+        self.db = ase.db.connect(str(self.path), type="db", use_lock_file=False)
 
     def done(self, level: str, failed_too: bool = True) -> set[str]:
         """structure_keys stored for ``level`` (with failed rows unless ``failed_too`` is
