@@ -25,9 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "examples" / "acac"
-TESTS = ["test_MD_300K", "test_MD_600K", "test_H_transfer"]
+from uncertainty_acac import DATA, ROOT, TESTS, fmt  # the same data, sets and formatting
 
 
 def score(model) -> dict:
@@ -125,10 +123,6 @@ def cost(run: Path, heads: int) -> dict:
             times.append((time.perf_counter() - started) / 30 * 1000)
         result[name] = min(times)
     return result
-
-
-def fmt(value, digits: int = 2) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
 
 
 def markdown(results: dict) -> str:

@@ -84,11 +84,11 @@ def run_learning(config: LearnConfig, progress: bool = True) -> dict:
                                      config.seed + iteration), progress=progress)
         metrics = json.loads((train_out / "metrics.json").read_text())["metrics"]
         store = LabelStore(db)
-        n_labels = len(store.rows(level=engine.level, failed=False))
+        n_labels = store.db.count(level=engine.level, failed=False)
         test_name = Path(config.test).stem if config.test else None
         test_rmse = metrics.get(test_name, {}).get("force_rmse") if test_name else None
         record.update(labels=n_labels, labelled_now=labelled["written"],
-                      failed_labels=len(store.rows(level=engine.level, failed=True)),
+                      failed_labels=store.db.count(level=engine.level, failed=True),
                       test_force_rmse=test_rmse, metrics=metrics)
         say(f"iteration {iteration}: {n_labels} labels, test force RMSE "
             f"{test_rmse if test_rmse is None else round(test_rmse, 1)} meV/Å", flush=True)

@@ -21,13 +21,13 @@ from mlpot.label.engines import Label
 from mlpot.label.store import LabelStore, structure_key
 
 
-def pending(structures: list[Atoms], store: LabelStore, level: str,
+def pending(keys: list[str], store: LabelStore, level: str,
             retry_failed: bool = False) -> list[int]:
-    """Indices of ``structures`` without a stored label at ``level`` (first of duplicates)."""
+    """Indices of the structure ``keys`` without a stored label at ``level`` (the first of
+    duplicates)."""
     done = store.done(level, failed_too=not retry_failed)
     seen, todo = set(), []
-    for index, atoms in enumerate(structures):
-        key = structure_key(atoms)
+    for index, key in enumerate(keys):
         if key not in done and key not in seen:
             todo.append(index)
         seen.add(key)
@@ -57,14 +57,15 @@ def label_structures(structures: list[Atoms], engine, db: str | Path, *,
 
     store = LabelStore(db)
     level = engine.level
-    todo = pending(structures, store, level, retry_failed)
+    keys = [structure_key(atoms) for atoms in structures]
+    todo = pending(keys, store, level, retry_failed)
     sources = sources or [f"index {k}" for k in range(len(structures))]
     summary = {"level": level, "requested": len(structures), "submitted": len(todo),
                "written": 0, "failed": 0, "wall_seconds": 0.0}
     if not todo:
         return summary
     if retry_failed:  # failed rows of what is retried make way for the new result
-        retried = {structure_key(structures[k]) for k in todo}
+        retried = {keys[k] for k in todo}
         for row in store.rows(level=level, failed=True):
             if row.structure_key in retried:
                 store.db.delete([row.id])
@@ -88,7 +89,7 @@ def label_structures(structures: list[Atoms], engine, db: str | Path, *,
                 result = Label(energy=None, forces=None, converged=False, wall_seconds=0.0,
                                cpu_seconds=0.0, error=f"worker failed: {type(error).__name__}: "
                                                       f"{error}")
-            if store.write(structures[k], structure_key(structures[k]), level,
+            if store.write(structures[k], keys[k], level,
                            engine.describe(), result, sources[k]):
                 summary["written"] += 1
                 summary["failed"] += int(result.failed)
