@@ -25,7 +25,9 @@ def _train(args) -> int:
                       ("dtype", "training.dtype"), ("threads", "training.threads"),
                       ("device", "training.device"), ("ensemble", "training.ensemble"),
                       ("last_layer", "training.last_layer"),
-                      ("long_range", "model.long_range")]:
+                      ("long_range", "model.long_range"),
+                      ("dispersion_correction", "model.dispersion_correction"),
+                      ("xc", "model.xc_functional")]:
         value = getattr(args, flag)
         if value is not None:
             overrides[key] = value
@@ -234,8 +236,14 @@ def parser() -> argparse.ArgumentParser:
                        help="ensemble members train on bootstrap resamples of the data")
     train.add_argument("--aleatoric", action="store_true",
                        help="add a variance head that learns the label noise (NLL)")
-    train.add_argument("--long-range", choices=["none", "coulomb"],
-                       help="add learned charges and their Coulomb energy to the local model")
+    train.add_argument("--long-range", choices=["none", "coulomb", "dispersion", "both"],
+                       help="add to the local model: learned charges and their Coulomb energy, "
+                            "damped C6/r⁶ dispersion from learned atomic volumes, or both")
+    train.add_argument("--dispersion-correction", choices=["none", "d3", "d4"],
+                       help="labels computed without dispersion: add standard DFT-D3(BJ)/D4 "
+                            "(simple-dftd3/dftd4) to the model's predictions (needs --xc)")
+    train.add_argument("--xc", metavar="FUNCTIONAL",
+                       help="the labels' DFT functional, for --dispersion-correction (pbe, ...)")
     train.add_argument("--last-layer", choices=["local", "heads"],
                        help="bpnn: last-layer (LLPR) epistemic σ fitted after training; force σ "
                             "from sampled last layers (heads) or, cheaper, per atom from its "

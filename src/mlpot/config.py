@@ -99,9 +99,16 @@ class ModelConfig(Strict):
     hidden_l: int | None = Field(None, ge=0, le=4)  # equivariant: order of passed features
     correlation: int | None = Field(None, ge=1, le=4)  # equivariant: product basis order ν
     # long range added to the local model (mlpot.physics): "coulomb" = learned charges
-    # (total charge conserved) and their Coulomb energy, switched off inside exclusion_radius
-    long_range: Literal["none", "coulomb"] = "none"
+    # (total charge conserved) and their Coulomb energy, switched off inside exclusion_radius;
+    # "dispersion" = damped C6/r⁶ with C6 scaled by learned effective volumes; "both"
+    long_range: Literal["none", "coulomb", "dispersion", "both"] = "none"
     exclusion_radius: float | None = Field(None, gt=0)  # Å, default the cutoff
+    dispersion_cutoff: float = Field(15.0, gt=0)  # Å, pair reach in periodic cells
+    # standard DFT-D3(BJ)/D4 added by the calculator to a model of dispersion-free DFT labels
+    # of functional xc_functional (mlpot.physics.correction); not part of the fit
+    dispersion_correction: Literal["none", "d3", "d4"] = "none"
+    xc_functional: str | None = None  # e.g. "pbe", "b3lyp": the labels' functional
+
 
     @field_validator("zetas")
     @classmethod
@@ -109,6 +116,18 @@ class ModelConfig(Strict):
         if any(z < 1 for z in value):
             raise ValueError("every zeta must be >= 1")
         return value
+
+    @model_validator(mode="after")
+    def _one_dispersion(self):
+        if self.dispersion_correction != "none" and not self.xc_functional:
+            raise ValueError("model.dispersion_correction needs model.xc_functional (the "
+                             "functional the labels were computed with)")
+        if self.dispersion_correction != "none" and self.long_range in ("dispersion", "both"):
+            raise ValueError("model.dispersion_correction adds standard dispersion to a model "
+                             "of dispersion-free labels; a learned dispersion term "
+                             "(long_range: dispersion/both) learns it from labels that have it: "
+                             "choose one")
+        return self
 
     @model_validator(mode="after")
     def _apply_size(self):

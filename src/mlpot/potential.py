@@ -1,4 +1,4 @@
-"""Potential: E = Σ_i E0(Z_i) + Σ_i E_i(model); forces and stress by autograd, in one place.
+"""Potential: E = Σ_i E0(Z_i) + Σ_i E_i(model) [+ E_coulomb + E_dispersion]; forces and stress by autograd, in one place.
 
 F = −∂E/∂r and σ = (1/V) ∂E/∂ε (ASE's sign convention), where ε is a symmetric strain applied
 to positions and cell together. No model predicts forces or stress directly.
@@ -31,14 +31,18 @@ class Potential(nn.Module):
         variance_head: optional aleatoric variance head (same elements, cutoff ≤ the model's).
         long_range: optional :class:`~mlpot.physics.electrostatics.Electrostatics`: learned
             charges whose Coulomb energy adds to the model's (a sibling term).
+        dispersion: optional :class:`~mlpot.physics.dispersion.Dispersion`: damped C6/r⁶
+            between atoms of learned effective volumes (a sibling term).
     """
 
     def __init__(self, model: nn.Module, reference_energies: dict[str, float],
-                 variance_head: nn.Module | None = None, long_range: nn.Module | None = None):
+                 variance_head: nn.Module | None = None, long_range: nn.Module | None = None,
+                 dispersion: nn.Module | None = None):
         super().__init__()
         self.model = model
         self.variance_head = variance_head
         self.long_range = long_range
+        self.dispersion = dispersion
         missing = [chemical_symbols[z] for z in model.elements
                    if chemical_symbols[z] not in reference_energies]
         if missing:
@@ -60,6 +64,11 @@ class Potential(nn.Module):
         result = super()._apply(fn, recurse)
         self.e0 = self._e0_table(self.e0.device)
         return result
+
+    @property
+    def physics_terms(self) -> list[nn.Module]:
+        """The long-range sibling terms present (electrostatics, dispersion)."""
+        return [term for term in (self.long_range, self.dispersion) if term is not None]
 
     @property
     def elements(self) -> list[int]:
@@ -113,16 +122,25 @@ class Potential(nn.Module):
         n_structures = batch[keys.CELL].shape[0]
         atomic = self.model(batch)[keys.ATOMIC_ENERGY]
         long_range = self.long_range(batch) if self.long_range is not None else None
-        if long_range is not None:
-            atomic = atomic + long_range["atomic"].to(atomic.dtype)
+        dispersion = self.dispersion(batch) if self.dispersion is not None else None
+        for term in (long_range, dispersion):
+            if term is not None:
+                atomic = atomic + term["atomic"].to(atomic.dtype)
         # E0 (~1e3 eV per atom) is added in float64 so float32 models keep meV resolution
         atomic = atomic.double() + self.e0[batch[keys.NUMBERS]]
         energy = atomic.new_zeros(n_structures).index_add(0, batch[keys.BATCH], atomic)
         out = {keys.ENERGY: energy, keys.ATOMIC_ENERGY: atomic}
+
+        def structure_sum(per_atom: torch.Tensor) -> torch.Tensor:
+            return atomic.new_zeros(n_structures).index_add(0, batch[keys.BATCH],
+                                                            per_atom.double())
+
         if long_range is not None:
-            out[keys.ENERGY_COULOMB] = atomic.new_zeros(n_structures).index_add(
-                0, batch[keys.BATCH], long_range["atomic"].double())
+            out[keys.ENERGY_COULOMB] = structure_sum(long_range["atomic"])
             out[keys.CHARGES], out[keys.DIPOLE] = long_range[keys.CHARGES], long_range[keys.DIPOLE]
+        if dispersion is not None:
+            out[keys.ENERGY_DISPERSION] = structure_sum(dispersion["atomic"])
+            out[keys.VOLUME_RATIOS] = dispersion["volume_ratios"]
         out.update(self.aleatoric(batch))
         if forces or stress:
             inputs = [positions] + ([strain] if stress else [])

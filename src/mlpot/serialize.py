@@ -21,13 +21,15 @@ from safetensors.torch import load_file, save_file
 from mlpot.errors import ModelFileError
 from mlpot.models import build_model
 from mlpot.models.variance import VarianceHead
+from mlpot.physics.dispersion import Dispersion
 from mlpot.physics.electrostatics import Electrostatics
 from mlpot.potential import Potential
 
 FORMAT = "mlpot-model"
-VERSION = 4  # 2: models record their "baseline" (version 1 used the linear one);
+VERSION = 5  # 2: models record their "baseline" (version 1 used the linear one);
 #              3: optional "variance_head" (aleatoric uncertainty);
-#              4: optional "long_range" (learned charges + Coulomb)
+#              4: optional "long_range" (learned charges + Coulomb);
+#              5: optional "dispersion" (learned volumes + damped C6/r⁶)
 
 
 def potential_config(potential: Potential) -> dict:
@@ -39,6 +41,8 @@ def potential_config(potential: Potential) -> dict:
                               if potential.variance_head is not None else None),
             "long_range": (potential.long_range.config()
                            if potential.long_range is not None else None),
+            "dispersion": (potential.dispersion.config()
+                           if potential.dispersion is not None else None),
             "dtype": str(potential.dtype).removeprefix("torch.")}
 
 
@@ -46,9 +50,11 @@ def build_potential(config: dict) -> Potential:
     """An untrained potential of the architecture ``config`` describes."""
     model = build_model(config["model_kind"], **config["model"])
     head, long_range = config.get("variance_head"), config.get("long_range")
+    dispersion = config.get("dispersion")
     potential = Potential(model, config["reference_energies"],
                           VarianceHead(**head) if head else None,
-                          Electrostatics(**long_range) if long_range else None)
+                          Electrostatics(**long_range) if long_range else None,
+                          Dispersion(**dispersion) if dispersion else None)
     return potential.to(getattr(torch, config.get("dtype", "float64")))
 
 

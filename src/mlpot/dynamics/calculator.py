@@ -20,31 +20,45 @@ class MlpotCalculator(Calculator):
     model with a variance head gives the aleatoric σ alone.
 
     With long-range electrostatics the results also hold ``charges`` (e), ``dipole`` (e·Å,
-    molecules) and ``energy_terms`` ({"short": …, "coulomb": …}, eV; "short" includes E0).
+    molecules); with long-range terms ``energy_terms`` ({"short": …, "coulomb": …,
+    "dispersion": …}, eV, those present; "short" includes E0).
 
     A Δ-model (trained on differences to a baseline level, see :mod:`mlpot.label.delta`)
     adds its baseline engine's energy and forces (the engine runs on every call; per-atom
     energies and stress are then not available).
+
+    A model of dispersion-free DFT labels with a recorded standard correction (DFT-D3/D4,
+    see :mod:`mlpot.physics.correction`) gets the correction's energy, forces and stress
+    added; ``energy_terms["dispersion"]`` holds its energy.
 
     Args:
         model: path of a saved model or ensemble folder, a Potential or an Ensemble.
         dtype: "float64" (default, for MD energy conservation) or "float32".
         baseline: engine whose energy and forces are added (default: the one a Δ-model
             folder records, else none).
+        correction: dispersion correction description ({"kind": "d3", "functional": "pbe"})
+            whose results are added (default: the one the model folder records, else none).
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress",
                               "energy_std", "forces_std", "charges", "dipole"]
 
-    def __init__(self, model, dtype: str = "float64", baseline=None, **kwargs):
+    def __init__(self, model, dtype: str = "float64", baseline=None, correction=None,
+                 **kwargs):
         super().__init__(**kwargs)
         if not isinstance(model, torch.nn.Module):
             from mlpot.label.delta import baseline_engine
-            from mlpot.uncertainty.ensemble import load_model
+            from mlpot.uncertainty.ensemble import load_model, saved_metadata
 
             baseline = baseline or baseline_engine(model)
+            correction = correction or saved_metadata(model).get("dispersion_correction")
             model = load_model(model)
         self.baseline = baseline
+        self.correction = None
+        if correction is not None:
+            from mlpot.physics.correction import correction_calculator
+
+            self.correction = correction_calculator(correction)
         self.potential = model.to(getattr(torch, dtype)).eval()
         self.dtype = getattr(torch, dtype)
 
@@ -62,8 +76,11 @@ class MlpotCalculator(Calculator):
         if keys.CHARGES in out:  # a model with long-range electrostatics
             self.results["charges"] = out[keys.CHARGES].detach().numpy().astype(np.float64)
             self.results["dipole"] = out[keys.DIPOLE][0].detach().numpy().astype(np.float64)
-            coulomb = float(out[keys.ENERGY_COULOMB][0].detach())
-            self.results["energy_terms"] = {"short": energy - coulomb, "coulomb": coulomb}
+        terms = {name: float(out[key][0].detach()) for name, key in
+                 (("coulomb", keys.ENERGY_COULOMB), ("dispersion", keys.ENERGY_DISPERSION))
+                 if key in out}
+        if terms:  # the energy split of a model with long-range terms
+            self.results["energy_terms"] = {"short": energy - sum(terms.values()), **terms}
         for key in (keys.ENERGY_STD, keys.ENERGY_STD_EPISTEMIC, keys.ENERGY_STD_ALEATORIC):
             if key in out:
                 self.results[key] = float(out[key][0].detach())
@@ -79,6 +96,23 @@ class MlpotCalculator(Calculator):
             from ase.calculators.calculator import PropertyNotImplementedError
 
             raise PropertyNotImplementedError("stress needs a cell periodic in all directions")
+        if self.correction is not None:
+            self._add_correction(want_stress)
+
+    def _add_correction(self, want_stress: bool) -> None:
+        """E, F (and σ) plus the standard dispersion correction's."""
+        atoms = self.atoms.copy()
+        atoms.calc = self.correction
+        energy = atoms.get_potential_energy()
+        self.results["energy"] += energy
+        self.results["free_energy"] = self.results["energy"]
+        self.results["forces"] = self.results["forces"] + atoms.get_forces()
+        if want_stress:
+            self.results["stress"] = self.results["stress"] + atoms.get_stress()
+        self.results.pop("energies", None)  # the libraries give no per-atom split here
+        terms = self.results.setdefault("energy_terms", {"short": self.results["energy"]
+                                                         - energy})
+        terms["dispersion"] = energy
 
     def _add_baseline(self, want_stress: bool) -> None:
         """E = E_baseline + ΔE, F = F_baseline + ΔF (Δ-models)."""

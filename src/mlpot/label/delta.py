@@ -74,15 +74,10 @@ def baseline_description(db: str | Path, baseline: str) -> dict:
 
 def baseline_engine(model_path: str | Path):
     """The baseline engine a saved Δ-model (or Δ-ensemble) needs, or None."""
-    path = Path(model_path)
-    for name in ("metadata.json", "ensemble.json", "last_layer.json"):
-        file = path / name
-        if file.exists():
-            data = json.loads(file.read_text())
-            baseline = (data if name == "metadata.json" else data.get("metadata", {})).get(
-                "baseline")
-            return None if baseline is None else engine_for(baseline)
-    return None
+    from mlpot.uncertainty.ensemble import saved_metadata
+
+    baseline = saved_metadata(model_path).get("baseline")
+    return None if baseline is None else engine_for(baseline)
 
 
 def engine_for(baseline: dict):

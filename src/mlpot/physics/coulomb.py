@@ -104,7 +104,7 @@ class Coulomb(torch.nn.Module):
                                       [True] * 3, reach)
         half = i < j
         same = i == j  # an atom and its own images
-        keep = torch.as_tensor(half | (same & _first_half(shifts)), device=r.device)
+        keep = torch.as_tensor(half | (same & half_of_self_images(shifts)), device=r.device)
         i, j = torch.as_tensor(i, device=r.device)[keep], torch.as_tensor(j, device=r.device)[keep]
         shifts = torch.as_tensor(shifts, dtype=r.dtype, device=r.device)[keep]
         distance = (r[j] + shifts @ cell - r[i]).norm(dim=1)
@@ -114,7 +114,7 @@ class Coulomb(torch.nn.Module):
         return q * potential[:, 0]
 
 
-def _first_half(shifts) -> np.ndarray:
+def half_of_self_images(shifts) -> np.ndarray:
     """For pairs of an atom with its own image: keep one of ±S (the first non-zero component
     positive), as a half neighbour list does."""
     shifts = np.asarray(shifts)

@@ -108,7 +108,7 @@ def build_potential(config: RunConfig, elements: list[int], e0: dict[str, float]
                             cutoff_function=m.cutoff_function, baseline=m.baseline,
                             **m.architecture())
         return Potential(model, e0, variance_head(config, elements),
-                         long_range(config, elements))
+                         *long_range(config, elements))
     angular_cutoff = m.angular_cutoff or m.cutoff
     descriptor = SymmetryFunctions(
         elements, cutoff=m.cutoff, angular_cutoff=angular_cutoff,
@@ -120,17 +120,23 @@ def build_potential(config: RunConfig, elements: list[int], e0: dict[str, float]
     else:
         model = BehlerParrinello(descriptor, hidden=m.hidden, activation=m.activation,
                                  baseline=m.baseline)
-    return Potential(model, e0, variance_head(config, elements), long_range(config, elements))
+    return Potential(model, e0, variance_head(config, elements), *long_range(config, elements))
 
 
-def long_range(config: RunConfig, elements: list[int]):
-    """Learned charges + Coulomb if ``model.long_range`` asks for them."""
-    m = config.model
-    if m.long_range == "none":
-        return None
+def long_range(config: RunConfig, elements: list[int]) -> tuple:
+    """(electrostatics, dispersion) as ``model.long_range`` asks (None for each absent):
+    learned charges + Coulomb ("coulomb"), learned volumes + damped C6/r⁶ ("dispersion"),
+    or both ("both")."""
+    from mlpot.physics.dispersion import Dispersion
     from mlpot.physics.electrostatics import Electrostatics
 
-    return Electrostatics(elements, m.cutoff, exclusion_radius=m.exclusion_radius)
+    m = config.model
+    coulomb = dispersion = None
+    if m.long_range in ("coulomb", "both"):
+        coulomb = Electrostatics(elements, m.cutoff, exclusion_radius=m.exclusion_radius)
+    if m.long_range in ("dispersion", "both"):
+        dispersion = Dispersion(elements, m.cutoff, pair_cutoff=m.dispersion_cutoff)
+    return coulomb, dispersion
 
 
 def variance_head(config: RunConfig, elements: list[int]) -> VarianceHead | None:
@@ -156,8 +162,9 @@ def fit_statistics(potential: Potential, train: list[Frame]) -> None:
     n_el = len(model.elements)
     descriptor = getattr(model, "descriptor", None)  # None for SchNet and PaiNN
     species_index = (model if descriptor is None else descriptor).species_index
-    heads = [h for h in (potential.variance_head, getattr(potential.long_range, "charge_head",
-                                                           None)) if h is not None]
+    heads = [h for h in (potential.variance_head,
+                         getattr(potential.long_range, "charge_head", None),
+                         getattr(potential.dispersion, "volume_head", None)) if h is not None]
     features, species, coordination_sums, residuals = [], [], [], []
     head_features, head_species, edges_per_atom = [[] for _ in heads], [[] for _ in heads], []
     for start in range(0, len(train), 64):
@@ -167,7 +174,7 @@ def fit_statistics(potential: Potential, train: list[Frame]) -> None:
         if descriptor is not None:
             features.append(descriptor(batch))
             species.append(index)
-        for k, head in enumerate(heads):  # variance and charge heads: their own G2 inputs
+        for k, head in enumerate(heads):  # variance, charge, volume heads: own G2 inputs
             head_features[k].append(head.descriptor(batch))
             head_species[k].append(head.descriptor.species_index[batch["numbers"]])
         edges = torch.bincount(batch["batch"][batch[keys.EDGE_INDEX][0]], minlength=len(frames))
@@ -254,7 +261,7 @@ def initial_potential(path: Path, elements: list[int], e0: dict[str, float]) -> 
     missing = sorted(set(elements) - set(start.elements))
     if missing:
         raise ValueError(f"{path}: the model does not cover elements {missing} of the data")
-    return Potential(start.model, e0, start.variance_head, start.long_range)
+    return Potential(start.model, e0, start.variance_head, start.long_range, start.dispersion)
 
 
 def member_init(init_model: str | None, k: int) -> Path | None:
@@ -304,6 +311,11 @@ def run_training(config: RunConfig, resume: bool = False, progress: bool = True)
         write_json_atomic(out / "run.json", info)
     metadata = {"seed": config.seed, "git_commit": info["git_commit"],
                 "versions": info["versions"], "training_config": config.model_dump()}
+    if config.model.dispersion_correction != "none":
+        from mlpot.physics.correction import correction_description
+
+        metadata["dispersion_correction"] = correction_description(
+            config.model.dispersion_correction, config.model.xc_functional)
     if config.data.delta_baseline:
         from mlpot.label.delta import baseline_description
 

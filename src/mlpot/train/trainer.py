@@ -117,7 +117,7 @@ class Trainer:
         model = self.potential.model
         if (not self.config.cache_descriptors or not hasattr(model, "atomic_energies")
                 or self.device.type != "cpu" or self.potential.variance_head is not None
-                or self.potential.long_range is not None):
+                or self.potential.physics_terms):
             return False
         if any(f.stress is not None for f in train):
             return False

@@ -157,6 +157,17 @@ def save_ensemble(ensemble: Ensemble, path: str | Path, metadata: dict | None = 
     return replace_folder(tmp, path)
 
 
+def saved_metadata(path: str | Path) -> dict:
+    """The training metadata of a saved model, ensemble or last-layer folder ({} if none)."""
+    path = Path(path)
+    for name in ("metadata.json", "ensemble.json", "last_layer.json"):
+        file = path / name
+        if file.exists():
+            data = json.loads(file.read_text())
+            return data if name == "metadata.json" else data.get("metadata", {})
+    return {}
+
+
 def load_model(path: str | Path):
     """A saved potential, an :class:`Ensemble` if ``path`` holds ensemble.json, or a
     :class:`~mlpot.uncertainty.last_layer.LastLayerUncertainty` if it holds last_layer.json."""

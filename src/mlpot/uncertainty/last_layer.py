@@ -108,7 +108,7 @@ class LastLayerUncertainty(nn.Module):
                  sigma_scale_forces: float = 1.0, prior: float = 0.0,
                  force_sigma: str = "local"):
         super().__init__()
-        if type(potential.model) is not BehlerParrinello or potential.long_range is not None:
+        if type(potential.model) is not BehlerParrinello or potential.physics_terms:
             raise ValueError("last-layer uncertainty needs a Behler–Parrinello model without "
                              f"long-range terms (this one is {potential.model.kind!r}); use an "
                              "ensemble")

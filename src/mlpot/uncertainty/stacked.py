@@ -33,7 +33,7 @@ def can_stack(members) -> bool:
     network shapes and dtype, without long-range terms (what stacking needs)."""
     models = [member.model for member in members]
     if not all(type(model) is BehlerParrinello for model in models) or any(
-            member.long_range is not None for member in members):
+            member.physics_terms for member in members):
         return False
     first = models[0]
     return all(model.descriptor.config() == first.descriptor.config()

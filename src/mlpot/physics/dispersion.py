@@ -1,0 +1,139 @@
+"""London dispersion between atoms whose C6 follow their learned effective volumes.
+
+Tkatchenko–Scheffler-like scaling of free-atom values: a per-element network on radial
+symmetry functions (the model's cutoff) predicts each atom's effective volume ratio
+v_i = V_eff/V_free (softplus, 1 for an untrained head), and
+
+    α_i = α_free v_i,   C6_ii = C6_free v_i²,   R_i = R_vdW v_i^(1/3),
+    C6_ij = 2 C6_ii C6_jj / (α_j/α_i C6_ii + α_i/α_j C6_jj),
+    E = −Σ_{i<j} C6_ij / (r_ij⁶ + (a (R_i + R_j))⁶)          (Becke–Johnson damping),
+
+with a learned damping scale a (one number; 0.7 untrained). Free-atom α and C6 (atomic units)
+are ASE's table (Chu & Dalgarno 2004, as in Tkatchenko–Scheffler 2009), vdW radii ASE's
+(Bondi). Far apart, E → −C6_ij/r⁶ exactly; at contact the damping keeps it finite, and the
+local model learns what remains. Molecules: all pairs of a structure. Periodic cells: pairs
+up to ``cutoff`` (Å), smoothly switched off over its last ``switch_width`` (Å).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from ase.calculators.vdwcorrection import vdWDB_alphaC6
+from ase.data import chemical_symbols, vdw_radii
+from ase.units import Bohr, Hartree
+from torch.nn import functional
+
+from mlpot import keys
+from mlpot.models.element_head import ElementHead
+from mlpot.neighbors import neighbor_pairs
+from mlpot.physics.coulomb import half_of_self_images
+
+_SOFTPLUS_ONE = math.log(math.e - 1)  # softplus(x + this) = 1 at x = 0
+
+
+def free_atom_table(elements) -> dict[str, torch.Tensor]:
+    """Free-atom α (bohr³), C6 (eV·Å⁶) and vdW radius (Å), indexed by atomic number."""
+    alpha, c6, radius = (torch.zeros(119, dtype=torch.float64) for _ in range(3))
+    missing = [chemical_symbols[z] for z in elements
+               if chemical_symbols[z] not in vdWDB_alphaC6 or not np.isfinite(vdw_radii[z])]
+    if missing:
+        raise ValueError(f"no free-atom polarisability/C6/vdW radius for {missing}")
+    for z in elements:
+        a, c = vdWDB_alphaC6[chemical_symbols[z]]
+        alpha[z], c6[z], radius[z] = a, c * Hartree * Bohr**6, vdw_radii[z]
+    return {"alpha": alpha, "c6": c6, "radius": radius}
+
+
+class Dispersion(torch.nn.Module):
+    """Per-atom dispersion energies (eV) from learned effective volumes.
+
+    Args:
+        elements: atomic numbers.  cutoff: Å, of the volume network's descriptors.
+        pair_cutoff: Å, reach of the pair sum in periodic cells (molecules: all pairs).
+        switch_width: Å, over which periodic pairs are switched off before ``pair_cutoff``.
+        n_radial, hidden: size of the volume network.
+    """
+
+    def __init__(self, elements, cutoff: float, pair_cutoff: float = 15.0,
+                 switch_width: float = 3.0, n_radial: int = 8, hidden: int = 16):
+        super().__init__()
+        self.volume_head = ElementHead(elements, cutoff, n_radial=n_radial, hidden=hidden,
+                                       n_outputs=1)
+        self.pair_cutoff, self.switch_width = float(pair_cutoff), float(switch_width)
+        for name, table in free_atom_table(self.volume_head.descriptor.elements).items():
+            self.register_buffer(f"free_{name}", table, persistent=False)
+        self.damping_log_scale = torch.nn.Parameter(torch.tensor(math.log(0.7)))
+
+    def config(self) -> dict:
+        head = self.volume_head.config()
+        return dict(elements=head["elements"], cutoff=head["cutoff"],
+                    pair_cutoff=self.pair_cutoff, switch_width=self.switch_width,
+                    n_radial=head["n_radial"], hidden=head["hidden"])
+
+    def _apply(self, fn, recurse=True):
+        """Free-atom tables stay float64 (they are small; pair terms are cast on use)."""
+        result = super()._apply(fn, recurse)
+        for name in ("alpha", "c6", "radius"):
+            setattr(self, f"free_{name}", getattr(self, f"free_{name}").double())
+        return result
+
+    def volume_ratios(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """v_i = V_eff/V_free (n_atoms,), positive."""
+        raw = self.volume_head.raw_outputs(batch)[:, 0]
+        return functional.softplus(raw + _SOFTPLUS_ONE)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``"atomic"`` dispersion energies (n_atoms,) eV, ``"volume_ratios"`` (n_atoms,)."""
+        v = self.volume_ratios(batch)
+        dtype, numbers = v.dtype, batch[keys.NUMBERS]
+        alpha = self.free_alpha.to(dtype)[numbers] * v
+        c6 = self.free_c6.to(dtype)[numbers] * v**2
+        radius = self.free_radius.to(dtype)[numbers] * v ** (1 / 3)
+        i, j, vectors, weight = self._pairs(batch)
+        distance2 = (vectors**2).sum(1)
+        c6_ij = 2 * c6[i] * c6[j] / (alpha[j] / alpha[i] * c6[i] + alpha[i] / alpha[j] * c6[j])
+        damping = (self.damping_log_scale.exp().to(dtype) * (radius[i] + radius[j])) ** 6
+        pair = -c6_ij / (distance2**3 + damping) * weight
+        atomic = v.new_zeros(len(v)).index_add(0, i, 0.5 * pair).index_add(0, j, 0.5 * pair)
+        return {"atomic": atomic, "volume_ratios": v}
+
+    def _pairs(self, batch):
+        """(i, j, r_j + S·cell − r_i, weight) over each pair once: all pairs of every
+        molecule, and the pairs of periodic cells within ``pair_cutoff`` (image shift S) with
+        their switching weight."""
+        positions, cell, pbc = batch[keys.POSITIONS], batch[keys.CELL], batch[keys.PBC]
+        n_atoms = batch[keys.N_ATOMS].tolist()
+        offsets = np.concatenate([[0], np.cumsum(n_atoms)[:-1]]).astype(np.int64)
+        i_all, j_all, shift_all = [], [], []
+        for b, (offset, n) in enumerate(zip(offsets, n_atoms)):
+            if bool(pbc[b].any()):
+                if not bool(pbc[b].all()):
+                    raise ValueError("Dispersion: cells must be periodic in all directions "
+                                     "or none")
+                i, j, shifts = neighbor_pairs(positions[offset:offset + n].detach().cpu().numpy(),
+                                              cell[b].detach().cpu().numpy(), [True] * 3,
+                                              self.pair_cutoff)
+                keep = (i < j) | ((i == j) & half_of_self_images(shifts))
+                i, j, shifts = i[keep], j[keep], shifts[keep]
+            else:
+                i, j = np.triu_indices(n, 1)
+                shifts = np.zeros((len(i), 3))
+            i_all.append(i + offset)
+            j_all.append(j + offset)
+            shift_all.append(shifts)
+        device = positions.device
+        i = torch.as_tensor(np.concatenate(i_all), dtype=torch.long, device=device)
+        j = torch.as_tensor(np.concatenate(j_all), dtype=torch.long, device=device)
+        shifts = torch.as_tensor(np.concatenate(shift_all), dtype=positions.dtype, device=device)
+        owner = batch[keys.BATCH][i]
+        vectors = positions[j] + torch.einsum("pa,pab->pb", shifts, cell[owner]) - positions[i]
+        periodic = pbc.all(1)[owner]
+        distance = vectors.norm(dim=1)
+        start = self.pair_cutoff - self.switch_width
+        x = ((distance - start) / self.switch_width).clamp(0, 1)
+        switch = 1 - x**3 * (10 - 15 * x + 6 * x**2)  # C² smoothstep from 1 to 0
+        weight = torch.where(periodic, switch, torch.ones_like(switch))
+        return i, j, vectors, weight
