@@ -163,6 +163,7 @@ class TrainingConfig(Strict):
     sigma_force: float = Field(0.03, gt=0)  # eV/Å
     sigma_stress: float = Field(0.001, gt=0)  # eV/Å³
     sigma_dipole: float = Field(0.01, gt=0)  # e·Å (learned charges vs reference dipoles)
+    sigma_charge: float = Field(0.02, gt=0)  # e (learned vs reference atomic charges)
     dtype: Literal["float32", "float64"] = "float32"
     snapshot_minutes: list[float] = []  # also save the model at these training minutes
     cache_descriptors: bool = True  # bpnn: precompute descriptors and their derivatives

@@ -39,6 +39,8 @@ FORCES_MEMBERS = "forces_members"  # (n_members, n_atoms, 3) float | each member
 CHARGES = "charges"  # (n_atoms,) float | atomic partial charges, e (sum = CHARGE per structure)
 DIPOLE = "dipole"  # (n_structures, 3) float | Σ q_i r_i, e·Å (molecules; zeros for periodic cells)
 HAS_DIPOLE = "has_dipole"  # (n_structures,) bool | whether a reference dipole exists (molecules)
+PARTIAL_CHARGES = "partial_charges"  # (n_atoms,) float | reference atomic charges, e
+HAS_PARTIAL_CHARGES = "has_partial_charges"  # (n_structures,) bool | reference charges exist
 ENERGY_COULOMB = "energy_coulomb"  # (n_structures,) float64 | the Coulomb part of ENERGY, eV
 ENERGY_DISPERSION = "energy_dispersion"  # (n_structures,) float64 | dispersion part of ENERGY, eV
 VOLUME_RATIOS = "volume_ratios"  # (n_atoms,) float | learned V_eff/V_free (dispersion C6 scaling)

@@ -67,6 +67,27 @@ def test_madelung_constants(name, madelung, nearest):
         6 * energy, rel=1e-9)
 
 
+def test_pme_equals_ewald(acac_frames):
+    """Particle-mesh Ewald (large cells) and Ewald agree: NaCl's Madelung constant with PME,
+    and learned Gaussian charges in a triclinic 2×2×2 supercell (160 atoms) to 1e-4."""
+    crystal = bulk("NaCl", "rocksalt", a=5.64) * (2, 2, 2)
+    charges = [1.0 if z == 11 else -1.0 for z in crystal.numbers]
+    pme = madelung_energy(charges, crystal.positions, crystal.cell.array, pme_from=1)
+    assert -pme / len(crystal) * 2 * (5.64 / 2) / COULOMB_CONSTANT == pytest.approx(1.747565,
+                                                                                  abs=1e-5)
+    frame = _periodic(acac_frames[2])
+    atoms = Atoms(numbers=frame.numbers, positions=frame.positions, cell=frame.cell, pbc=True)
+    big = frame_from_atoms(atoms * (2, 2, 2), source="<test>", index=0)
+    potential = _electrostatic_potential(5)
+    energies = []
+    for pme_from in (10**9, 1):
+        potential.long_range.coulomb.pme_from = pme_from
+        energies.append(float(potential(potential.batch([big]), forces=False)[
+            keys.ENERGY_COULOMB][0]))
+    assert energies[1] == pytest.approx(energies[0], rel=1e-4)
+    assert abs(energies[0]) > 1.0
+
+
 def test_learned_charges_supercell_invariance(acac_frames):
     potential = _electrostatic_potential(1)
     cell = _periodic(acac_frames[3])
@@ -195,9 +216,11 @@ def read_acac(acac_dir):
     return read(acac_dir / "test_MD_300K.xyz", index=0)
 
 
-def test_reference_dipoles_train_the_charges(acac_dir, tmp_path):
-    """Frames carrying dipoles of known fixed charges (H +0.1, O −0.6, C +0.08 e; neutral):
-    training with the dipole loss brings the learned charges' dipoles to them."""
+@pytest.mark.parametrize("label", ["dipole", "charges"])
+def test_reference_dipoles_or_charges_train_the_charges(acac_dir, tmp_path, label):
+    """Frames carrying the dipoles, or the atomic charges themselves, of known fixed charges
+    (H +0.1, O −0.6, C +0.08 e; neutral): training with the dipole or the charge loss term
+    brings the learned charges' dipoles (charges) to them."""
     from ase.io import read, write
 
     from mlpot.config import config_from_dict
@@ -209,27 +232,35 @@ def test_reference_dipoles_train_the_charges(acac_dir, tmp_path):
     frames = read(acac_dir / "train_300K.xyz", index=":60")
     for atoms in frames:
         q = np.array([fixed[z] for z in atoms.numbers])
-        atoms.info["dipole"] = (q[:, None] * atoms.positions).sum(0)
-    write(tmp_path / "with_dipoles.xyz", frames)
+        if label == "dipole":
+            atoms.info["dipole"] = (q[:, None] * atoms.positions).sum(0)
+        else:
+            atoms.arrays["charges"] = q
+    write(tmp_path / "labelled.xyz", frames)
 
-    def dipole_rmse(model_dir):
+    def rmse_of(model_dir):
         potential = load(model_dir)
-        test = read_frames(tmp_path / "with_dipoles.xyz")[-10:]
+        test = read_frames(tmp_path / "labelled.xyz")[-10:]
         out = potential(potential.batch(test), forces=False)
-        reference = np.stack([f.dipole for f in test])
-        return float(np.sqrt(np.mean((out[keys.DIPOLE].detach().numpy() - reference) ** 2)))
+        if label == "dipole":
+            error = out[keys.DIPOLE].detach().numpy() - np.stack([f.dipole for f in test])
+        else:
+            error = (out[keys.CHARGES].detach().numpy()
+                     - np.concatenate([f.partial_charges for f in test]))
+        return float(np.sqrt(np.mean(error**2)))
 
     rmse = {}
     for epochs in (1, 40):
         out = tmp_path / f"run{epochs}"
-        config = config_from_dict({"data": {"train": str(tmp_path / "with_dipoles.xyz"),
+        config = config_from_dict({"data": {"train": str(tmp_path / "labelled.xyz"),
                                             "isolated_atoms": str(acac_dir / "isolated_atoms.xyz"),
                                             "valid_fraction": 0.2},
                                    "model": {"kind": "bpnn", "size": "small",
                                              "long_range": "coulomb"},
                                    "training": {"max_epochs": epochs, "threads": 1,
-                                                "learning_rate": 5e-3, "sigma_dipole": 0.005},
+                                                "learning_rate": 5e-3, "sigma_dipole": 0.005,
+                                                "sigma_charge": 0.005},
                                    "out": str(out)})
         run_training(config, progress=False)
-        rmse[epochs] = dipole_rmse(out / "model")
+        rmse[epochs] = rmse_of(out / "model")
     assert rmse[40] < 0.3 * rmse[1], rmse

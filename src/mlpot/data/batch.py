@@ -79,6 +79,12 @@ def collate(frames: list[Frame], graphs: list[dict[str, np.ndarray]],
         batch[keys.HAS_DIPOLE] = torch.from_numpy(has_dipole)
         batch[keys.DIPOLE] = torch.from_numpy(np.stack([
             f.dipole if ok else np.zeros(3) for f, ok in zip(frames, has_dipole)])).to(dtype)
+    has_charges = np.array([f.partial_charges is not None for f in frames])
+    if has_charges.any():
+        batch[keys.HAS_PARTIAL_CHARGES] = torch.from_numpy(has_charges)
+        batch[keys.PARTIAL_CHARGES] = cat([
+            f.partial_charges if ok else np.zeros(len(f))
+            for f, ok in zip(frames, has_charges)]).to(dtype)
     return batch
 
 

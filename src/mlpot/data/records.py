@@ -31,6 +31,7 @@ class Frame:
     forces: np.ndarray | None = None  # (n, 3) float64, eV/Å
     stress: np.ndarray | None = None  # (3, 3) float64, eV/Å³
     dipole: np.ndarray | None = None  # (3,) float64, e·Å (molecules; reference dipole moment)
+    partial_charges: np.ndarray | None = None  # (n,) float64, e (reference atomic charges)
     charge: float = 0.0  # e
     config_type: str | None = None
     source: str = "<memory>"
@@ -82,6 +83,12 @@ def frame_from_atoms(atoms: Atoms, *, source: str, index: int, energy_key: str =
         if dipole.shape != (3,):
             raise DataError(f"dipole has shape {dipole.shape}, expected (3,)", source=source,
                             frame=index, field="dipole")
+    partial_charges = atoms.arrays.get("charges", results.get("charges"))
+    if partial_charges is not None:
+        partial_charges = np.asarray(partial_charges, dtype=np.float64)
+        if partial_charges.shape != (len(atoms),):
+            raise DataError(f"charges have shape {partial_charges.shape}, expected "
+                            f"({len(atoms)},)", source=source, frame=index, field="charges")
     return Frame(
         numbers=np.asarray(atoms.numbers, dtype=np.int64),
         positions=np.asarray(atoms.positions, dtype=np.float64),
@@ -91,6 +98,7 @@ def frame_from_atoms(atoms: Atoms, *, source: str, index: int, energy_key: str =
         forces=None if forces is None else np.asarray(forces, dtype=np.float64),
         stress=stress,
         dipole=dipole,
+        partial_charges=partial_charges,
         charge=float(atoms.info.get("charge", 0.0)),
         config_type=atoms.info.get("config_type"),
         source=source,
@@ -216,6 +224,8 @@ def validate_frame(frame: Frame, *, require_energy: bool = True, energy_key: str
         raise DataError("stress contains NaN or inf", field="stress", **where)
     if frame.dipole is not None and not np.all(np.isfinite(frame.dipole)):
         raise DataError("dipole contains NaN or inf", field="dipole", **where)
+    if frame.partial_charges is not None and not np.all(np.isfinite(frame.partial_charges)):
+        raise DataError("charges contain NaN or inf", field="charges", **where)
     if frame.pbc.any() and abs(np.linalg.det(frame.cell[frame.pbc][:, frame.pbc])
                                if frame.pbc.all() else 1.0) < 1e-12:
         raise DataError("periodic structure has a singular cell", field="cell", **where)

@@ -22,21 +22,23 @@ class Electrostatics(nn.Module):
         elements: atomic numbers.  cutoff: Å, of the charge network's descriptors.
         exclusion_radius: Å (default: ``cutoff``).  real_cutoff: Ewald real space, Å.
         n_radial, hidden: size of the charge network.
+        pme_from: cells with at least this many atoms use PME instead of Ewald.
     """
 
     def __init__(self, elements, cutoff: float, exclusion_radius: float | None = None,
-                 real_cutoff: float = 10.0, n_radial: int = 8, hidden: int = 16):
+                 real_cutoff: float = 10.0, n_radial: int = 8, hidden: int = 16,
+                 pme_from: int = 400):
         super().__init__()
         self.charge_head = ChargeHead(elements, cutoff, n_radial=n_radial, hidden=hidden)
         self.coulomb = Coulomb(cutoff if exclusion_radius is None else exclusion_radius,
-                               real_cutoff=real_cutoff)
+                               real_cutoff=real_cutoff, pme_from=pme_from)
 
     def config(self) -> dict:
         head = self.charge_head.config()
         return dict(elements=head["elements"], cutoff=head["cutoff"],
                     exclusion_radius=self.coulomb.exclusion_radius,
                     real_cutoff=self.coulomb.real_cutoff, n_radial=head["n_radial"],
-                    hidden=head["hidden"])
+                    hidden=head["hidden"], pme_from=self.coulomb.pme_from)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``keys.CHARGES`` (n_atoms,) e, per-atom Coulomb energies ``"atomic"`` (n_atoms,)

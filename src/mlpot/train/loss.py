@@ -4,7 +4,7 @@ Derivation. Take the reference labels as the model's prediction plus independent
 noise: the per-atom energy error ΔE_b / N_b of structure b with standard deviation σ_E
 (eV/atom), each of its 3N_b force components with σ_F (eV/Å), each of the 6 independent
 stress components with σ_S (eV/Å³) and, for models with learned charges, each of the 3
-dipole components with σ_μ (e·Å). The negative log-likelihood of a batch is then, up to
+dipole components with σ_μ (e·Å) and each reference partial charge with σ_q (e). The negative log-likelihood of a batch is then, up to
 constants,
 
     −log p = ½ Σ_b (ΔE_b / (N_b σ_E))² + ½ Σ_{b,i,α} (ΔF_{iα} / σ_F)² + ½ Σ_{b,αβ} (Δσ_{αβ} / σ_S)²
@@ -50,14 +50,18 @@ class EnergyForceLoss:
         sigma_stress: expected stress error per component, eV/Å³.
         sigma_dipole: expected dipole error per component, e·Å (models with learned charges,
             frames with a reference ``dipole``).
+        sigma_charge: expected error per atomic charge, e (models with learned charges,
+            frames with reference ``charges``).
     """
 
     def __init__(self, sigma_energy: float = 0.001, sigma_force: float = 0.03,
-                 sigma_stress: float = 0.001, sigma_dipole: float = 0.01):
+                 sigma_stress: float = 0.001, sigma_dipole: float = 0.01,
+                 sigma_charge: float = 0.02):
         self.sigma_energy = sigma_energy
         self.sigma_force = sigma_force
         self.sigma_stress = sigma_stress
         self.sigma_dipole = sigma_dipole
+        self.sigma_charge = sigma_charge
 
     def __call__(self, prediction: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
                  nll: bool = False, beta: float = 0.5) -> tuple[torch.Tensor, dict[str, float]]:
@@ -94,6 +98,14 @@ class EnergyForceLoss:
             count = count + dipole_sq.numel()
             if dipole_sq.numel():
                 parts["dipole"] = float(dipole_sq.detach().mean())
+        if keys.PARTIAL_CHARGES in batch and keys.CHARGES in prediction:
+            has = batch[keys.HAS_PARTIAL_CHARGES][batch[keys.BATCH]]
+            charge_sq = ((prediction[keys.CHARGES] - batch[keys.PARTIAL_CHARGES])[has]
+                         / self.sigma_charge) ** 2
+            total = total + charge_sq.sum()
+            count = count + charge_sq.numel()
+            if charge_sq.numel():
+                parts["charges"] = float(charge_sq.detach().mean())
         if keys.STRESS in batch and keys.STRESS in prediction:
             diff = (prediction[keys.STRESS] - batch[keys.STRESS])[:, _UPPER[0], _UPPER[1]]
             stress_sq = (diff / self.sigma_stress) ** 2

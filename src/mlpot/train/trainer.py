@@ -92,7 +92,7 @@ class Trainer:
             self.setup_seconds = time.monotonic() - began
         self.valid_graphs = GraphCache(valid, cutoff, angular)
         self.loss = EnergyForceLoss(config.sigma_energy, config.sigma_force, config.sigma_stress,
-                                    config.sigma_dipole)
+                                    config.sigma_dipole, config.sigma_charge)
         self.learning_rate = (config.learning_rate
                               or default_learning_rate(getattr(potential.model, "kind", "")))
         self.optimizer = torch.optim.AdamW(potential.parameters(), lr=self.learning_rate,
