@@ -62,6 +62,53 @@ def graph_arrays(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutof
     return graph
 
 
+class SkinNeighborList:
+    """Neighbour graphs along a trajectory, searched rarely: pairs within cutoff + skin are
+    kept and filtered to the cutoff at each call; a new search happens only when some atom
+    has moved more than skin/2 since the last one (then no pair can have entered the cutoff
+    unseen), or the cell, periodicity or atoms changed. Gives exactly :func:`graph_arrays`.
+
+    Args:
+        cutoff, angular_cutoff: Å, as for :func:`graph_arrays`.  skin: Å.
+    """
+
+    def __init__(self, cutoff: float, angular_cutoff: float | None = None, skin: float = 1.0):
+        self.cutoff, self.angular_cutoff, self.skin = float(cutoff), angular_cutoff, float(skin)
+        self.searches = 0  # how many neighbour searches were made (for tests and logs)
+        self._reference = None  # (positions, cell, pbc, numbers) at the last search
+        self._pairs = None  # (i, j, shifts) within cutoff + skin
+
+    def _stale(self, positions, cell, pbc, numbers) -> bool:
+        if self._reference is None:
+            return True
+        old_positions, old_cell, old_pbc, old_numbers = self._reference
+        if (len(old_numbers) != len(numbers) or np.any(old_numbers != numbers)
+                or np.any(old_pbc != pbc) or not np.allclose(old_cell, cell, rtol=0, atol=1e-12)):
+            return True
+        moved = np.sqrt(((positions - old_positions) ** 2).sum(1)).max(initial=0.0)
+        return moved > self.skin / 2
+
+    def __call__(self, positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray,
+                 numbers: np.ndarray) -> dict[str, np.ndarray]:
+        """The graph of this structure (same arrays as :func:`graph_arrays`)."""
+        positions, cell = np.asarray(positions, dtype=np.float64), np.asarray(cell, np.float64)
+        pbc = np.asarray(pbc, dtype=bool)
+        if self._stale(positions, cell, pbc, numbers):
+            self._pairs = neighbor_pairs(positions, cell, pbc, self.cutoff + self.skin)
+            self._reference = (positions.copy(), cell.copy(), pbc.copy(), np.array(numbers))
+            self.searches += 1
+        i, j, shifts = self._pairs
+        box = cell if pbc.any() else np.zeros((3, 3))
+        distances = np.sqrt(((positions[j] - positions[i] + shifts @ box) ** 2).sum(1))
+        inside = distances < self.cutoff
+        i, j, shifts, distances = i[inside], j[inside], shifts[inside], distances[inside]
+        graph = {keys.EDGE_INDEX: np.stack([i, j]), keys.EDGE_SHIFT: shifts.astype(np.float64)}
+        if self.angular_cutoff is not None:
+            short = np.nonzero(distances < self.angular_cutoff)[0]
+            graph[keys.TRIPLETS] = short[triplets_from_edges(i[short], len(positions))]
+        return graph
+
+
 def edge_vectors(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """r_ij = r_j - r_i + S @ cell for every edge, (n_edges, 3) Å; differentiable."""
     i, j = batch[keys.EDGE_INDEX]

@@ -18,7 +18,7 @@ from torch import nn
 from mlpot import keys
 from mlpot.data.batch import collate
 from mlpot.data.records import Frame, check_elements
-from mlpot.neighbors import graph_arrays
+from mlpot.neighbors import SkinNeighborList, graph_arrays
 
 
 class Potential(nn.Module):
@@ -83,11 +83,18 @@ class Potential(nn.Module):
         return graph_arrays(frame.positions, frame.cell, frame.pbc, self.model.cutoff,
                             self.model.angular_cutoff)
 
-    def batch(self, frames: list[Frame], dtype=None) -> dict[str, torch.Tensor]:
-        """Collate frames (checking their elements) into a batch for this potential."""
+    def neighbor_list(self, skin: float = 1.0) -> SkinNeighborList:
+        """A neighbour list at this potential's cutoffs that is searched again only when
+        atoms moved more than ``skin``/2 Å (for MD)."""
+        return SkinNeighborList(self.model.cutoff, self.model.angular_cutoff, skin)
+
+    def batch(self, frames: list[Frame], dtype=None, graphs=None) -> dict[str, torch.Tensor]:
+        """Collate frames (checking their elements) into a batch for this potential;
+        ``graphs``: their neighbour graphs if already known (else searched here)."""
         check_elements(frames, self.elements)
         dtype = dtype or self.dtype
-        return collate(frames, [self.graph(f) for f in frames], dtype=dtype)
+        graphs = graphs if graphs is not None else [self.graph(f) for f in frames]
+        return collate(frames, graphs, dtype=dtype)
 
     @property
     def dtype(self) -> torch.dtype:

@@ -222,3 +222,42 @@ def test_cell_relaxation_with_ase_filter(copper_potential):
     # it was fitted to energies and forces of ±2 % strained cells, not to stress)
     np.testing.assert_allclose(lattices["model"][3:], 90.0, atol=0.1)
     np.testing.assert_allclose(lattices["model"][:3], lattices["emt"][:3], rtol=1e-2)
+
+
+@pytest.mark.parametrize("system", ["molecule", "cell"])
+def test_skin_neighbor_list_gives_the_same_md(copper_potential, potential, acac_frames, system):
+    """MD with the skin neighbour list (searched only when an atom moved > skin/2) follows
+    the same trajectory as a search at every step, with far fewer searches; a changed cell
+    triggers a new search."""
+    from ase import units
+    from ase.md.verlet import VelocityVerlet
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+
+    if system == "cell":
+        model, atoms = copper_potential[0], copper_potential[1].copy()
+    else:
+        model = potential
+        frame = acac_frames[0]
+        atoms = Atoms(numbers=frame.numbers, positions=frame.positions)
+    trajectories = {}
+    for skin in (0.0, 1.0):
+        copy = atoms.copy()
+        MaxwellBoltzmannDistribution(copy, temperature_K=300, rng=np.random.default_rng(3))
+        copy.calc = calculator = MlpotCalculator(model, skin=skin)
+        energies = []
+        dynamics = VelocityVerlet(copy, timestep=0.5 * units.fs)
+        dynamics.attach(lambda: energies.append(copy.get_potential_energy()), interval=1)
+        dynamics.run(60)
+        trajectories[skin] = (np.array(energies), copy.positions.copy(), calculator)
+    np.testing.assert_allclose(trajectories[1.0][0], trajectories[0.0][0], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(trajectories[1.0][1], trajectories[0.0][1], rtol=0, atol=1e-9)
+    neighbors = trajectories[1.0][2].neighbors
+    assert trajectories[0.0][2].neighbors is None
+    assert 1 <= neighbors.searches < 61 // 4, neighbors.searches  # 61 calls
+    if system == "cell":
+        searches = neighbors.searches
+        strained = copy.copy()
+        strained.set_cell(strained.cell * 1.01, scale_atoms=True)
+        strained.calc = trajectories[1.0][2]
+        strained.get_potential_energy()
+        assert neighbors.searches == searches + 1

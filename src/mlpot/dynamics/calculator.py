@@ -38,13 +38,15 @@ class MlpotCalculator(Calculator):
             folder records, else none).
         correction: dispersion correction description ({"kind": "d3", "functional": "pbe"})
             whose results are added (default: the one the model folder records, else none).
+        skin: Å; the neighbour list holds pairs within cutoff + skin and is searched again
+            only when an atom has moved more than skin/2 (0: search at every call).
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress",
                               "energy_std", "forces_std", "charges", "dipole"]
 
     def __init__(self, model, dtype: str = "float64", baseline=None, correction=None,
-                 **kwargs):
+                 skin: float = 1.0, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(model, torch.nn.Module):
             from mlpot.label.delta import baseline_engine
@@ -61,12 +63,16 @@ class MlpotCalculator(Calculator):
             self.correction = correction_calculator(correction)
         self.potential = model.to(getattr(torch, dtype)).eval()
         self.dtype = getattr(torch, dtype)
+        self.neighbors = self.potential.neighbor_list(skin) if skin > 0 else None
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         Calculator.calculate(self, atoms, properties, system_changes)
         frame = frame_from_atoms(self.atoms, source="<atoms>", index=0)
         frame.energy = frame.forces = frame.stress = None
-        batch = self.potential.batch([frame], dtype=self.dtype)
+        graphs = None
+        if self.neighbors is not None:
+            graphs = [self.neighbors(frame.positions, frame.cell, frame.pbc, frame.numbers)]
+        batch = self.potential.batch([frame], dtype=self.dtype, graphs=graphs)
         want_stress = "stress" in properties and bool(self.atoms.pbc.all())
         out = self.potential(batch, forces=True, stress=want_stress, create_graph=False)
         energy = float(out[keys.ENERGY][0].detach())

@@ -86,8 +86,11 @@ class Ensemble(nn.Module):
     def cutoff(self) -> float:
         return self.members[0].cutoff
 
-    def batch(self, frames, dtype=None) -> dict[str, torch.Tensor]:
-        return self.members[0].batch(frames, dtype=dtype)
+    def batch(self, frames, dtype=None, graphs=None) -> dict[str, torch.Tensor]:
+        return self.members[0].batch(frames, dtype=dtype, graphs=graphs)
+
+    def neighbor_list(self, skin: float = 1.0):
+        return self.members[0].neighbor_list(skin)
 
     def forward(self, batch: dict[str, torch.Tensor], forces: bool = True, stress: bool = False,
                 create_graph: bool | None = None) -> dict[str, torch.Tensor]:

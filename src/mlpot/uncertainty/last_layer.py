@@ -139,8 +139,11 @@ class LastLayerUncertainty(nn.Module):
     elements = property(lambda self: self.potential.elements)
     cutoff = property(lambda self: self.potential.cutoff)
 
-    def batch(self, frames, dtype=None) -> dict[str, torch.Tensor]:
-        return self.potential.batch(frames, dtype=dtype)
+    def batch(self, frames, dtype=None, graphs=None) -> dict[str, torch.Tensor]:
+        return self.potential.batch(frames, dtype=dtype, graphs=graphs)
+
+    def neighbor_list(self, skin: float = 1.0):
+        return self.potential.neighbor_list(skin)
 
     def forward(self, batch: dict[str, torch.Tensor], forces: bool = True, stress: bool = False,
                 create_graph: bool | None = None) -> dict[str, torch.Tensor]:
