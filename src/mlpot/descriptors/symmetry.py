@@ -94,6 +94,18 @@ class SymmetryFunctions(nn.Module):
         self.register_buffer("angular_eta", torch.tensor(angular[0], dtype=torch.float64))
         self.register_buffer("angular_zeta", torch.tensor(angular[1], dtype=torch.float64))
         self.register_buffer("angular_lambda", torch.tensor(angular[2], dtype=torch.float64))
+        # G4 = [radial factor of η] × [angular factor of (ζ, λ)]: each distinct factor is
+        # computed once per triplet, then the (η, ζ, λ) columns are their products
+        etas, eta_column = np.unique(np.asarray(angular[0], dtype=np.float64),
+                                     return_inverse=True)
+        shapes, shape_column = np.unique(np.stack([angular[1], angular[2]], 1).astype(np.float64)
+                                         .reshape(-1, 2), axis=0, return_inverse=True)
+        self.register_buffer("unique_eta", torch.tensor(etas), persistent=False)
+        self.register_buffer("unique_zeta", torch.tensor(shapes[:, 0]), persistent=False)
+        self.register_buffer("unique_lambda", torch.tensor(shapes[:, 1]), persistent=False)
+        self.register_buffer("eta_column", torch.as_tensor(eta_column.ravel()), persistent=False)
+        self.register_buffer("shape_column", torch.as_tensor(shape_column.ravel()),
+                             persistent=False)
         self.n_pairs = n_el * (n_el + 1) // 2
         self.n_radial = n_el * len(radial[0])
         self.n_features = self.n_radial + self.n_pairs * len(angular[0])
@@ -144,9 +156,9 @@ class SymmetryFunctions(nn.Module):
         center, neighbor = batch[keys.EDGE_INDEX]
         v_ij, v_ik, r_ij, r_ik = vectors[ij], vectors[ik], r[ij], r[ik]
         cos = (v_ij * v_ik).sum(-1) / (r_ij * r_ik)
-        eta = self.angular_eta.to(dtype)
-        zeta = self.angular_zeta.to(dtype)
-        lam = self.angular_lambda.to(dtype)
+        eta = self.unique_eta.to(dtype)
+        zeta = self.unique_zeta.to(dtype)
+        lam = self.unique_lambda.to(dtype)
         rc = self.angular_cutoff
         cut = self._cutoff(r_ij, rc) * self._cutoff(r_ik, rc)
         squares = r_ij**2 + r_ik**2
@@ -156,7 +168,9 @@ class SymmetryFunctions(nn.Module):
             squares = squares + r_jk**2
         # clamp: (1 + λcosθ) = 0 at θ = 0 or π would make the 2nd derivative of x^ζ NaN
         base = (1.0 + lam * cos[:, None]).clamp(min=1e-12)
-        g = (2.0 ** (1.0 - zeta)) * base**zeta * torch.exp(-eta * squares[:, None]) * cut[:, None]
+        shape = (2.0 ** (1.0 - zeta)) * base**zeta  # (n_triplets, distinct (ζ, λ))
+        radial = torch.exp(-eta * squares[:, None]) * cut[:, None]  # (n_triplets, distinct η)
+        g = radial[:, self.eta_column] * shape[:, self.shape_column]
         pair = self.pair_index[species[neighbor[ij]], species[neighbor[ik]]]
         angular = vectors.new_zeros(n_atoms * self.n_pairs, g.shape[1])
         angular = angular.index_add(0, center[ij] * self.n_pairs + pair, g)
