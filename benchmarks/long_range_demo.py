@@ -6,8 +6,9 @@ models on separations ≤ 6 Å plus the isolated fragments, with the same budget
 
 - local: the short-range model alone (5 Å cutoff): blind beyond its cutoff;
 - hybrid: the same plus the physics term (ions: learned charges + Coulomb, trained with
-  the reference dipoles, σ_μ = 0.002 e·Å: PySCF's dipoles are far more precise than that;
-  methane: learned-volume C6 dispersion).
+  the reference dipoles, σ_μ = 0.002 e·Å: PySCF's dipoles are far more precise than that,
+  and integer charges on fragments out of each other's reach, ``charge_neutrality:
+  fragments``; methane: learned-volume C6 dispersion).
 
 Then predict the interaction energy E(dimer) − Σ E(fragments) along the rigid scan
 (2–30 Å) and compare with the reference: relative error per distance, the largest one
@@ -40,7 +41,8 @@ def train(system: str, long_range: str, epochs: int, threads: int, seed: int) ->
         return out / "model"
     config = config_from_dict({
         "data": {"train": str(DATA / f"{system}_train.xyz"), "valid_fraction": 0.1},
-        "model": {"kind": "bpnn", "size": "medium", "cutoff": 5.0, "long_range": long_range},
+        "model": {"kind": "bpnn", "size": "medium", "cutoff": 5.0, "long_range": long_range,
+                  "charge_neutrality": "fragments"},
         "training": {"max_minutes": None, "max_epochs": epochs, "threads": threads,
                      "sigma_energy": 0.0005, "sigma_dipole": 0.002, "dtype": "float64"},
         "seed": seed, "out": str(out)})

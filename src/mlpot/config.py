@@ -103,6 +103,9 @@ class ModelConfig(Strict):
     # "dispersion" = damped C6/r⁶ with C6 scaled by learned effective volumes; "both"
     long_range: Literal["none", "coulomb", "dispersion", "both"] = "none"
     exclusion_radius: float | None = Field(None, gt=0)  # Å, default the cutoff
+    # learned charges sum to the structure's charge ("structure"), or to integers on each
+    # fragment out of the cutoff's reach of the others ("fragments"; mlpot.physics.charges)
+    charge_neutrality: Literal["structure", "fragments"] = "structure"
     dispersion_cutoff: float = Field(15.0, gt=0)  # Å, pair reach in periodic cells
     # standard DFT-D3(BJ)/D4 added by the calculator to a model of dispersion-free DFT labels
     # of functional xc_functional (mlpot.physics.correction); not part of the fit

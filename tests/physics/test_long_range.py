@@ -55,6 +55,63 @@ def test_total_charge_is_conserved_exactly(acac_frames):
 
 @pytest.mark.parametrize("name, madelung, nearest", [
     ("NaCl", 1.747565, lambda a: a / 2), ("CsCl", 1.762675, lambda a: a * np.sqrt(3) / 2)])
+def _water_and_ion(distance: float, ion: int = 11) -> Frame:
+    water = np.array([[0.0, 0.0, 0.0], [0.76, 0.0, -0.59], [-0.76, 0.0, -0.59]])
+    return Frame(numbers=np.array([8, 1, 1, ion]),
+                 positions=np.vstack([water, [[0.0, 0.0, distance]]]), cell=np.zeros((3, 3)),
+                 pbc=np.zeros(3, dtype=bool))
+
+
+def test_fragment_neutrality_keeps_separated_fragments_integer():
+    """neutrality="fragments": an ion beyond the cutoff of a water molecule carries exactly
+    its integer charge and the water exactly the charges it has alone (no fractional charge
+    transfer at a distance), for totals +1, −1 and +2; a connected structure is neutralised
+    as with "structure"; a fractional total stays one group."""
+    from mlpot.physics.charges import ChargeHead
+
+    torch.manual_seed(0)
+    heads = {}
+    for neutrality in ("structure", "fragments"):
+        torch.manual_seed(0)
+        heads[neutrality] = head = ChargeHead([1, 8, 11], cutoff=4.0,
+                                              neutrality=neutrality).double()
+        with torch.no_grad():
+            for parameter in head.parameters():
+                parameter.normal_(0, 0.2)
+
+    def charges(frame, neutrality):
+        batch = collate([frame], [graph_arrays(frame.positions, frame.cell, frame.pbc, 4.0)],
+                        dtype=torch.float64)
+        return heads[neutrality](batch).detach().numpy()
+
+    water = _water_and_ion(10.0)
+    alone = Frame(numbers=water.numbers[:3], positions=water.positions[:3], cell=water.cell,
+                  pbc=water.pbc)
+    water_alone = charges(alone, "fragments")
+    neutral_water = 0
+    for total in (1.0, -1.0, 2.0):
+        far = _water_and_ion(12.0)
+        far.charge = total
+        q = charges(far, "fragments")
+        assert q[:3].sum() + q[3] == pytest.approx(total, abs=1e-12)
+        # the ion's rounded raw charge plus what the largest remainder hands out
+        assert q[3] == pytest.approx(round(q[3]), abs=1e-12)
+        assert q[:3].sum() == pytest.approx(round(q[:3].sum()), abs=1e-12)
+        if q[:3].sum() == pytest.approx(0, abs=1e-12):
+            np.testing.assert_allclose(q[:3], water_alone, rtol=0, atol=1e-12)
+            neutral_water += 1
+    assert neutral_water >= 1
+    near = _water_and_ion(2.5)
+    near.charge = 1.0
+    np.testing.assert_allclose(charges(near, "fragments"), charges(near, "structure"),
+                               rtol=0, atol=1e-12)
+    half = _water_and_ion(12.0)
+    half.charge = 0.5
+    assert charges(half, "fragments").sum() == pytest.approx(0.5, abs=1e-12)
+    structure_wide = charges(far, "structure")  # the old scheme: a fraction moves 12 Å
+    assert abs(structure_wide[3] - round(structure_wide[3])) > 1e-3
+
+
 def test_madelung_constants(name, madelung, nearest):
     a = 5.64 if name == "NaCl" else 4.12
     crystal = bulk(name, "rocksalt" if name == "NaCl" else "cesiumchloride", a=a)

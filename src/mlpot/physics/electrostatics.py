@@ -23,13 +23,15 @@ class Electrostatics(nn.Module):
         exclusion_radius: Å (default: ``cutoff``).  real_cutoff: Ewald real space, Å.
         n_radial, hidden: size of the charge network.
         pme_from: cells with at least this many atoms use PME instead of Ewald.
+        neutrality: "structure" or "fragments" (:mod:`mlpot.physics.charges`).
     """
 
     def __init__(self, elements, cutoff: float, exclusion_radius: float | None = None,
                  real_cutoff: float = 10.0, n_radial: int = 8, hidden: int = 16,
-                 pme_from: int = 400):
+                 pme_from: int = 400, neutrality: str = "structure"):
         super().__init__()
-        self.charge_head = ChargeHead(elements, cutoff, n_radial=n_radial, hidden=hidden)
+        self.charge_head = ChargeHead(elements, cutoff, n_radial=n_radial, hidden=hidden,
+                                      neutrality=neutrality)
         self.coulomb = Coulomb(cutoff if exclusion_radius is None else exclusion_radius,
                                real_cutoff=real_cutoff, pme_from=pme_from)
 
@@ -38,7 +40,8 @@ class Electrostatics(nn.Module):
         return dict(elements=head["elements"], cutoff=head["cutoff"],
                     exclusion_radius=self.coulomb.exclusion_radius,
                     real_cutoff=self.coulomb.real_cutoff, n_radial=head["n_radial"],
-                    hidden=head["hidden"], pme_from=self.coulomb.pme_from)
+                    hidden=head["hidden"], pme_from=self.coulomb.pme_from,
+                    neutrality=self.charge_head.neutrality)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``keys.CHARGES`` (n_atoms,) e, per-atom Coulomb energies ``"atomic"`` (n_atoms,)
