@@ -63,10 +63,11 @@ def _water_and_ion(distance: float, ion: int = 11) -> Frame:
 
 
 def test_fragment_neutrality_keeps_separated_fragments_integer():
-    """neutrality="fragments": an ion beyond the cutoff of a water molecule carries exactly
-    its integer charge and the water exactly the charges it has alone (no fractional charge
-    transfer at a distance), for totals +1, −1 and +2; a connected structure is neutralised
-    as with "structure"; a fractional total stays one group."""
+    """neutrality="fragments" (predictions): an ion beyond the cutoff of a water molecule
+    carries exactly its integer charge and the water exactly the charges it has alone (no
+    fractional charge transfer at a distance), for totals +1, −1 and +2; a connected
+    structure is neutralised as with "structure"; a fractional total stays one group; in
+    training mode the structure-wide shift applies."""
     from mlpot.physics.charges import ChargeHead
 
     torch.manual_seed(0)
@@ -74,7 +75,7 @@ def test_fragment_neutrality_keeps_separated_fragments_integer():
     for neutrality in ("structure", "fragments"):
         torch.manual_seed(0)
         heads[neutrality] = head = ChargeHead([1, 8, 11], cutoff=4.0,
-                                              neutrality=neutrality).double()
+                                              neutrality=neutrality).double().eval()
         with torch.no_grad():
             for parameter in head.parameters():
                 parameter.normal_(0, 0.2)
@@ -108,6 +109,8 @@ def test_fragment_neutrality_keeps_separated_fragments_integer():
     half = _water_and_ion(12.0)
     half.charge = 0.5
     assert charges(half, "fragments").sum() == pytest.approx(0.5, abs=1e-12)
+    heads["fragments"].train()  # training: structure-wide (the raw charges get gradients)
+    np.testing.assert_allclose(charges(far, "fragments"), charges(far, "structure"), atol=1e-12)
     structure_wide = charges(far, "structure")  # the old scheme: a fraction moves 12 Å
     assert abs(structure_wide[3] - round(structure_wide[3])) > 1e-3
 

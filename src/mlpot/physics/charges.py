@@ -11,15 +11,18 @@ so Σ_i q_i = Q exactly for any input (float rounding aside). The network is tra
 the Coulomb energy it produces (from energies and forces alone), and by reference dipoles
 or atomic charges where the data has them.
 
-With ``neutrality="fragments"`` the same shift is made within each fragment (connected
-component of the neighbour graph at the cutoff) to an integer fragment charge Q_c: the
-rounded raw sum of the fragment, the rounding corrected (largest remainders) so that
-Σ_c Q_c = Q. Fragments too far apart to see each other then cannot exchange a fraction of
-an electron (the failure of any structure-wide scheme, Qeq included, for separated
-molecules and ions); a single fragment (any molecule, any condensed phase) is neutralised
-exactly as before. The price: when two fragments come within the cutoff the charges switch
-from per-fragment to joint neutralisation, a jump as large as the fragments' raw sums are
-far from integers.
+With ``neutrality="fragments"`` predictions (eval mode) make the same shift within each
+fragment (connected component of the neighbour graph at the cutoff) to an integer fragment
+charge Q_c: the rounded raw sum of the fragment, the rounding corrected (largest remainders)
+so that Σ_c Q_c = Q. Fragments too far apart to see each other then cannot exchange a
+fraction of an electron (the failure of any structure-wide scheme, Qeq included, for
+separated molecules and ions); a single fragment (any molecule, any condensed phase) is
+neutralised exactly as before. Training keeps the structure-wide shift: a fragment's
+integer charge does not depend on its raw charges, so it would pass no gradient to them,
+while the structure-wide shift teaches the raw sums of separated fragments (through
+dipoles, energies and forces) to lie near the integers the rounding then picks. The price:
+when two fragments come within the cutoff the charges switch from per-fragment to joint
+neutralisation, a jump as large as the fragments' raw sums are far from integers.
 """
 
 from __future__ import annotations
@@ -49,7 +52,9 @@ class ChargeHead(ElementHead):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Charges (n_atoms,), e."""
         raw = self.raw_outputs(batch)
-        groups = fragment_charges(raw[:, 0], batch) if self.neutrality == "fragments" else None
+        groups = None
+        if self.neutrality == "fragments" and not self.training:
+            groups = fragment_charges(raw[:, 0], batch)
         return conserve_charge(raw[:, 0], functional.softplus(raw[:, 1]) + 1e-3, batch, groups)
 
 
