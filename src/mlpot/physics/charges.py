@@ -11,18 +11,19 @@ so Σ_i q_i = Q exactly for any input (float rounding aside). The network is tra
 the Coulomb energy it produces (from energies and forces alone), and by reference dipoles
 or atomic charges where the data has them.
 
-With ``neutrality="fragments"`` predictions (eval mode) make the same shift within each
-fragment (connected component of the neighbour graph at the cutoff) to an integer fragment
-charge Q_c: the rounded raw sum of the fragment, the rounding corrected (largest remainders)
-so that Σ_c Q_c = Q. Fragments too far apart to see each other then cannot exchange a
-fraction of an electron (the failure of any structure-wide scheme, Qeq included, for
-separated molecules and ions); a single fragment (any molecule, any condensed phase) is
-neutralised exactly as before. Training keeps the structure-wide shift: a fragment's
-integer charge does not depend on its raw charges, so it would pass no gradient to them,
-while the structure-wide shift teaches the raw sums of separated fragments (through
-dipoles, energies and forces) to lie near the integers the rounding then picks. The price:
-when two fragments come within the cutoff the charges switch from per-fragment to joint
-neutralisation, a jump as large as the fragments' raw sums are far from integers.
+With ``neutrality="fragments"`` predictions (eval mode) then shift the charges once more,
+within each fragment (connected component of the neighbour graph at the cutoff), to an
+integer fragment charge Q_c: the rounded sum of the fragment's structure-wide charges, the
+rounding corrected (largest remainders) so that Σ_c Q_c = Q. Fragments too far apart to
+see each other then cannot exchange a fraction of an electron (the failure of any
+structure-wide scheme, Qeq included, for separated molecules and ions), and each carries
+exactly the charges it has alone; a single fragment (any molecule, any condensed phase) is
+unchanged. Training keeps the structure-wide charges: a fragment's integer charge does not
+depend on the network, so it would pass no gradient to it, while the structure-wide charges
+learn (through dipoles, energies and forces) what each separated fragment carries, which
+the rounding then makes exact. The price: when two fragments come within the cutoff the
+charges switch from per-fragment to joint neutralisation, a jump as large as the fragments'
+structure-wide sums are far from integers.
 """
 
 from __future__ import annotations
@@ -52,10 +53,12 @@ class ChargeHead(ElementHead):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Charges (n_atoms,), e."""
         raw = self.raw_outputs(batch)
-        groups = None
+        weights = functional.softplus(raw[:, 1]) + 1e-3
+        charges = conserve_charge(raw[:, 0], weights, batch)
         if self.neutrality == "fragments" and not self.training:
-            groups = fragment_charges(raw[:, 0], batch)
-        return conserve_charge(raw[:, 0], functional.softplus(raw[:, 1]) + 1e-3, batch, groups)
+            charges = conserve_charge(charges, weights, batch,
+                                      fragment_charges(charges, batch))
+        return charges
 
 
 def conserve_charge(raw: torch.Tensor, weights: torch.Tensor, batch: dict[str, torch.Tensor],
@@ -77,9 +80,9 @@ def conserve_charge(raw: torch.Tensor, weights: torch.Tensor, batch: dict[str, t
 
 def fragment_charges(raw: torch.Tensor, batch: dict[str, torch.Tensor]):
     """(fragment of each atom, integer charge of each fragment): connected components of
-    the batch's neighbour graph; each fragment gets its rounded raw charge, the roundings
-    corrected by largest remainders to sum to the structure's charge. Structures whose
-    charge is not an integer stay one group."""
+    the batch's neighbour graph; each fragment gets the rounded sum of ``raw`` over it, the
+    roundings corrected by largest remainders to sum to the structure's charge. Structures
+    whose charge is not an integer stay one group."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
