@@ -67,7 +67,10 @@ def interaction_curve(model_dir: Path | None, frames) -> tuple[np.ndarray, np.nd
     energies = np.array(energies)
     fragment = np.array([atoms.info["config_type"] == "fragment" for atoms in frames])
     distances = np.array([atoms.info["distance"] for atoms in frames])[~fragment]
-    return distances, energies[~fragment] - energies[fragment].sum()
+    # the fragments' energies, as often as they make up a dimer (one methane stands for two)
+    copies = len(frames[int(np.argmin(fragment))]) / sum(
+        len(atoms) for atoms, is_fragment in zip(frames, fragment) if is_fragment)
+    return distances, energies[~fragment] - copies * energies[fragment].sum()
 
 
 def plot(system: str, distances, curves: dict, path: Path) -> None:
