@@ -1,0 +1,68 @@
+"""Training with stress on periodic cells: a bpnn fitted to ASE EMT energies, forces and
+stresses of rattled, strained, sheared Cu–Al cells (small cells, many images) reproduces
+EMT's stress on held-out cells, and its stress is the strain derivative of its energy."""
+
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.calculators.emt import EMT
+from ase.io import write
+
+
+def _emt_cells(n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    cells = []
+    for k in range(n):
+        atoms = bulk("Cu", "fcc", a=3.7, cubic=True)  # 4 atoms: every neighbour is an image
+        atoms.numbers[rng.choice(4, size=rng.integers(0, 3), replace=False)] = 13
+        strain = np.eye(3) + rng.uniform(-0.04, 0.04, (3, 3))
+        atoms.set_cell(atoms.cell.array @ (strain + strain.T) / 2, scale_atoms=True)
+        atoms.rattle(0.05, seed=seed * 1000 + k)
+        atoms.calc = EMT()
+        atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()
+        cells.append(atoms)
+    return cells
+
+
+@pytest.mark.slow
+def test_stress_trained_model_reproduces_emt_stress(tmp_path):
+    from mlpot.config import config_from_dict
+    from mlpot.dynamics.calculator import MlpotCalculator
+    from mlpot.train.run import run_training
+
+    write(tmp_path / "train.xyz", _emt_cells(60, 1))
+    test = _emt_cells(15, 2)
+    errors = {}
+    for epochs in (1, 150):
+        config = config_from_dict({
+            "data": {"train": str(tmp_path / "train.xyz"), "valid_fraction": 0.15},
+            "model": {"kind": "bpnn", "size": "small", "cutoff": 4.5},
+            "training": {"max_epochs": epochs, "max_minutes": None, "threads": 1,
+                         "sigma_stress": 0.002, "learning_rate": 3e-3},
+            "out": str(tmp_path / f"run{epochs}")})
+        run_training(config, progress=False)
+        calculator = MlpotCalculator(str(tmp_path / f"run{epochs}" / "model"))
+        predicted, reference = [], []
+        for atoms in test:
+            copy = atoms.copy()
+            copy.calc = calculator
+            predicted.append(copy.get_stress())
+            reference.append(atoms.get_stress())
+        errors[epochs] = np.sqrt(np.mean((np.array(predicted) - np.array(reference)) ** 2))
+    spread = np.sqrt(np.mean(np.array(reference) ** 2))
+    assert errors[150] < 0.25 * spread, (errors, spread)
+    assert errors[150] < 0.5 * errors[1], errors
+    # the trained model's stress is its energy's strain derivative (finite differences)
+    atoms = test[0].copy()
+    atoms.calc = calculator
+    step, cell, volume = 1e-5, atoms.cell.array.copy(), atoms.get_volume()
+    energies = []
+    for sign in (1, -1):
+        strain = np.eye(3)
+        strain[0, 1] = strain[1, 0] = sign * step
+        moved = atoms.copy()
+        moved.set_cell(cell @ strain, scale_atoms=True)
+        moved.calc = calculator
+        energies.append(moved.get_potential_energy())
+    numeric = (energies[0] - energies[1]) / (2 * step) / volume / 2
+    assert atoms.get_stress(voigt=False)[0, 1] == pytest.approx(numeric, abs=1e-6)
