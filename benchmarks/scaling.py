@@ -7,6 +7,7 @@ slightly moved positions (as in MD), median of ``--repeats`` steps after one war
 
     python benchmarks/scaling.py [--sides 2 3 5 8 12 17] [--angular-cutoff 3.5]
         [--dtype float32] [--out benchmarks/results/scaling.json]
+    python benchmarks/scaling.py --plot docs/scaling_water.png RESULT.json [RESULT.json ...]
 """
 
 from __future__ import annotations
@@ -54,6 +55,31 @@ def one_size(side: int, size: str, angular_cutoff: float | None, dtype: str, rep
             "peak_rss_MiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+def plot(path: Path, results: list[Path]) -> None:
+    """µs per atom-step and peak memory against atoms, one line per result file."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for result in results:
+        data = json.loads(result.read_text())
+        rows, settings = data["rows"], data["settings"]
+        label = (f"angular cutoff {settings.get('angular_cutoff') or 5.0} Å, "
+                 f"{settings['dtype']}, {settings['threads']} thread(s)")
+        n = [row["n_atoms"] for row in rows]
+        left.loglog(n, [row["us_per_atom_step"] for row in rows], "o-", label=label)
+        right.loglog(n, [row["peak_rss_MiB"] for row in rows], "o-", label=label)
+    left.set_ylabel("µs per atom per MD step")
+    right.set_ylabel("peak resident memory (MiB)")
+    for axis in (left, right):
+        axis.set_xlabel("atoms (periodic water)")
+    left.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sides", type=int, nargs="+", default=[2, 3, 5, 8, 12, 17])
@@ -64,7 +90,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a subprocess's size
+    parser.add_argument("--plot", type=Path, help="write this PNG from the result files given")
+    parser.add_argument("results", type=Path, nargs="*")
     args = parser.parse_args()
+    if args.plot:
+        plot(args.plot, args.results)
+        return
     if args.one is not None:
         print(json.dumps(one_size(args.one, args.size, args.angular_cutoff, args.dtype,
                                   args.repeats, args.threads)))
@@ -88,7 +119,8 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"settings": {k: v for k, v in vars(args).items()
-                                                     if k not in ("out", "one")},
+                                                     if k not in ("out", "one", "plot",
+                                                                  "results")},
                                         "rows": rows}, indent=1))
 
 
