@@ -1,4 +1,4 @@
-"""Command line: ``mlpot train|eval|md|label|learn|report``. It parses arguments and calls the library;
+"""Command line: ``mlpot train|eval|md|label|learn|report|data``. It parses arguments and calls the library;
 nothing more."""
 
 from __future__ import annotations
@@ -209,6 +209,19 @@ def _learn(args) -> int:
     return 0
 
 
+def _data_convert(args) -> int:
+    from mlpot.data.ondisk import convert, print_progress
+
+    *inputs, out = args.paths
+    if not inputs:
+        raise MlpotError("give at least one input file and the output OUT.h5")
+    summary = convert(inputs, out, energy_key=args.energy_key, forces_key=args.forces_key,
+                      db_select=args.db_select, progress=print_progress(args.progress_every))
+    print(f"{summary['path']}: {summary['frames']} frames ({summary['atoms']} atoms), "
+          f"{summary['bytes'] / 2**20:.1f} MiB")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="mlpot", description=__doc__)
     commands = top.add_subparsers(dest="command", required=True)
@@ -317,6 +330,21 @@ def parser() -> argparse.ArgumentParser:
     ledger.add_argument("--model", help="a model folder: its cost per prediction and speed-up")
     ledger.add_argument("--json", action="store_true")
     ledger.set_defaults(run=_report)
+
+    data = commands.add_parser("data", help="data sets: convert to mlpot's on-disk format")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    convert = data_commands.add_parser(
+        "convert", help="extxyz / ASE db / npz files → one HDF5 file that training streams "
+                        "from (data larger than memory)")
+    convert.add_argument("paths", nargs="+", metavar="IN [IN ...] OUT.h5",
+                         help="input files (read, validated and written frame by frame), "
+                              "then the output (.h5 or .hdf5)")
+    convert.add_argument("--energy-key", default="energy")
+    convert.add_argument("--forces-key", default="forces")
+    convert.add_argument("--db-select", help="ASE databases: an ase.db query choosing rows")
+    convert.add_argument("--progress-every", type=int, default=10_000, metavar="N",
+                         help="a progress line on stderr every N frames")
+    convert.set_defaults(run=_data_convert)
     return top
 
 

@@ -282,10 +282,14 @@ def test_e0_least_squares_equals_numpy(tmp_path):
     solution = np.linalg.lstsq(counts, energies, rcond=None)[0]
     assert [e0[s] for s in order] == pytest.approx(solution, rel=1e-10)
     assert [e0[s] for s in order] == pytest.approx([true_e0[s] for s in order], abs=1.0)
-    # isolated atoms covering only some elements fall back to the fit
+    # isolated atoms covering only some elements: those kept, the others fitted to the rest
     h_atom = frames[0].__class__(numbers=np.array([1]), positions=np.zeros((1, 3)),
                                  cell=np.zeros((3, 3)), pbc=np.zeros(3, bool), energy=-13.0)
-    assert reference_energies(frames, elements, [h_atom])[1] == "least-squares fit"
+    partial, source = reference_energies(frames, elements, [h_atom])
+    assert source == "isolated atoms (H) and a least-squares fit (C, N, O)"
+    assert partial["H"] == -13.0
+    rest = np.linalg.lstsq(counts[:, 1:], energies - counts[:, 0] * -13.0, rcond=None)[0]
+    assert [partial[s] for s in order[1:]] == pytest.approx(rest, rel=1e-10)
     assert fit_reference_energies(frames, elements) == pytest.approx(e0)
 
 

@@ -53,8 +53,6 @@ def test_total_charge_is_conserved_exactly(acac_frames):
         frame.charge = 0.0
 
 
-@pytest.mark.parametrize("name, madelung, nearest", [
-    ("NaCl", 1.747565, lambda a: a / 2), ("CsCl", 1.762675, lambda a: a * np.sqrt(3) / 2)])
 def _water_and_ion(distance: float, ion: int = 11) -> Frame:
     water = np.array([[0.0, 0.0, 0.0], [0.76, 0.0, -0.59], [-0.76, 0.0, -0.59]])
     return Frame(numbers=np.array([8, 1, 1, ion]),
@@ -116,6 +114,8 @@ def test_fragment_neutrality_keeps_separated_fragments_integer():
     assert abs(structure_wide[3] - round(structure_wide[3])) > 1e-3
 
 
+@pytest.mark.parametrize("name, madelung, nearest", [
+    ("NaCl", 1.747565, lambda a: a / 2), ("CsCl", 1.762675, lambda a: a * np.sqrt(3) / 2)])
 def test_madelung_constants(name, madelung, nearest):
     a = 5.64 if name == "NaCl" else 4.12
     crystal = bulk(name, "rocksalt" if name == "NaCl" else "cesiumchloride", a=a)

@@ -2,38 +2,52 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
 from mlpot import keys
+from mlpot.data.lazy import is_lazy
 from mlpot.data.records import Frame
 from mlpot.neighbors import graph_arrays
 
 
 class GraphCache:
-    """Neighbour graphs of frames, computed once per frame for a fixed cutoff.
+    """Neighbour graphs of frames for a fixed cutoff, collated into batches.
 
-    Training data never moves, so its edges and triplets are computed a single time.
+    Frames in memory never move, so their edges and triplets are computed once and kept.
+    Frames on disk (:mod:`mlpot.data.ondisk`) are read and their graphs computed per batch,
+    and nothing is kept: memory does not grow with the data set.
     """
 
-    def __init__(self, frames: list[Frame], cutoff: float, angular_cutoff: float | None = None):
+    def __init__(self, frames: Sequence[Frame], cutoff: float,
+                 angular_cutoff: float | None = None):
         self.frames = frames
         self.cutoff = cutoff
         self.angular_cutoff = angular_cutoff
-        self._graphs: list[dict | None] = [None] * len(frames)
+        self.lazy = is_lazy(frames)
+        self._graphs: list[dict | None] = [] if self.lazy else [None] * len(frames)
 
     def __len__(self) -> int:
         return len(self.frames)
 
+    def _compute(self, frame: Frame) -> dict[str, np.ndarray]:
+        return graph_arrays(frame.positions, frame.cell, frame.pbc, self.cutoff,
+                            self.angular_cutoff)
+
     def graph(self, index: int) -> dict[str, np.ndarray]:
+        if self.lazy:
+            return self._compute(self.frames[index])
         if self._graphs[index] is None:
-            frame = self.frames[index]
-            self._graphs[index] = graph_arrays(frame.positions, frame.cell, frame.pbc,
-                                               self.cutoff, self.angular_cutoff)
+            self._graphs[index] = self._compute(self.frames[index])
         return self._graphs[index]
 
     def batch(self, indices, dtype=torch.float64) -> dict[str, torch.Tensor]:
         """Collate the frames at ``indices`` into one batch."""
+        if self.lazy:  # one read per column for the whole batch
+            frames = self.frames.frames_at(list(indices))
+            return collate(frames, [self._compute(f) for f in frames], dtype=dtype)
         return collate([self.frames[k] for k in indices], [self.graph(k) for k in indices],
                        dtype=dtype)
 

@@ -1,12 +1,15 @@
-"""Reading and validating reference structures (extxyz, ASE database, rMD17 npz).
+"""Reading and validating reference structures (extxyz, ASE database, rMD17 npz, mlpot HDF5).
 
-Every reader returns a list of :class:`Frame` in ASE units (Å, eV, eV/Å). Problems
-are reported as :class:`~mlpot.errors.DataError` naming the file, frame and field.
+Every reader returns a list of :class:`Frame` in ASE units (Å, eV, eV/Å) — except for
+mlpot's on-disk HDF5 files, read lazily as a :class:`~mlpot.data.ondisk.HDF5Frames`
+sequence. :func:`iter_frames` streams validated frames one at a time (for conversion).
+Problems are reported as :class:`~mlpot.errors.DataError` naming the file, frame and field.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,7 @@ from mlpot.errors import DataError
 MIN_DISTANCE = 0.1  # Å; closer atoms are taken as a broken structure
 KCAL_PER_MOL = units.kcal / units.mol  # eV per (kcal/mol)
 ISOLATED_ATOM_TYPES = {"isolatedatom", "isolated_atom"}
+HDF5_SUFFIXES = (".h5", ".hdf5")  # mlpot's on-disk format (mlpot.data.ondisk)
 
 
 @dataclasses.dataclass
@@ -106,49 +110,55 @@ def frame_from_atoms(atoms: Atoms, *, source: str, index: int, energy_key: str =
     )
 
 
-def _read_ase_file(path: Path, fmt: str | None, **keys) -> list[Frame]:
+def _iter_ase_file(path: Path, fmt: str | None, **keys) -> Iterator[Frame]:
     from ase.io import iread
 
-    frames = []
+    index = 0  # frames read so far: where a parse error is
     try:
-        for index, atoms in enumerate(iread(str(path), index=":", format=fmt)):
-            frames.append(frame_from_atoms(atoms, source=str(path), index=index, **keys))
+        for atoms in iread(str(path), index=":", format=fmt):
+            frame = frame_from_atoms(atoms, source=str(path), index=index, **keys)
+            index += 1
+            yield frame
     except DataError:
         raise
     except Exception as error:  # ASE raises many kinds on malformed input
         raise DataError(f"cannot parse ({type(error).__name__}: {error})", source=str(path),
-                        frame=len(frames)) from error
-    return frames
+                        frame=index) from error
 
 
-def _read_ase_db(path: Path, select: str | None = None, **keys) -> list[Frame]:
+def _iter_ase_db(path: Path, select: str | None = None, **keys) -> Iterator[Frame]:
     import ase.db
 
-    frames = []
     with ase.db.connect(str(path)) as db:
         try:
-            rows = list(db.select(select) if select else db.select())
+            rows = db.select(select) if select else db.select()
+            row = next(rows, None)
         except Exception as error:  # ASE raises ValueError/KeyError/SyntaxError on bad queries
             raise DataError(f"database selection {select!r} failed ({error})",
                             source=str(path), field="db_select") from error
-        for index, row in enumerate(rows):
-            if row.get("failed"):  # a label stored as failed by `mlpot label`: no energy
-                continue
-            atoms = row.toatoms(add_additional_information=True)
-            info = dict(row.key_value_pairs)
-            info.update(row.data or {})
-            for key in (keys.get("energy_key", "energy"),):
-                if key in info:
-                    atoms.info[key] = info[key]
-            forces_key = keys.get("forces_key", "forces")
-            if forces_key in info:
-                atoms.arrays[forces_key] = np.asarray(info[forces_key])
-            atoms.info.update({k: v for k, v in info.items() if k in ("charge", "config_type")})
-            frames.append(frame_from_atoms(atoms, source=str(path), index=index, **keys))
-    return frames
+        index = 0
+        while row is not None:
+            if not row.get("failed"):  # a label stored as failed by `mlpot label`: no energy
+                yield _frame_from_row(row, path, index, **keys)
+            index += 1
+            row = next(rows, None)
 
 
-def _read_npz(path: Path) -> list[Frame]:
+def _frame_from_row(row, path: Path, index: int, **keys) -> Frame:
+    atoms = row.toatoms(add_additional_information=True)
+    info = dict(row.key_value_pairs)
+    info.update(row.data or {})
+    for key in (keys.get("energy_key", "energy"),):
+        if key in info:
+            atoms.info[key] = info[key]
+    forces_key = keys.get("forces_key", "forces")
+    if forces_key in info:
+        atoms.arrays[forces_key] = np.asarray(info[forces_key])
+    atoms.info.update({k: v for k, v in info.items() if k in ("charge", "config_type")})
+    return frame_from_atoms(atoms, source=str(path), index=index, **keys)
+
+
+def _iter_npz(path: Path) -> Iterator[Frame]:
     """rMD17-style npz: nuclear_charges, coords (Å), energies (kcal/mol), forces (kcal/mol/Å)."""
     with np.load(path) as data:
         missing = [k for k in ("nuclear_charges", "coords", "energies") if k not in data]
@@ -160,35 +170,49 @@ def _read_npz(path: Path) -> list[Frame]:
         energies = np.asarray(data["energies"], dtype=np.float64) * KCAL_PER_MOL
         forces = (np.asarray(data["forces"], dtype=np.float64) * KCAL_PER_MOL
                   if "forces" in data else None)
-    return [
-        Frame(numbers=numbers.copy(), positions=coords[i], cell=np.zeros((3, 3)),
-              pbc=np.zeros(3, dtype=bool), energy=float(energies[i]),
-              forces=None if forces is None else forces[i], source=str(path), index=i)
-        for i in range(len(coords))
-    ]
+    for i in range(len(coords)):
+        yield Frame(numbers=numbers.copy(), positions=coords[i], cell=np.zeros((3, 3)),
+                    pbc=np.zeros(3, dtype=bool), energy=float(energies[i]),
+                    forces=None if forces is None else forces[i], source=str(path), index=i)
+
+
+def _iter_raw(path: Path, db_select: str | None, **keys) -> Iterator[Frame]:
+    """Unvalidated frames of an extxyz/xyz file, ASE database or rMD17 npz, in file order."""
+    if not path.exists():
+        raise DataError("file does not exist", source=str(path))
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        return _iter_npz(path)
+    if suffix in (".db", ".sqlite"):
+        return _iter_ase_db(path, db_select, **keys)
+    return _iter_ase_file(path, "extxyz" if suffix in (".xyz", ".extxyz") else None, **keys)
 
 
 def read_frames(path: str | Path, *, energy_key: str = "energy", forces_key: str = "forces",
                 stress_key: str = "stress", require_energy: bool = True,
-                validate: bool = True, db_select: str | None = None) -> list[Frame]:
+                validate: bool = True, db_select: str | None = None) -> Sequence[Frame]:
     """Read every frame of an extxyz/xyz file, an ASE database (.db) or an rMD17 .npz.
 
     ``energy_key``/``forces_key`` name the info/arrays entries holding labels (e.g.
     ``REF_energy``); ``energy``/``forces`` are also found on an attached calculator.
     ``db_select`` (ASE databases only) is an ase.db query choosing the rows; rows that
     `mlpot label` stored as failed are skipped.
+
+    An mlpot HDF5 file (``.h5``/``.hdf5``, written by ``mlpot data convert``) is not read
+    into memory: the result is a lazy :class:`~mlpot.data.ondisk.HDF5Frames`. Its frames
+    were validated when converted, and its labels chosen then (the keys are ignored here);
+    with ``require_energy`` only the energy column is checked.
     """
     path = Path(path)
-    if not path.exists():
-        raise DataError("file does not exist", source=str(path))
+    if path.suffix.lower() in HDF5_SUFFIXES:
+        from mlpot.data.ondisk import HDF5Frames
+
+        frames = HDF5Frames(path)
+        if require_energy:
+            frames.check_energies(field=energy_key)
+        return frames
     keys = dict(energy_key=energy_key, forces_key=forces_key, stress_key=stress_key)
-    suffix = path.suffix.lower()
-    if suffix == ".npz":
-        frames = _read_npz(path)
-    elif suffix in (".db", ".sqlite"):
-        frames = _read_ase_db(path, db_select, **keys)
-    else:
-        frames = _read_ase_file(path, "extxyz" if suffix in (".xyz", ".extxyz") else None, **keys)
+    frames = list(_iter_raw(path, db_select, **keys))
     if not frames:
         raise DataError("contains no structures", source=str(path))
     if validate:
@@ -196,6 +220,26 @@ def read_frames(path: str | Path, *, energy_key: str = "energy", forces_key: str
             validate_frame(frame, require_energy=require_energy, energy_key=energy_key,
                            forces_key=forces_key)
     return frames
+
+
+def iter_frames(path: str | Path, *, energy_key: str = "energy", forces_key: str = "forces",
+                stress_key: str = "stress", require_energy: bool = True,
+                db_select: str | None = None) -> Iterator[Frame]:
+    """The frames :func:`read_frames` reads (extxyz, ASE db, npz), validated and yielded one
+    at a time, so that a file larger than memory can be converted."""
+    path = Path(path)
+    if path.suffix.lower() in HDF5_SUFFIXES:  # already validated when it was written
+        yield from read_frames(path, require_energy=require_energy, energy_key=energy_key)
+        return
+    keys = dict(energy_key=energy_key, forces_key=forces_key, stress_key=stress_key)
+    count = 0
+    for frame in _iter_raw(path, db_select, **keys):
+        validate_frame(frame, require_energy=require_energy, energy_key=energy_key,
+                       forces_key=forces_key)
+        count += 1
+        yield frame
+    if not count:
+        raise DataError("contains no structures", source=str(path))
 
 
 def validate_frame(frame: Frame, *, require_energy: bool = True, energy_key: str = "energy",
@@ -248,9 +292,12 @@ def _check_min_distance(frame: Frame, where: dict) -> None:
                         f"(closer than {MIN_DISTANCE} Å)", field="positions", **where)
 
 
-def check_elements(frames: list[Frame], elements: list[int]) -> None:
+def check_elements(frames: Sequence[Frame], elements: list[int]) -> None:
     """Raise DataError for the first frame holding an element outside ``elements``."""
     known = set(int(z) for z in elements)
+    present = getattr(frames, "elements", None)  # on-disk frames: a cheap column pass first
+    if present is not None and set(present()) <= known:
+        return
     for frame in frames:
         unknown = set(frame.numbers.tolist()) - known
         if unknown:

@@ -28,7 +28,7 @@ def predict(potential, frames: list[Frame], batch_size: int = 64, forces: bool =
     sigmas = {key: [] for key in SIGMA_KEYS}
     starts = range(0, len(frames), batch_size)
     for start in tqdm(starts, desc="predict", disable=not progress, leave=False):
-        chunk = frames[start:start + batch_size]
+        chunk = list(frames[start:start + batch_size])  # read once (on-disk frames)
         batch = to_device(potential.batch(chunk), potential.e0.device)
         out = potential(batch, forces=forces)
         energies.append(out[keys.ENERGY].detach().double().numpy())

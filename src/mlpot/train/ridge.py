@@ -61,8 +61,8 @@ def _design_rows(potential: Potential, frames: list[Frame], sigma_energy: float,
 def _normal_equations(potential, frames, sigma_energy, sigma_force, batch_size):
     gram, rhs, yy = None, None, 0.0
     for start in range(0, len(frames), batch_size):
-        a, y = _design_rows(potential, frames[start:start + batch_size], sigma_energy,
-                            sigma_force)
+        a, y = _design_rows(potential, list(frames[start:start + batch_size]),
+                            sigma_energy, sigma_force)
         gram = a.T @ a if gram is None else gram + a.T @ a
         rhs = a.T @ y if rhs is None else rhs + a.T @ y
         yy += float(y @ y)

@@ -10,6 +10,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +19,11 @@ import torch
 from mlpot import keys
 from mlpot.config import RunConfig
 from mlpot.data.dataset import (elements_of, force_rms, reference_energies, split_indices,
-                                split_isolated_atoms)
+                                split_isolated_atoms, take)
 from mlpot.data.records import Frame, check_elements, read_frames
 from mlpot.descriptors.symmetry import SymmetryFunctions, default_angular, default_radial
 from mlpot.models import BehlerParrinello, LinearModel, build_model
-from mlpot.models.standardize import element_feature_stats
+from mlpot.models.moments import ElementMoments
 from mlpot.models.variance import VarianceHead
 from mlpot.potential import Potential
 from mlpot.serialize import load, save, write_json_atomic
@@ -64,8 +65,9 @@ def git_commit() -> str | None:
     return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
-def load_data(config: RunConfig) -> dict[str, list[Frame]]:
-    """Training, validation, isolated-atom and test frames as the config says."""
+def load_data(config: RunConfig) -> dict[str, Sequence[Frame]]:
+    """Training, validation, isolated-atom and test frames as the config says (lists, or
+    lazy views of an on-disk HDF5 file: see :mod:`mlpot.data.ondisk`)."""
     data = config.data
     read = dict(energy_key=data.energy_key, forces_key=data.forces_key,
                 db_select=data.db_select)
@@ -77,7 +79,7 @@ def load_data(config: RunConfig) -> dict[str, list[Frame]]:
         valid = split_isolated_atoms(reader(data.valid, **read))[1]
     else:
         valid_index, train_index = split_indices(len(train), (data.valid_fraction,), config.seed)
-        valid, train = [train[k] for k in valid_index], [train[k] for k in train_index]
+        valid, train = take(train, valid_index), take(train, train_index)
     if data.max_train is not None:
         train = train[:data.max_train]
     tests = {Path(p).stem: reader(p, **read) for p in data.test}
@@ -133,7 +135,8 @@ def long_range(config: RunConfig, elements: list[int]) -> tuple:
     m = config.model
     coulomb = dispersion = None
     if m.long_range in ("coulomb", "both"):
-        coulomb = Electrostatics(elements, m.cutoff, exclusion_radius=m.exclusion_radius)
+        coulomb = Electrostatics(elements, m.cutoff, exclusion_radius=m.exclusion_radius,
+                                 neutrality=m.charge_neutrality)
     if m.long_range in ("dispersion", "both"):
         dispersion = Dispersion(elements, m.cutoff, pair_cutoff=m.dispersion_cutoff)
     return coulomb, dispersion
@@ -148,7 +151,7 @@ def variance_head(config: RunConfig, elements: list[int]) -> VarianceHead | None
 
 
 @torch.no_grad()
-def fit_statistics(potential: Potential, train: list[Frame]) -> None:
+def fit_statistics(potential: Potential, train: Sequence[Frame]) -> None:
     """Set a trainable model's statistics from ``train``.
 
     Behler–Parrinello and the message-passing models (SchNet, PaiNN) get the networks' output
@@ -156,7 +159,8 @@ def fit_statistics(potential: Potential, train: list[Frame]) -> None:
     the baseline energies b_Z by least squares on E_b − Σ E0 ≈ Σ_Z b_Z Σ_{i∈Z} n_i (n_i from
     ``model.coordination``, zero for a free atom, so isolated atoms keep E0).
     Behler–Parrinello also gets descriptor mean/std per element, the equivariant model the
-    mean number of neighbours per atom (its sums are divided by it).
+    mean number of neighbours per atom (its sums are divided by it). One pass over ``train``
+    in chunks: only per-frame numbers and running feature moments are kept.
     """
     model = potential.model
     n_el = len(model.elements)
@@ -165,18 +169,18 @@ def fit_statistics(potential: Potential, train: list[Frame]) -> None:
     heads = [h for h in (potential.variance_head,
                          getattr(potential.long_range, "charge_head", None),
                          getattr(potential.dispersion, "volume_head", None)) if h is not None]
-    features, species, coordination_sums, residuals = [], [], [], []
-    head_features, head_species, edges_per_atom = [[] for _ in heads], [[] for _ in heads], []
+    features = ElementMoments(n_el)
+    head_features = [ElementMoments(n_el) for _ in heads]
+    coordination_sums, residuals, edges_per_atom = [], [], []
     for start in range(0, len(train), 64):
-        frames = train[start:start + 64]
+        frames = list(train[start:start + 64])  # read once (on-disk frames)
         batch = potential.batch(frames, dtype=torch.float64)
         index = species_index[batch["numbers"]]
         if descriptor is not None:
-            features.append(descriptor(batch))
-            species.append(index)
+            features.add(descriptor(batch), index)
         for k, head in enumerate(heads):  # variance, charge, volume heads: own G2 inputs
-            head_features[k].append(head.descriptor(batch))
-            head_species[k].append(head.descriptor.species_index[batch["numbers"]])
+            head_features[k].add(head.descriptor(batch),
+                                 head.descriptor.species_index[batch["numbers"]])
         edges = torch.bincount(batch["batch"][batch[keys.EDGE_INDEX][0]], minlength=len(frames))
         edges_per_atom += (edges.double() / batch[keys.N_ATOMS]).tolist()
         sums = torch.zeros(len(frames) * n_el, dtype=torch.float64).index_add(
@@ -189,21 +193,20 @@ def fit_statistics(potential: Potential, train: list[Frame]) -> None:
                                   torch.cat(residuals)[:, None]).solution[:, 0]
     scale = max(force_rms(train), 1e-3)
     for k, head in enumerate(heads):
-        head.set_statistics(*element_feature_stats(torch.cat(head_features[k]),
-                                                   torch.cat(head_species[k]), n_el))
+        head.set_statistics(*head_features[k].stats(head.descriptor.n_features))
     if getattr(model, "kind", None) == "equivariant":
         model.set_statistics(scale, solution, mean_neighbours=float(np.mean(edges_per_atom)))
     elif descriptor is None:
         model.set_statistics(scale, solution)
     else:
-        mean, std = element_feature_stats(torch.cat(features), torch.cat(species), n_el)
+        mean, std = features.stats(descriptor.n_features)
         model.set_statistics(mean, std, scale, solution)
 
 
-def bootstrap_sample(frames: list[Frame], seed: int) -> list[Frame]:
+def bootstrap_sample(frames: Sequence[Frame], seed: int) -> Sequence[Frame]:
     """len(frames) frames drawn with replacement (a bootstrap resample), seeded."""
     rng = np.random.default_rng(seed)
-    return [frames[k] for k in rng.integers(0, len(frames), len(frames))]
+    return take(frames, rng.integers(0, len(frames), len(frames)))
 
 
 def recalibrate(ensemble: Ensemble, frames: list[Frame]) -> dict:
@@ -295,7 +298,7 @@ def run_training(config: RunConfig, resume: bool = False, progress: bool = True)
     say(f"reading data ({config.data.train})", flush=True)
     data = load_data(config)
     train, valid = data["train"], data["valid"]
-    elements = elements_of(train + valid + data["isolated"])
+    elements = elements_of(train, valid, data["isolated"])
     e0, e0_source = reference_energies(train, elements, data["isolated"])
     for name, frames in data.items():
         if name.startswith("test:"):

@@ -11,6 +11,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -20,6 +21,7 @@ from tqdm.auto import tqdm
 from mlpot.config import TrainingConfig, default_learning_rate
 from mlpot.errors import ConfigError
 from mlpot.data.batch import GraphCache, to_device
+from mlpot.data.lazy import is_lazy
 from mlpot.data.records import Frame
 from mlpot.potential import Potential
 from mlpot.serialize import save
@@ -68,7 +70,7 @@ class Trainer:
     validation), ``log.csv`` (one row per epoch) and ``snapshots/`` when asked.
     """
 
-    def __init__(self, potential: Potential, train: list[Frame], valid: list[Frame],
+    def __init__(self, potential: Potential, train: Sequence[Frame], valid: Sequence[Frame],
                  config: TrainingConfig, out: Path, seed: int = 0, metadata: dict | None = None,
                  progress: bool = True):
         self.device = training_device(config.device)
@@ -111,10 +113,13 @@ class Trainer:
         self.history: list[dict] = []
         self.snapshots_done: list[float] = []
 
-    def _use_feature_cache(self, train: list[Frame]) -> bool:
-        """Cache descriptors and derivatives when the model allows it, no stress is trained
-        and the cache fits in ``cache_max_gb`` (see :mod:`mlpot.train.feature_cache`)."""
+    def _use_feature_cache(self, train: Sequence[Frame]) -> bool:
+        """Cache descriptors and derivatives when the model allows it, no stress is trained,
+        the frames are in memory (not on disk) and the cache fits in ``cache_max_gb`` (see
+        :mod:`mlpot.train.feature_cache`)."""
         model = self.potential.model
+        if is_lazy(train):  # on-disk data: the cache would hold all of it in memory
+            return False
         if (not self.config.cache_descriptors or not hasattr(model, "atomic_energies")
                 or self.device.type != "cpu" or self.potential.variance_head is not None
                 or self.potential.physics_terms):
