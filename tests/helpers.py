@@ -55,3 +55,14 @@ def random_bpnn(seed: int, head: bool = False) -> Potential:
         torch.manual_seed(seed)
         variance_head = VarianceHead([1, 6, 8], 4.0, 0.001, 0.03).double()
     return Potential(model, E0, variance_head).double().eval()
+
+
+def assert_save_load_round_trip(potential, frames, tmp_path, names) -> None:
+    """A saved and reloaded potential gives the same outputs ``names`` on ``frames``."""
+    from mlpot.serialize import load, save
+
+    loaded = load(save(potential, tmp_path / "model"))
+    batch = potential.batch(frames)
+    for key in names:
+        torch.testing.assert_close(loaded.double()(batch, forces=False)[key],
+                                   potential(batch, forces=False)[key])

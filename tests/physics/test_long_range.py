@@ -15,7 +15,7 @@ from mlpot.neighbors import graph_arrays
 from mlpot.physics.coulomb import COULOMB_CONSTANT, madelung_energy
 from mlpot.physics.electrostatics import Electrostatics
 from mlpot.potential import Potential
-from helpers import random_bpnn
+from helpers import assert_save_load_round_trip, random_bpnn
 
 pytest.importorskip("torchpme")
 TRICLINIC = np.array([[9.0, 0.0, 0.0], [1.2, 8.5, 0.0], [0.7, -0.9, 9.3]])
@@ -233,14 +233,8 @@ def test_forces_and_stress_are_finite_differences(acac_frames, periodic):
 
 
 def test_save_load_round_trip(acac_frames, tmp_path):
-    from mlpot.serialize import load, save
-
-    potential = _electrostatic_potential(4)
-    loaded = load(save(potential, tmp_path / "model"))
-    batch = potential.batch(acac_frames[:2])
-    for key in (keys.ENERGY, keys.CHARGES, keys.ENERGY_COULOMB):
-        torch.testing.assert_close(loaded.double()(batch, forces=False)[key],
-                                   potential(batch, forces=False)[key])
+    assert_save_load_round_trip(_electrostatic_potential(4), acac_frames[:2], tmp_path,
+                                (keys.ENERGY, keys.CHARGES, keys.ENERGY_COULOMB))
 
 
 def test_training_with_coulomb_and_the_calculator(acac_dir, tmp_path):
