@@ -336,9 +336,9 @@ def parser() -> argparse.ArgumentParser:
     convert = data_commands.add_parser(
         "convert", help="extxyz / ASE db / npz files → one HDF5 file that training streams "
                         "from (data larger than memory)")
-    convert.add_argument("paths", nargs="+", metavar="IN [IN ...] OUT.h5",
+    convert.add_argument("paths", nargs="+", metavar="FILE",
                          help="input files (read, validated and written frame by frame), "
-                              "then the output (.h5 or .hdf5)")
+                              "then the output OUT.h5 (or .hdf5)")
     convert.add_argument("--energy-key", default="energy")
     convert.add_argument("--forces-key", default="forces")
     convert.add_argument("--db-select", help="ASE databases: an ase.db query choosing rows")
