@@ -75,41 +75,29 @@ class EnergyForceLoss:
                                    n_atoms * self.sigma_energy, beta)
         else:
             energy_sq = ((residual / n_atoms) / self.sigma_energy) ** 2
-        total = energy_sq.sum()
-        count = torch.tensor(float(len(energy_sq)))
-        parts = {"energy": float(energy_sq.detach().mean())}
+        terms = {"energy": energy_sq}  # standardised squared residuals per observation
         if keys.FORCES in batch and keys.FORCES in prediction:
             atom_has_forces = batch[keys.HAS_FORCES][batch[keys.BATCH]]
             diff = (prediction[keys.FORCES] - batch[keys.FORCES])[atom_has_forces]
             if nll:
                 variance = prediction[keys.FORCES_VAR_ALEATORIC][atom_has_forces][:, None]
-                force_sq = _nll_terms(diff**2, variance.expand_as(diff), self.sigma_force, beta)
+                terms["forces"] = _nll_terms(diff**2, variance.expand_as(diff),
+                                             self.sigma_force, beta)
             else:
-                force_sq = (diff / self.sigma_force) ** 2
-            total = total + force_sq.sum()
-            count = count + force_sq.numel()
-            if force_sq.numel():
-                parts["forces"] = float(force_sq.detach().mean())
+                terms["forces"] = (diff / self.sigma_force) ** 2
         if keys.DIPOLE in batch and keys.DIPOLE in prediction:  # learned charges' dipoles
             has = batch[keys.HAS_DIPOLE]
-            dipole_sq = ((prediction[keys.DIPOLE] - batch[keys.DIPOLE])[has]
-                         / self.sigma_dipole) ** 2
-            total = total + dipole_sq.sum()
-            count = count + dipole_sq.numel()
-            if dipole_sq.numel():
-                parts["dipole"] = float(dipole_sq.detach().mean())
+            terms["dipole"] = ((prediction[keys.DIPOLE] - batch[keys.DIPOLE])[has]
+                               / self.sigma_dipole) ** 2
         if keys.PARTIAL_CHARGES in batch and keys.CHARGES in prediction:
             has = batch[keys.HAS_PARTIAL_CHARGES][batch[keys.BATCH]]
-            charge_sq = ((prediction[keys.CHARGES] - batch[keys.PARTIAL_CHARGES])[has]
-                         / self.sigma_charge) ** 2
-            total = total + charge_sq.sum()
-            count = count + charge_sq.numel()
-            if charge_sq.numel():
-                parts["charges"] = float(charge_sq.detach().mean())
+            terms["charges"] = ((prediction[keys.CHARGES] - batch[keys.PARTIAL_CHARGES])[has]
+                                / self.sigma_charge) ** 2
         if keys.STRESS in batch and keys.STRESS in prediction:
             diff = (prediction[keys.STRESS] - batch[keys.STRESS])[:, _UPPER[0], _UPPER[1]]
-            stress_sq = (diff / self.sigma_stress) ** 2
-            total = total + stress_sq.sum()
-            count = count + stress_sq.numel()
-            parts["stress"] = float(stress_sq.detach().mean())
+            terms["stress"] = (diff / self.sigma_stress) ** 2
+        total = sum(term.sum() for term in terms.values())
+        count = sum(term.numel() for term in terms.values())
+        parts = {name: float(term.detach().mean()) for name, term in terms.items()
+                 if term.numel()}
         return total / count, parts
