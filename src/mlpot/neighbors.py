@@ -55,11 +55,26 @@ def graph_arrays(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutof
     """Edges and cell shifts of one structure as numpy arrays; with ``angular_cutoff`` (Å)
     also the triplets formed by edges shorter than it."""
     i, j, shifts, distances = neighbor_pairs(positions, cell, pbc, cutoff, return_distances=True)
+    return _graph(i, j, shifts, distances, len(positions), angular_cutoff)
+
+
+def _graph(i, j, shifts, distances, n_atoms: int, angular_cutoff: float | None) -> dict:
+    """The graph arrays of a full neighbour list sorted by centre atom."""
     graph = {keys.EDGE_INDEX: np.stack([i, j]), keys.EDGE_SHIFT: shifts.astype(np.float64)}
     if angular_cutoff is not None:
         short = np.nonzero(distances < angular_cutoff)[0]
-        graph[keys.TRIPLETS] = short[triplets_from_edges(i[short], len(positions))]
+        graph[keys.TRIPLETS] = short[triplets_from_edges(i[short], n_atoms)]
     return graph
+
+
+def half_neighbor_pairs(positions: np.ndarray, cell: np.ndarray, cutoff: float):
+    """(i, j, S) of a periodic cell within ``cutoff`` (Å), each pair once: i < j, and of an
+    atom's pairs with its own images one of ±S (the first non-zero component positive)."""
+    i, j, shifts = neighbor_pairs(positions, cell, [True] * 3, cutoff)
+    first = np.where(shifts[:, 0] != 0, shifts[:, 0],
+                     np.where(shifts[:, 1] != 0, shifts[:, 1], shifts[:, 2]))
+    keep = (i < j) | ((i == j) & (first > 0))
+    return i[keep], j[keep], shifts[keep]
 
 
 class SkinNeighborList:
@@ -101,12 +116,8 @@ class SkinNeighborList:
         box = cell if pbc.any() else np.zeros((3, 3))
         distances = np.sqrt(((positions[j] - positions[i] + shifts @ box) ** 2).sum(1))
         inside = distances < self.cutoff
-        i, j, shifts, distances = i[inside], j[inside], shifts[inside], distances[inside]
-        graph = {keys.EDGE_INDEX: np.stack([i, j]), keys.EDGE_SHIFT: shifts.astype(np.float64)}
-        if self.angular_cutoff is not None:
-            short = np.nonzero(distances < self.angular_cutoff)[0]
-            graph[keys.TRIPLETS] = short[triplets_from_edges(i[short], len(positions))]
-        return graph
+        return _graph(i[inside], j[inside], shifts[inside], distances[inside], len(positions),
+                      self.angular_cutoff)
 
 
 def edge_vectors(batch: dict[str, torch.Tensor]) -> torch.Tensor:

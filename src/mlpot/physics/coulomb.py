@@ -16,12 +16,11 @@ positions and cell (forces and stress by autograd through the Potential).
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from ase import units
 
 from mlpot import keys
-from mlpot.neighbors import neighbor_pairs
+from mlpot.neighbors import half_neighbor_pairs
 
 COULOMB_CONSTANT = units.Hartree * units.Bohr  # e²/(4πε₀) in eV·Å (14.3996…)
 
@@ -106,13 +105,10 @@ class Coulomb(torch.nn.Module):
         # real space: point charges need pairs up to real_cutoff, the smeared ones only the
         # exclusion correction inside r_ex
         reach = self.real_cutoff if self.exclusion_radius is None else self.exclusion_radius
-        i, j, shifts = neighbor_pairs(r.detach().cpu().numpy(), cell.detach().cpu().numpy(),
-                                      [True] * 3, reach)
-        half = i < j
-        same = i == j  # an atom and its own images
-        keep = torch.as_tensor(half | (same & half_of_self_images(shifts)), device=r.device)
-        i, j = torch.as_tensor(i, device=r.device)[keep], torch.as_tensor(j, device=r.device)[keep]
-        shifts = torch.as_tensor(shifts, dtype=r.dtype, device=r.device)[keep]
+        i, j, shifts = half_neighbor_pairs(r.detach().cpu().numpy(),
+                                           cell.detach().cpu().numpy(), reach)
+        i, j = torch.as_tensor(i, device=r.device), torch.as_tensor(j, device=r.device)
+        shifts = torch.as_tensor(shifts, dtype=r.dtype, device=r.device)
         distance = (r[j] + shifts @ cell - r[i]).norm(dim=1)
         if len(q) >= self.pme_from:
             calculator = torchpme.PMECalculator(self._potential(self.smearing),
@@ -123,15 +119,6 @@ class Coulomb(torch.nn.Module):
                                                   lr_wavelength=self.smearing / 2)
         potential = calculator(q[:, None], cell, r, torch.stack([i, j], 1), distance)
         return q * potential[:, 0]
-
-
-def half_of_self_images(shifts) -> np.ndarray:
-    """For pairs of an atom with its own image: keep one of ±S (the first non-zero component
-    positive), as a half neighbour list does."""
-    shifts = np.asarray(shifts)
-    first = np.where(shifts[:, 0] != 0, shifts[:, 0],
-                     np.where(shifts[:, 1] != 0, shifts[:, 1], shifts[:, 2]))
-    return first > 0
 
 
 def madelung_energy(charges, positions, cell, **kwargs) -> float:

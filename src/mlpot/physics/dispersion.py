@@ -28,8 +28,7 @@ from torch.nn import functional
 
 from mlpot import keys
 from mlpot.models.element_head import ElementHead
-from mlpot.neighbors import neighbor_pairs
-from mlpot.physics.coulomb import half_of_self_images
+from mlpot.neighbors import half_neighbor_pairs
 
 _SOFTPLUS_ONE = math.log(math.e - 1)  # softplus(x + this) = 1 at x = 0
 
@@ -113,11 +112,9 @@ class Dispersion(torch.nn.Module):
                 if not bool(pbc[b].all()):
                     raise ValueError("Dispersion: cells must be periodic in all directions "
                                      "or none")
-                i, j, shifts = neighbor_pairs(positions[offset:offset + n].detach().cpu().numpy(),
-                                              cell[b].detach().cpu().numpy(), [True] * 3,
-                                              self.pair_cutoff)
-                keep = (i < j) | ((i == j) & half_of_self_images(shifts))
-                i, j, shifts = i[keep], j[keep], shifts[keep]
+                i, j, shifts = half_neighbor_pairs(
+                    positions[offset:offset + n].detach().cpu().numpy(),
+                    cell[b].detach().cpu().numpy(), self.pair_cutoff)
             else:
                 i, j = np.triu_indices(n, 1)
                 shifts = np.zeros((len(i), 3))
