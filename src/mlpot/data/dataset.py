@@ -96,15 +96,22 @@ def isolated_atom_energies(isolated: list[Frame]) -> dict[str, float]:
     return energies
 
 
-def fit_reference_energies(frames: Sequence[Frame], elements: list[int]) -> dict[str, float]:
-    """Least-squares E0 by symbol (eV): E_b ≈ Σ_Z n_{b,Z} E0(Z) over the frames.
+def fit_reference_energies(frames: Sequence[Frame], elements: list[int],
+                           known: dict[str, float] | None = None) -> dict[str, float]:
+    """Least-squares E0 by symbol (eV): E_b ≈ Σ_Z n_{b,Z} E0(Z) over the frames; the E0 in
+    ``known`` (by symbol) are kept and the others fitted to what they leave.
 
     Elements whose counts are collinear (e.g. always present in a fixed ratio, as in a
     single molecule) get the minimum-norm solution, which is exact for such data.
     """
-    counts = compositions(frames, elements).astype(float)
-    solution, *_ = np.linalg.lstsq(counts, energies(frames), rcond=None)
-    return {chemical_symbols[z]: float(e) for z, e in zip(elements, solution)}
+    known = known or {}
+    fixed = [z for z in elements if chemical_symbols[z] in known]
+    free = [z for z in elements if chemical_symbols[z] not in known]
+    left = energies(frames) - compositions(frames, fixed) @ np.array(
+        [known[chemical_symbols[z]] for z in fixed], dtype=float)
+    solution, *_ = np.linalg.lstsq(compositions(frames, free).astype(float), left, rcond=None)
+    e0 = known | {chemical_symbols[z]: float(e) for z, e in zip(free, solution)}
+    return {chemical_symbols[z]: e0[chemical_symbols[z]] for z in elements}
 
 
 def reference_energies(frames: Sequence[Frame], elements: list[int],
@@ -117,18 +124,12 @@ def reference_energies(frames: Sequence[Frame], elements: list[int],
              if chemical_symbols[z] in known}
     if len(known) == len(elements):
         return known, "isolated atoms"
-    rest = [z for z in elements if chemical_symbols[z] not in known]
+    e0 = fit_reference_energies(frames, elements, known)
     if not known:
-        return fit_reference_energies(frames, elements), "least-squares fit"
-    counts = compositions(frames, elements).astype(float)
-    covered = [k for k, z in enumerate(elements) if chemical_symbols[z] in known]
-    left = energies(frames) - counts[:, covered] @ np.array(
-        [known[chemical_symbols[elements[k]]] for k in covered])
-    solution, *_ = np.linalg.lstsq(counts[:, [elements.index(z) for z in rest]], left,
-                                   rcond=None)
-    fitted = {chemical_symbols[z]: float(e) for z, e in zip(rest, solution)}
-    return ({chemical_symbols[z]: {**known, **fitted}[chemical_symbols[z]] for z in elements},
-            f"isolated atoms ({', '.join(known)}) and a least-squares fit ({', '.join(fitted)})")
+        return e0, "least-squares fit"
+    fitted = [symbol for symbol in e0 if symbol not in known]
+    return e0, (f"isolated atoms ({', '.join(known)}) and a least-squares fit "
+                f"({', '.join(fitted)})")
 
 
 def per_atom_energy_residuals(frames: Sequence[Frame], e0: dict[str, float]) -> np.ndarray:
