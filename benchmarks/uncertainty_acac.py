@@ -10,7 +10,8 @@ eV/Å) and every energy (``--noise-energy`` eV/atom × N). Both are bpnn ensembl
 ``--members`` members with aleatoric variance heads, ``--minutes`` per member, recalibrated on
 their validation split. Each is scored on test_MD_300K (in distribution), test_MD_600K and
 test_H_transfer (out of distribution): errors, epistemic and aleatoric σ, Spearman(σ, |error|)
-per structure on the union of the three sets, NLL and miscalibration area. Then the cost of one
+per structure on the union of the three sets (energies; force RMS where there are forces),
+each next to what errors drawn from the model's own σ would give, NLL and miscalibration area. Then the cost of one
 energy+forces call (acac, float64) of a single member against ensembles of 4 and 8.
 Writes OUT/results.json and prints Markdown tables.
 """
@@ -47,35 +48,68 @@ def noisy_copy(source: Path, target: Path, sigma_force: float, sigma_energy: flo
     write(target, frames, format="extxyz")
 
 
-def config(out: Path, train: Path, members: int, minutes: float) -> Path:
+def config(out: Path, train: Path, members: int, minutes: float | None, epochs: int | None,
+           beta: float) -> Path:
+    """Training YAML: ``epochs`` per member when given (load-independent), else ``minutes``."""
     import yaml
 
     path = out.with_suffix(".yaml")
+    budget = ({"max_minutes": None, "max_epochs": epochs} if epochs
+              else {"max_minutes": minutes})
     path.write_text(yaml.safe_dump({
         "data": {"train": str(train), "isolated_atoms": str(DATA / "isolated_atoms.xyz"),
                  "test": [str(DATA / f"{name}.xyz") for name in TESTS]},
         "model": {"kind": "bpnn"},
-        "training": {"max_minutes": minutes, "ensemble": members, "aleatoric": True,
+        "training": {**budget, "ensemble": members, "aleatoric": True, "beta_nll": beta,
                      "threads": 1, "patience": 100000},
         "seed": 0, "out": str(out)}))
     return path
 
 
-def union_spearman(model: Path) -> float:
-    """Spearman(σ_E total, |E error|) per structure over the three test sets together."""
+def union_scores(scored: list[tuple]) -> dict:
+    """Spearman per structure over the test sets together, from (frames, predicted) pairs:
+    energy per atom against the total and the epistemic σ, RMS force error against the
+    total and the epistemic RMS force σ (sets with forces), each with the value errors drawn
+    from the model's own σ would give (``spearman_reference``)."""
+    from mlpot.uncertainty.calibration import (ensemble_errors, spearman, spearman_reference,
+                                               structure_force_errors)
+
+    parts: dict[str, list] = {key: [] for key in (
+        "e_error", "e_total", "e_epistemic", "f_error", "f_total", "f_epistemic", "f_n")}
+    for frames, predicted in scored:
+        error, sigma = ensemble_errors(frames, predicted)["energy"]
+        parts["e_error"].append(error)
+        parts["e_total"].append(sigma)
+        parts["e_epistemic"].append(np.asarray(predicted["energy_std_epistemic"])
+                                    / [len(f) for f in frames])
+        forces = structure_force_errors(frames, predicted)
+        if forces is not None:
+            parts["f_error"].append(forces[0])
+            parts["f_total"].append(forces[1])
+            parts["f_n"].append(forces[2])
+            epistemic = {**predicted, "forces_std": predicted["forces_std_epistemic"]}
+            parts["f_epistemic"].append(structure_force_errors(frames, epistemic)[1])
+    v = {key: np.concatenate(value) for key, value in parts.items()}
+    return {"energy_total": spearman(v["e_total"], v["e_error"]),
+            "energy_epistemic": spearman(v["e_epistemic"], v["e_error"]),
+            "energy_reference": spearman_reference(v["e_total"]),
+            "force_structure_total": spearman(v["f_total"], v["f_error"]),
+            "force_structure_epistemic": spearman(v["f_epistemic"], v["f_error"]),
+            "force_structure_reference": spearman_reference(v["f_total"], v["f_n"])}
+
+
+def union_spearman(model: Path) -> dict:
+    """``union_scores`` of a saved model over the three test sets."""
     from mlpot.data.records import read_frames
     from mlpot.train.metrics import predict
-    from mlpot.uncertainty.calibration import ensemble_errors, spearman
     from mlpot.uncertainty.ensemble import load_model
 
     ensemble = load_model(model)
-    errors, sigmas = [], []
+    scored = []
     for name in TESTS:
         frames = read_frames(DATA / f"{name}.xyz")
-        error, sigma = ensemble_errors(frames, predict(ensemble, frames))["energy"]
-        errors.append(error)
-        sigmas.append(sigma)
-    return spearman(np.concatenate(sigmas), np.concatenate(errors))
+        scored.append((frames, predict(ensemble, frames)))
+    return union_scores(scored)
 
 
 def cost(model: Path) -> dict:
@@ -112,6 +146,9 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--members", type=int, default=4)
     parser.add_argument("--minutes", type=float, default=3)
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="epochs per member instead of --minutes (independent of load)")
+    parser.add_argument("--beta", type=float, default=0.5, help="β-NLL exponent")
     parser.add_argument("--noise-force", type=float, default=0.15, help="eV/Å")
     parser.add_argument("--noise-energy", type=float, default=0.005, help="eV/atom")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/out/uncertainty_acac"))
@@ -123,21 +160,23 @@ def main() -> None:
     runs = {"clean": DATA / "train_300K.xyz", "noisy": noisy}
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     jobs = {name: subprocess.Popen([sys.executable, "-m", "mlpot", "train",
-                                    str(config(out / name, train, args.members, args.minutes))],
+                                    str(config(out / name, train, args.members, args.minutes,
+                                               args.epochs, args.beta))],
                                    env=env, stdout=open(out / f"{name}.log", "w"),
                                    stderr=subprocess.STDOUT)
             for name, train in runs.items()}
     for name, job in jobs.items():
         if job.wait() != 0:
             sys.exit(f"{name} failed; see {out / (name + '.log')}")
-    results = {"members": args.members, "minutes_per_member": args.minutes,
+    results = {"members": args.members, "minutes_per_member": args.minutes, "epochs_per_member": args.epochs,
+               "beta_nll": args.beta,
                "noise": {"force_eV_per_A": args.noise_force, "energy_eV_per_atom":
                          args.noise_energy}, "date": time.ctime()}
     for name in runs:
         summary = json.loads((out / name / "metrics.json").read_text())
         results[name] = {"metrics": summary["metrics"],
                          "recalibration": summary.get("recalibration"),
-                         "spearman_energy_union": union_spearman(out / name / "model")}
+                         "spearman_union": union_spearman(out / name / "model")}
     results["cost_ms_per_call"] = cost(out / "clean" / "model")
     (out / "results.json").write_text(json.dumps(results, indent=1))
     print(markdown(results))
@@ -160,8 +199,14 @@ def markdown(results: dict) -> str:
                 f"{fmt(m.get('force_sigma_aleatoric'), 1)} | "
                 f"{fmt(m.get('spearman_energy'))} / {fmt(m.get('spearman_force'))} | "
                 f"{fmt(m.get('nll'))} | {fmt(m.get('miscalibration_area_force'), 3)} |")
-        lines.append(f"| {name} | union (energy) | | | | "
-                     f"{results[name]['spearman_energy_union']:.2f} | | |")
+        u = results[name]["spearman_union"]
+        lines.append(f"| {name} | union, per structure: E total / epistemic σ (calibrated "
+                     f"reference) | | | | {fmt(u['energy_total'])} / "
+                     f"{fmt(u['energy_epistemic'])} ({fmt(u['energy_reference'])}) | | |")
+        lines.append(f"| {name} | union, per structure: F RMS total / epistemic σ "
+                     f"(calibrated reference) | | | | {fmt(u['force_structure_total'])} / "
+                     f"{fmt(u['force_structure_epistemic'])} "
+                     f"({fmt(u['force_structure_reference'])}) | | |")
     lines.append("")
     lines.append("ms per energy+forces call (acac, float64, 1 thread): " + ", ".join(
         f"{k} {v:.1f}" for k, v in results["cost_ms_per_call"].items()))

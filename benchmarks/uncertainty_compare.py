@@ -9,7 +9,8 @@ labels; bpnn members with variance heads) and, for each, fits the last-layer unc
 its first member on that run's own training split (same validation split), once with
 sampled heads and once with local force σ. Scores all three on test_MD_300K, test_MD_600K
 and test_H_transfer (σ means, Spearman, NLL, miscalibration area; Spearman per structure on
-the union of the three sets for the total and the epistemic energy σ), then times one
+the union of the three sets, energies and force RMS, for the total and the epistemic σ,
+next to the calibrated reference), then times one
 energy+forces call (acac, float64, one thread) of: the single member, LLPR local, LLPR heads,
 deep ensembles of 4 and 8 (stacked evaluation, and members in turn).
 Writes OUT/compare.json and prints Markdown tables.
@@ -25,28 +26,23 @@ from pathlib import Path
 
 import numpy as np
 
-from uncertainty_acac import DATA, ROOT, TESTS, fmt  # the same data, sets and formatting
+from uncertainty_acac import DATA, ROOT, TESTS, fmt, union_scores  # same data, sets, scores
 
 
 def score(model) -> dict:
     """Error and uncertainty metrics per test set, and union Spearman per structure."""
     from mlpot.data.records import read_frames
     from mlpot.train.metrics import evaluate
-    from mlpot.uncertainty.calibration import ensemble_errors, spearman, uncertainty_metrics
+    from mlpot.uncertainty.calibration import uncertainty_metrics
 
-    result, errors, total, epistemic = {}, [], [], []
+    result, scored = {}, []
     for name in TESTS:
         frames = read_frames(DATA / f"{name}.xyz")
         metrics, predicted = evaluate(model, frames)
         metrics.update(uncertainty_metrics(frames, predicted))
         result[name] = metrics
-        error, sigma = ensemble_errors(frames, predicted)["energy"]
-        errors.append(error)
-        total.append(sigma)
-        epistemic.append(np.asarray(predicted["energy_std_epistemic"]) / [len(f) for f in frames])
-    result["spearman_energy_union"] = spearman(np.concatenate(total), np.concatenate(errors))
-    result["spearman_energy_epistemic_union"] = spearman(np.concatenate(epistemic),
-                                                          np.concatenate(errors))
+        scored.append((frames, predicted))
+    result["spearman_union"] = union_scores(scored)
     return result
 
 
@@ -139,9 +135,13 @@ def markdown(results: dict) -> str:
                     f"{fmt(m['force_sigma_aleatoric'], 1)} | {fmt(m['spearman_energy'])} / "
                     f"{fmt(m['spearman_force'])} | {fmt(m['nll'])} | "
                     f"{fmt(m['miscalibration_area_force'], 3)} |")
-            lines.append(f"| {labels} | {method} | union, Spearman E (total / epistemic σ) | | | "
-                         f"| {fmt(r['spearman_energy_union'])} / "
-                         f"{fmt(r['spearman_energy_epistemic_union'])} | | |")
+            u = r["spearman_union"]
+            lines.append(f"| {labels} | {method} | union per structure, Spearman E / F RMS: "
+                         f"total σ, epistemic σ (calibrated reference) | | | "
+                         f"| {fmt(u['energy_total'])}, {fmt(u['energy_epistemic'])} "
+                         f"({fmt(u['energy_reference'])}) / {fmt(u['force_structure_total'])}, "
+                         f"{fmt(u['force_structure_epistemic'])} "
+                         f"({fmt(u['force_structure_reference'])}) | | |")
     lines += ["", "| model | ms per energy+forces call |", "|---|---|"]
     lines += [f"| {name} | {ms:.1f} |" for name, ms in results["cost_ms_per_call"].items()]
     return "\n".join(lines)

@@ -88,9 +88,16 @@ def _eval(args) -> int:
         if "energy_sigma_epistemic" in metrics:
             print(f"  epistemic σ: energy {metrics['energy_sigma_epistemic']:.3f} meV/atom, "
                   f"force {metrics['force_sigma_epistemic'] or float('nan'):.2f} meV/Å; "
-                  f"Spearman(σ, |error|) energy {metrics['spearman_energy']}, "
-                  f"force {metrics['spearman_force']}")
+                  f"Spearman(σ, |error|) energy {_rounded(metrics['spearman_energy'])} "
+                  f"(calibrated: {_rounded(metrics['spearman_energy_reference'])}), force per "
+                  f"atom {_rounded(metrics['spearman_force'])}, per structure "
+                  f"{_rounded(metrics['spearman_force_structure'])} (calibrated: "
+                  f"{_rounded(metrics['spearman_force_structure_reference'])})")
     return 0
+
+
+def _rounded(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
 
 
 def _md(args) -> int:

@@ -3,7 +3,11 @@
 For errors e_k (prediction − reference) and predicted standard deviations σ_k:
 - Gaussian negative log-likelihood per observation, NLL = ⟨½ ln(2π σ²) + e²/(2σ²)⟩ (in the
   units of e: eV for energies, eV/Å for forces; lower is better);
-- Spearman rank correlation of σ with |e| (does a larger σ mean a larger error?);
+- Spearman rank correlation of σ with |e| (does a larger σ mean a larger error?), next to
+  its reference value: the mean Spearman of σ with errors drawn from N(0, σ²) themselves
+  (Pernot, J. Chem. Phys. 156, 114109 (2022)). A perfectly calibrated σ scores about that, not
+  1: one error per σ is a single draw, so the attainable correlation depends on how much σ
+  varies. Per structure, force errors and σ are RMS values over the structure's components;
 - miscalibration area (Tran et al. 2020): for each confidence p ∈ (0, 1) the fraction of
   errors inside the central Gaussian interval ±σ Φ⁻¹((1 + p)/2) should be p; the area is the
   mean |observed − p| over p (0 = calibrated, 0.5 = worst).
@@ -32,6 +36,34 @@ def spearman(sigmas: np.ndarray, errors: np.ndarray) -> float | None:
         return None
     value = spearmanr(np.asarray(sigmas), np.abs(np.asarray(errors))).statistic
     return None if np.isnan(value) else float(value)
+
+
+def spearman_reference(sigmas: np.ndarray, components=1, draws: int = 200,
+                       seed: int = 0) -> float | None:
+    """Mean Spearman(σ, |e|) for errors drawn from the model's own N(0, σ²): the value a
+    calibrated σ would score. |e| = σ·RMS(z) over ``components`` independent standard normals
+    per entry (1: one value, |e| = σ|z|; 3N for a structure's force RMS; scalar or per entry)."""
+    sigmas = np.asarray(sigmas, dtype=float)
+    if len(sigmas) < 3:
+        return None
+    components = np.broadcast_to(np.asarray(components, dtype=float), sigmas.shape)
+    rms_z = np.sqrt(np.random.default_rng(seed).chisquare(components, (draws, len(sigmas)))
+                    / components)
+    values = [spearman(sigmas, sigmas * row) for row in rms_z]
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def structure_force_errors(frames: list[Frame], predicted: dict) -> tuple | None:
+    """Per structure with forces: (RMS force error, RMS force σ, number of components 3N),
+    eV/Å, from per-frame arrays in ``predicted`` (None without forces or σ)."""
+    with_forces = [k for k, f in enumerate(frames) if f.forces is not None]
+    if not with_forces or not predicted.get("forces_std"):
+        return None
+    rms = lambda values: float(np.sqrt(np.mean(np.asarray(values) ** 2)))  # noqa: E731
+    return (np.array([rms(predicted["forces"][k] - frames[k].forces) for k in with_forces]),
+            np.array([rms(predicted["forces_std"][k]) for k in with_forces]),
+            np.array([3 * len(frames[k]) for k in with_forces]))
 
 
 def calibration_curve(errors: np.ndarray, sigmas: np.ndarray, n_levels: int = 99):
@@ -87,8 +119,9 @@ def uncertainty_metrics(frames: list[Frame], predicted: dict) -> dict:
     ``predicted`` (from mlpot.train.metrics.predict) holds "energy", "energy_std" (the total
     σ, eV, per structure) and, with forces, "forces", "forces_std" (eV/Å, per frame arrays),
     plus the "…_epistemic" / "…_aleatoric" parts where predicted. Energies are compared per
-    atom (as the error metrics); per-atom force σ and error are the norms over x, y, z. NLL,
-    Spearman and the miscalibration area use the total σ.
+    atom (as the error metrics); per-atom force σ and error are the norms over x, y, z, per
+    structure the RMS over its components. NLL, Spearman and the miscalibration area use the
+    total σ; each Spearman per structure comes with its calibrated reference value.
     Units: σ means in meV/atom and meV/Å; NLL in eV/atom (energies) and eV/Å (forces).
     """
     errors = ensemble_errors(frames, predicted)
@@ -98,10 +131,13 @@ def uncertainty_metrics(frames: list[Frame], predicted: dict) -> dict:
               "energy_sigma_aleatoric": _mean_sigma(frames, predicted, "energy_std_aleatoric",
                                                     False),
               "spearman_energy": spearman(energy_sigma, energy_error),
+              "spearman_energy_reference": spearman_reference(energy_sigma),
               "nll_energy": gaussian_nll(energy_error, energy_sigma),
               "miscalibration_area_energy": miscalibration_area(energy_error, energy_sigma),
               "force_sigma_epistemic": None, "force_sigma_aleatoric": None,
-              "spearman_force": None, "nll": None, "miscalibration_area_force": None}
+              "spearman_force": None, "spearman_force_structure": None,
+              "spearman_force_structure_reference": None,
+              "nll": None, "miscalibration_area_force": None}
     if "forces" in errors:
         error, sigma = errors["forces"]
         result.update(
@@ -110,4 +146,8 @@ def uncertainty_metrics(frames: list[Frame], predicted: dict) -> dict:
             spearman_force=spearman(np.linalg.norm(sigma, axis=1), np.linalg.norm(error, axis=1)),
             nll=gaussian_nll(error.ravel(), sigma.ravel()),
             miscalibration_area_force=miscalibration_area(error.ravel(), sigma.ravel()))
+        per_structure, sigma_structure, components = structure_force_errors(frames, predicted)
+        result.update(
+            spearman_force_structure=spearman(sigma_structure, per_structure),
+            spearman_force_structure_reference=spearman_reference(sigma_structure, components))
     return result
