@@ -26,10 +26,11 @@ from mlpot.physics.electrostatics import Electrostatics
 from mlpot.potential import Potential
 
 FORMAT = "mlpot-model"
-VERSION = 5  # 2: models record their "baseline" (version 1 used the linear one);
+VERSION = 6  # 2: models record their "baseline" (version 1 used the linear one);
 #              3: optional "variance_head" (aleatoric uncertainty);
 #              4: optional "long_range" (learned charges + Coulomb);
 #              5: optional "dispersion" (learned volumes + damped C6/r⁶)
+#              6: the variance head records its "link" (exp; older heads are softplus)
 
 
 def potential_config(potential: Potential) -> dict:
@@ -52,7 +53,7 @@ def build_potential(config: dict) -> Potential:
     head, long_range = config.get("variance_head"), config.get("long_range")
     dispersion = config.get("dispersion")
     potential = Potential(model, config["reference_energies"],
-                          VarianceHead(**head) if head else None,
+                          VarianceHead(**{"link": "softplus", **head}) if head else None,
                           Electrostatics(**long_range) if long_range else None,
                           Dispersion(**dispersion) if dispersion else None)
     return potential.to(getattr(torch, config.get("dtype", "float64")))
