@@ -1,5 +1,5 @@
-"""Command line: ``mlpot train|eval|md|label|learn|report|data``. It parses arguments and calls the library;
-nothing more."""
+"""Command line: ``mlpot train|eval|md|label|learn|report|data|export``. It parses arguments
+and calls the library; nothing more."""
 
 from __future__ import annotations
 
@@ -229,6 +229,26 @@ def _data_convert(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    import torch
+
+    from mlpot.export import export_potential
+    from mlpot.uncertainty.ensemble import load_model
+
+    potential = load_model(args.model)
+    if args.dtype:
+        potential = potential.to(getattr(torch, args.dtype))
+    try:
+        path = export_potential(potential, args.out, stress=args.stress)
+    except ValueError as error:
+        raise MlpotError(f"{args.model}: {error}") from error
+    print(f"{path}: exported ({str(potential.dtype).removeprefix('torch.')}; inputs: positions, "
+          f"numbers, cell, edges within {potential.cutoff} Å"
+          + (f", triplets within {potential.model.angular_cutoff} Å"
+             if getattr(potential.model, "angular_cutoff", None) is not None else "") + ")")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="mlpot", description=__doc__)
     commands = top.add_subparsers(dest="command", required=True)
@@ -352,6 +372,16 @@ def parser() -> argparse.ArgumentParser:
     convert.add_argument("--progress-every", type=int, default=10_000, metavar="N",
                          help="a progress line on stderr every N frames")
     convert.set_defaults(run=_data_convert)
+
+    export = commands.add_parser(
+        "export", help="a model as a self-contained torch.export program (.pt2): energy and "
+                       "forces (and stress) from positions and a neighbour list")
+    export.add_argument("model", help="a model folder (single potential)")
+    export.add_argument("out", help="output .pt2 file")
+    export.add_argument("--stress", action="store_true", help="also return the stress")
+    export.add_argument("--dtype", choices=["float32", "float64"],
+                        help="convert the model first (default: as saved)")
+    export.set_defaults(run=_export)
     return top
 
 

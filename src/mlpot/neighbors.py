@@ -121,12 +121,18 @@ class SkinNeighborList:
 
 
 def edge_vectors(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """r_ij = r_j - r_i + S @ cell for every edge, (n_edges, 3) Å; differentiable."""
+    """r_ij = r_j - r_i + S @ cell for every edge, (n_edges, 3) Å; differentiable.
+
+    No branch on the values (whether any shift is non-zero): exported programs cannot keep
+    one. One structure (MD, export) multiplies by its cell directly; a batch gathers each
+    edge's cell."""
     i, j = batch[keys.EDGE_INDEX]
     positions = batch[keys.POSITIONS]
     vectors = positions[j] - positions[i]
-    shifts = batch[keys.EDGE_SHIFT]
-    if shifts.numel() and bool(torch.any(shifts != 0)):
-        cell = batch[keys.CELL][batch[keys.BATCH][i]]  # (n_edges, 3, 3)
-        vectors = vectors + torch.einsum("ea,eab->eb", shifts.to(positions.dtype), cell)
+    shifts = batch[keys.EDGE_SHIFT].to(positions.dtype)
+    cell = batch[keys.CELL]
+    if cell.shape[0] == 1:
+        vectors = vectors + shifts @ cell[0]
+    else:
+        vectors = vectors + torch.einsum("ea,eab->eb", shifts, cell[batch[keys.BATCH][i]])
     return vectors

@@ -30,7 +30,7 @@ def coordination_number(batch: dict[str, torch.Tensor], cutoff: float,
     """Smooth coordination number c_i = Σ_j f_c(r_ij) of every atom, (n_atoms,); 0 if alone."""
     r = edge_vectors(batch).norm(dim=-1)
     fc = CUTOFF_FUNCTIONS[cutoff_function](r, cutoff)
-    return fc.new_zeros(len(batch[keys.NUMBERS])).index_add(0, batch[keys.EDGE_INDEX][0], fc)
+    return fc.new_zeros(batch[keys.NUMBERS].shape[0]).index_add(0, batch[keys.EDGE_INDEX][0], fc)
 
 
 BASELINES = ("saturating", "linear")

@@ -90,9 +90,7 @@ class BehlerParrinello(DescriptorModel):
         energy = features.new_zeros(features.shape[0])
         baseline = self.coordination_energy.to(dtype)[species] * coordination
         for e, z in enumerate(self.descriptor.elements):
-            atoms = torch.nonzero(species == e).squeeze(1)
-            if len(atoms) == 0:
-                continue
+            atoms = torch.nonzero(species == e).squeeze(1)  # may be empty: no branch on it
             x = (features[atoms] - mean[e]) / std[e]
             x0 = (-mean[e] / std[e]).unsqueeze(0)
             out = self.networks[chemical_symbols[z]](torch.cat([x, x0])).squeeze(1)

@@ -307,6 +307,6 @@ class Equivariant(MessagePassingModel):
         out = sum(readout(h[:, :self.n_features]).squeeze(1)  # scalars come first
                   for h, readout in zip(layers, self.readouts))
         coordination = baseline_coordination(
-            fc.new_zeros(len(species)).index_add(0, batch[keys.EDGE_INDEX][0], fc),
+            fc.new_zeros(species.shape[0]).index_add(0, batch[keys.EDGE_INDEX][0], fc),
             self.baseline)
         return {keys.ATOMIC_ENERGY: self.energy_from_readout(out, species, coordination)}

@@ -113,6 +113,6 @@ class SchNet(MessagePassingModel):
         h = self.initial_features(species)  # (N + n_el, F): atoms, then ghosts without edges
         for interaction in self.interactions:
             h = interaction(h, rbf, fc, centre, neighbour)
-        coordination = baseline_coordination(fc.new_zeros(len(species)).index_add(0, centre, fc),
-                                             self.baseline)
+        coordination = baseline_coordination(
+            fc.new_zeros(species.shape[0]).index_add(0, centre, fc), self.baseline)
         return {keys.ATOMIC_ENERGY: self.atomic_energy(h, species, coordination)}

@@ -35,6 +35,7 @@ from mlpot.errors import ModelFileError
 from mlpot.potential import Potential
 from mlpot.serialize import load, replace_folder, save, write_json_atomic
 from mlpot.uncertainty.stacked import can_stack, stacked_forward
+from mlpot.uncertainty.vmapped import can_vmap, vmap_pays, vmapped_forward
 
 FORMAT = "mlpot-ensemble"
 
@@ -45,9 +46,13 @@ class Ensemble(nn.Module):
     ``forward`` returns the members' mean energy, forces (and stress) under the usual keys,
     the epistemic σ under ``keys.ENERGY_STD`` / ``keys.FORCES_STD`` and every member's
     prediction under ``keys.ENERGY_MEMBERS`` / ``keys.FORCES_MEMBERS``. One batch (one
-    neighbour list) serves all members. Behler–Parrinello members on one descriptor are
-    evaluated together (:mod:`mlpot.uncertainty.stacked`); others, and training (a graph for
-    a loss), run each member's forward and backward pass in turn.
+    neighbour list) serves all members. For inference the members are evaluated together:
+    Behler–Parrinello members on one descriptor by stacked networks on one descriptor pass
+    (:mod:`mlpot.uncertainty.stacked`), message-passing members of one architecture (SchNet,
+    PaiNN, equivariant) by ``torch.func.vmap`` over their stacked weights
+    (:mod:`mlpot.uncertainty.vmapped`) where that pays (on CPU: small graphs, see
+    :func:`~mlpot.uncertainty.vmapped.vmap_pays`). Other members, larger graphs on CPU and
+    training (a graph for a loss) run each member's forward and backward pass in turn.
     """
 
     def __init__(self, members: list[Potential], sigma_scale_energy: float = 1.0,
@@ -98,6 +103,8 @@ class Ensemble(nn.Module):
             create_graph = self.training
         if not create_graph and can_stack(self.members):
             stacked = stacked_forward(self.members, batch, forces=forces, stress=stress)
+        elif not create_graph and can_vmap(self.members) and vmap_pays(batch):
+            stacked = vmapped_forward(self.members, batch, forces=forces, stress=stress)
         else:
             stacked = self._members_in_turn(batch, forces, stress, create_graph)
         energies = stacked[keys.ENERGY]  # (M, B)
@@ -116,7 +123,8 @@ class Ensemble(nn.Module):
 
     def _members_in_turn(self, batch, forces, stress, create_graph) -> dict[str, torch.Tensor]:
         """Each member's forward and backward pass in turn (any model kind; training);
-        the outputs stacked as :func:`~mlpot.uncertainty.stacked.stacked_forward` does."""
+        the outputs stacked as :func:`~mlpot.uncertainty.stacked.stacked_forward` and
+        :func:`~mlpot.uncertainty.vmapped.vmapped_forward` do."""
         outs = [member(batch, forces=forces, stress=stress, create_graph=create_graph)
                 for member in self.members]
         wanted = [keys.ENERGY, keys.ATOMIC_ENERGY] + [keys.FORCES] * forces + [keys.STRESS] * stress

@@ -1,98 +1,122 @@
-"""Ensemble members of one architecture evaluated together with ``torch.func.vmap``.
+"""Message-passing ensemble members evaluated together with ``torch.func.vmap``.
 
-Members that differ only in their weights (same class, same ``config()``, same dtype, no
-long-range terms) are one function E(θ, r, ε) evaluated at M parameter sets θ_m. Their
-parameters and buffers are stacked on a leading axis (``torch.func.stack_module_state``),
-and one ``vmap`` over that axis of
+Members of one architecture (same class, same ``config()``, same dtype, no long-range terms)
+are one function E(θ, r) at M parameter sets θ_m. Their parameters (and saved buffers such as
+the energy scale) are stacked on a leading axis of M, and the model's forward pass runs once
+under ``vmap`` over that axis (``torch.func.functional_call``): every matrix product becomes
+one batched product, M forward passes one pass of M-wide tensors. Member m reads its own copy
+r_m of the positions (and ε_m of the strain), all equal to the batch's, so that one ordinary
+backward pass of Σ_m E_m gives every member's own derivatives at once:
 
-    (θ_m, r, ε) ↦ (∂E_m/∂r, ∂E_m/∂ε), E_m           ``torch.func.grad_and_value``
+    F_m = −∂E_m/∂r_m  (M, n_atoms, 3) eV/Å,   σ_m = (1/V) ∂E_m/∂ε_m  (M, B, 3, 3) eV/Å³
 
-runs the model once on a batch of M weight sets (``functional_call``): every matrix product
-becomes a batched one, and the M forward and backward passes are a single pass of M-wide
-tensors instead of M Python calls. Forces are F_m = −∂E_m/∂r (eV/Å) and stress
-σ_m = (1/V) ∂E_m/∂ε (eV/Å³), with ε the zero symmetric strain applied to positions and cell
-(as :func:`mlpot.potential.attach_strain` does); energies are float64 eV, as the potential's.
-The variance heads (if any) do not depend on gradients and run per member outside ``vmap``.
+with ε a zero symmetric strain of positions and cell (:func:`mlpot.potential.attach_strain`).
+Energies are float64 eV including each member's E0, as the potential returns them. Variance
+heads do not depend on gradients and run member by member. Inference only: no graph is kept.
 
-Inference only: ``torch.func.grad`` keeps no graph for a loss on forces.
+One backward pass outside ``vmap`` was faster on CPU than ``vmap(torch.func.grad_and_value)``
+(a gradient transform per member inside ``vmap``, positions shared): 4 members on one acac
+molecule, 10 against 12 ms (SchNet), 48 against 63 ms (equivariant). Batching removes
+per-operation overhead, not arithmetic, so on a CPU it pays only for small graphs (there 0.6–0.8
+of the time of the members in turn); on large ones the M-wide tensors (batched matrix products
+with the bias added apart, more memory traffic) make it 1.1–1.5 times slower
+(benchmarks/ensemble_vmap_cost.py). :func:`vmap_pays` holds that rule.
 """
 
 from __future__ import annotations
 
 import torch
-from torch.func import functional_call, grad_and_value, stack_module_state, vmap
+from torch.func import functional_call, vmap
 
 from mlpot import keys
+from mlpot.models.message_passing import MessagePassingModel
+from mlpot.potential import derivatives
+
+# vmap on CPU up to this many edges (all structures of the batch): 4 members, 1 thread, the
+# break-even lay between 190 (PaiNN) and ~700 (SchNet, equivariant) edges
+MAX_EDGES_CPU = 400
 
 
 def can_vmap(members) -> bool:
-    """True if every member's model is of one class with one ``config()`` (hyper-parameters)
-    and one dtype, none has long-range terms, and the class is known to run under ``vmap``."""
-    models = [member.model for member in members]
-    first = models[0]
-    if not hasattr(first, "config") or any(member.physics_terms for member in members):
+    """True if every member is a message-passing model (SchNet, PaiNN, equivariant: the kinds
+    tested under ``vmap``) of one class, one ``config()`` and one dtype, without long-range
+    terms."""
+    first = members[0].model
+    if not isinstance(first, MessagePassingModel) or any(
+            member.physics_terms for member in members):
         return False
-    return all(type(model) is type(first) and model.config() == first.config()
-               for model in models) and len({member.dtype for member in members}) == 1
+    return all(type(member.model) is type(first) and member.model.config() == first.config()
+               for member in members) and len({member.dtype for member in members}) == 1
 
 
-def _stacked_state(models):
-    """Parameters and buffers of ``models`` stacked on a leading member axis (detached)."""
-    params, buffers = stack_module_state(models)
-    return ({name: value.detach() for name, value in params.items()},
-            {name: value.detach() for name, value in buffers.items()})
+def vmap_pays(batch: dict[str, torch.Tensor]) -> bool:
+    """Whether vmapping is expected to beat evaluating the members in turn for ``batch``:
+    always off the CPU (where launch overhead dominates; not measured here), on the CPU for
+    graphs of at most :data:`MAX_EDGES_CPU` edges (about one small molecule)."""
+    positions = batch[keys.POSITIONS]
+    return positions.device.type != "cpu" or batch[keys.EDGE_INDEX].shape[1] <= MAX_EDGES_CPU
+
+
+def stacked_state(models) -> tuple[dict, dict, dict]:
+    """(parameters, buffers, shared): the models' parameters and saved buffers stacked on a
+    leading axis of M (detached), and the first model's unsaved buffers — tables built from
+    the config (species index, radial centres, coupling coefficients), equal for every
+    member of one config, so passed once."""
+    first = models[0]
+    unsaved = {name for name, _ in first.named_buffers()} - set(first.state_dict())
+    shared = {name: value for name, value in first.named_buffers() if name in unsaved}
+    with torch.no_grad():
+        named = [dict(model.named_parameters()) for model in models]
+        params = {name: torch.stack([n[name] for n in named]) for name in named[0]}
+        named = [dict(model.named_buffers()) for model in models]
+        buffers = {name: torch.stack([n[name] for n in named]) for name in named[0]
+                   if name not in unsaved}
+    return params, buffers, shared
 
 
 def vmapped_forward(members, batch: dict[str, torch.Tensor], forces: bool = True,
                     stress: bool = False) -> dict[str, torch.Tensor]:
     """Every member's predictions, stacked on a leading axis of M (members as in
-    :func:`can_vmap`): ``keys.ENERGY`` (M, n_structures) eV float64, ``keys.ATOMIC_ENERGY``
-    (M, n_atoms) eV, ``keys.FORCES`` (M, n_atoms, 3) eV/Å, ``keys.STRESS``
-    (M, n_structures, 3, 3) eV/Å³ in the model's dtype, and the variance heads'
-    ``keys.ENERGY_VAR_ALEATORIC`` / ``keys.FORCES_VAR_ALEATORIC`` (M, …) where every member
-    has one. Inference only (no graph is kept): the same output as
-    :func:`mlpot.uncertainty.stacked.stacked_forward`."""
+    :func:`can_vmap`), as :func:`mlpot.uncertainty.stacked.stacked_forward` returns them:
+    ``keys.ENERGY`` (M, n_structures) eV float64, ``keys.ATOMIC_ENERGY`` (M, n_atoms) eV,
+    ``keys.FORCES`` (M, n_atoms, 3) eV/Å and ``keys.STRESS`` (M, n_structures, 3, 3) eV/Å³ in
+    the model's dtype, and the variance heads' ``keys.ENERGY_VAR_ALEATORIC`` /
+    ``keys.FORCES_VAR_ALEATORIC`` (M, …) where every member has one. No graph is kept."""
     models = [member.model for member in members]
     base = models[0]
-    params, buffers = _stacked_state(models)
-    positions = batch[keys.POSITIONS].detach()
-    n_structures = batch[keys.CELL].shape[0]
+    params, buffers, shared = stacked_state(models)
+    n_members, n_structures = len(members), batch[keys.CELL].shape[0]
     structure = batch[keys.BATCH]
-    e0 = members[0].e0[batch[keys.NUMBERS]]  # (n_atoms,) float64 eV
+    gradients = forces or stress
+    # one copy of positions and strain per member: ∂(Σ_m E_m)/∂r_m = ∂E_m/∂r
+    positions = batch[keys.POSITIONS].detach().expand(n_members, -1, -1).clone()
+    strain = positions.new_zeros(n_members, n_structures, 3, 3)
+    positions.requires_grad_(gradients)
+    strain.requires_grad_(stress)
 
-    def energy(params, buffers, positions, strain):
-        """Σ_structures E (for the gradient) and (E (B,), E_i (N,)) of one member."""
-        strained = dict(batch)
-        if strain is not None:  # positions and cell under the strain ε, as attach_strain
+    def atomic_energy(params, buffers, positions, strain):
+        """One member's per-atom energies (n_atoms,) eV at its copy of positions and strain."""
+        member_batch = {**batch, keys.POSITIONS: positions}
+        if stress:  # as attach_strain: ε acts on positions and cell alike
             symmetric = 0.5 * (strain + strain.transpose(1, 2))
-            positions = positions + torch.einsum("na,nab->nb", positions,
-                                                 symmetric[structure])
-            strained[keys.CELL] = batch[keys.CELL] + batch[keys.CELL] @ symmetric
-        strained[keys.POSITIONS] = positions
-        atomic = functional_call(base, (params, buffers), (strained,))[keys.ATOMIC_ENERGY]
-        atomic = atomic.double() + e0
-        total = atomic.new_zeros(n_structures).index_add(0, structure, atomic)
-        return total.sum(), (total, atomic)
+            member_batch[keys.POSITIONS] = positions + torch.einsum(
+                "na,nab->nb", positions, symmetric[structure])
+            member_batch[keys.CELL] = batch[keys.CELL] + batch[keys.CELL] @ symmetric
+        return functional_call(base, (params, buffers, shared),
+                               (member_batch,))[keys.ATOMIC_ENERGY]
 
-    strain = (positions.new_zeros(n_structures, 3, 3) if stress else None)
+    with torch.set_grad_enabled(gradients):
+        atomic = vmap(atomic_energy)(params, buffers, positions, strain)  # (M, n_atoms)
+        # E0 (~1e3 eV per atom) added in float64, as Potential.forward does
+        e0 = torch.stack([member.e0 for member in members])[:, batch[keys.NUMBERS]]
+        atomic = atomic.double() + e0
+        energy = atomic.new_zeros(n_members, n_structures).index_add(1, structure, atomic)
+    out = {keys.ENERGY: energy.detach(), keys.ATOMIC_ENERGY: atomic.detach()}
+    if gradients:
+        inputs = [positions] + ([strain] if stress else [])
+        grads = torch.autograd.grad(energy.sum(), inputs, allow_unused=True)
+        out.update(derivatives(grads, positions, strain if stress else None, batch, forces))
     with torch.no_grad():
-        if forces or stress:
-            argnums = (2, 3) if stress else 2
-            grads, (_, (total, atomic)) = vmap(
-                grad_and_value(energy, argnums=argnums, has_aux=True),
-                in_dims=(0, 0, None, None))(params, buffers, positions, strain)
-        else:
-            _, (total, atomic) = vmap(energy, in_dims=(0, 0, None, None))(
-                params, buffers, positions, strain)
-        out = {keys.ENERGY: total, keys.ATOMIC_ENERGY: atomic}
-        if stress:
-            d_positions, d_strain = grads
-            volume = torch.linalg.det(batch[keys.CELL]).abs()
-            out[keys.STRESS] = d_strain / volume[:, None, None]
-        elif forces:
-            d_positions = grads
-        if forces:
-            out[keys.FORCES] = -d_positions
         heads = [member.aleatoric(batch) for member in members]
     for key in (keys.ENERGY_VAR_ALEATORIC, keys.FORCES_VAR_ALEATORIC):
         if all(key in head for head in heads):

@@ -1,0 +1,175 @@
+"""Export a trained potential as a self-contained program (torch.export's ``.pt2`` archive).
+
+The program maps one structure and its neighbour list to energy, forces (and stress):
+
+    positions (N, 3) Å, numbers (N,), cell (3, 3) Å (zeros for a molecule),
+    edge_index (2, E), edge_shift (E, 3) [, triplets (2, T)]
+        → energy (1,) eV, forces (N, 3) eV/Å [, stress (3, 3) eV/Å³]
+
+The neighbour list stays outside: the caller (ASE here; an MD code) supplies every ordered
+pair within ``cutoff`` with its integer cell shift (r_ij = r_j − r_i + S·cell), and for
+Behler–Parrinello and linear models the triplets of edges shorter than ``angular_cutoff``
+(:func:`mlpot.neighbors.graph_arrays` builds both). Those settings and the input names are
+stored beside the program in the archive (``mlpot.json``).
+
+Forces are −∂E/∂r inside the program. torch.export cannot trace ``torch.autograd.grad`` itself
+(torch 2.13: saved tensors of the backward become fake constants, pytorch issue 146719), so
+the energy-and-gradient function is first traced into one graph of aten operations by
+``make_fx`` with symbolic shapes, and that graph is exported (the route NequIP takes). N, E
+and T stay dynamic. Loading (``torch.export.load``) reads JSON and raw tensor bytes: no
+pickle, no mlpot model code.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase.calculators.calculator import Calculator, all_changes
+from torch import nn
+
+from mlpot import keys
+from mlpot.data.records import Frame
+from mlpot.neighbors import graph_arrays
+from mlpot.potential import Potential
+
+FORMAT = "mlpot-exported"
+METADATA_FILE = "mlpot.json"
+
+
+class _StructureProgram(nn.Module):
+    """The function that is exported: plain tensors of one structure in, energy, forces
+    (and stress) out."""
+
+    def __init__(self, potential: Potential, stress: bool, triplets: bool):
+        super().__init__()
+        self.potential, self.stress, self.triplets = potential, stress, triplets
+
+    def forward(self, positions, numbers, cell, edge_index, edge_shift, *triplets):
+        n_atoms = positions.shape[0]
+        batch = {keys.POSITIONS: positions, keys.NUMBERS: numbers, keys.CELL: cell[None],
+                 keys.PBC: torch.ones(1, 3, dtype=torch.bool),
+                 keys.BATCH: torch.zeros(n_atoms, dtype=torch.long),
+                 keys.N_ATOMS: torch.ones(1, dtype=torch.long) * n_atoms,
+                 keys.CHARGE: torch.zeros(1, dtype=positions.dtype),
+                 keys.EDGE_INDEX: edge_index, keys.EDGE_SHIFT: edge_shift}
+        if self.triplets:
+            batch[keys.TRIPLETS] = triplets[0]
+        out = self.potential(batch, forces=True, stress=self.stress, create_graph=False)
+        if self.stress:
+            return out[keys.ENERGY], out[keys.FORCES], out[keys.STRESS][0]
+        return out[keys.ENERGY], out[keys.FORCES]
+
+
+def _uses_triplets(potential: Potential) -> bool:
+    return getattr(potential.model, "angular_cutoff", None) is not None
+
+
+def _example_frame(elements: list[int], periodic: bool) -> Frame:
+    """A 16-atom jittered grid (1.4 Å spacing) of the model's elements, only for tracing:
+    every dimension of the inputs larger than 1 and different from the others."""
+    rng = np.random.default_rng(0)
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in (4, 2, 2)], indexing="ij"), -1)
+    positions = grid.reshape(-1, 3) * 1.4 + rng.normal(0, 0.1, (16, 3))
+    numbers = np.array([elements[k % len(elements)] for k in range(16)])
+    cell = np.diag([5.6, 2.8, 2.8]) if periodic else np.zeros((3, 3))
+    return Frame(numbers=numbers, positions=positions, cell=cell, pbc=np.array([periodic] * 3))
+
+
+def _inputs(frame: Frame, graph: dict, dtype: torch.dtype, triplets: bool) -> tuple:
+    values = (torch.as_tensor(frame.positions, dtype=dtype),
+              torch.as_tensor(frame.numbers, dtype=torch.long),
+              torch.as_tensor(frame.cell, dtype=dtype),
+              torch.as_tensor(graph[keys.EDGE_INDEX], dtype=torch.long),
+              torch.as_tensor(graph[keys.EDGE_SHIFT], dtype=dtype))
+    if triplets:
+        values += (torch.as_tensor(graph[keys.TRIPLETS], dtype=torch.long),)
+    return values
+
+
+def export_potential(potential: Potential, path: str | Path, stress: bool = False) -> Path:
+    """Write ``potential`` as a ``.pt2`` program (see the module docstring); returns the path.
+
+    Models with long-range terms (Coulomb, dispersion) or several members are refused: their
+    exported form is not built."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    if not isinstance(potential, Potential):
+        raise ValueError("only a single potential can be exported (not an ensemble or a "
+                         "last-layer uncertainty model)")
+    if potential.physics_terms:
+        raise ValueError("potentials with long-range terms (Coulomb, dispersion) cannot be "
+                         "exported yet")
+    potential = potential.eval()
+    triplets = _uses_triplets(potential)
+    program = _StructureProgram(potential, stress, triplets)
+    frame = _example_frame(potential.elements, periodic=stress)
+    example = _inputs(frame, potential.graph(frame), potential.dtype, triplets)
+    atoms, edges = torch.export.Dim("atoms", min=2), torch.export.Dim("edges", min=2)
+    dynamic = [{0: atoms}, {0: atoms}, None, {1: edges}, {0: edges}]
+    if triplets:
+        dynamic.append({1: torch.export.Dim("triplets", min=2)})
+    graph = make_fx(program, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*example)
+    exported = torch.export.export(graph, example, dynamic_shapes=tuple(dynamic), strict=False)
+    metadata = {"format": FORMAT, "version": 1, "elements": potential.elements,
+                "cutoff": potential.cutoff,
+                "angular_cutoff": potential.model.angular_cutoff if triplets else None,
+                "dtype": str(potential.dtype).removeprefix("torch."), "stress": stress,
+                "inputs": ["positions", "numbers", "cell", "edge_index", "edge_shift"]
+                + ["triplets"] * triplets,
+                "outputs": ["energy", "forces"] + ["stress"] * stress,
+                "units": {"length": "Å", "energy": "eV"}}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.partial.pt2")  # torch wants the .pt2 suffix
+    torch.export.save(exported, tmp, extra_files={METADATA_FILE: json.dumps(metadata)})
+    tmp.replace(path)
+    return path
+
+
+class ExportedPotential:
+    """An exported program with its neighbour-list settings: call it on a structure."""
+
+    def __init__(self, path: str | Path):
+        extra = {METADATA_FILE: ""}
+        self.program = torch.export.load(path, extra_files=extra).module()
+        self.metadata = json.loads(extra[METADATA_FILE])
+        if self.metadata.get("format") != FORMAT:
+            raise ValueError(f"{path}: not an mlpot exported program")
+        self.dtype = getattr(torch, self.metadata["dtype"])
+        self.triplets = self.metadata["angular_cutoff"] is not None
+
+    def __call__(self, frame: Frame) -> dict[str, np.ndarray]:
+        """energy (eV), forces (N, 3) eV/Å and, if exported with it, stress (3, 3) eV/Å³."""
+        graph = graph_arrays(frame.positions, frame.cell, frame.pbc, self.metadata["cutoff"],
+                             self.metadata["angular_cutoff"])
+        with torch.no_grad():
+            outputs = self.program(*_inputs(frame, graph, self.dtype, self.triplets))
+        result = {name: value.detach().numpy().astype(np.float64)
+                  for name, value in zip(self.metadata["outputs"], outputs)}
+        result["energy"] = float(result["energy"][0])
+        return result
+
+
+class ExportedCalculator(Calculator):
+    """ASE calculator on an exported program (energy, forces; stress if exported with it)."""
+
+    def __init__(self, path: str | Path, **kwargs):
+        super().__init__(**kwargs)
+        self.exported = ExportedPotential(path)
+        self.implemented_properties = ["energy", "free_energy", "forces"] + (
+            ["stress"] * self.exported.metadata["stress"])
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        frame = Frame(numbers=self.atoms.numbers, positions=self.atoms.positions,
+                      cell=np.asarray(self.atoms.cell), pbc=np.asarray(self.atoms.pbc))
+        result = self.exported(frame)
+        self.results = {"energy": result["energy"], "free_energy": result["energy"],
+                        "forces": result["forces"]}
+        if "stress" in result:
+            from ase.stress import full_3x3_to_voigt_6_stress
+
+            self.results["stress"] = full_3x3_to_voigt_6_stress(result["stress"])
