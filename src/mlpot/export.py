@@ -141,12 +141,16 @@ class ExportedPotential:
         self.dtype = getattr(torch, self.metadata["dtype"])
         self.triplets = self.metadata["angular_cutoff"] is not None
 
-    def __call__(self, frame: Frame) -> dict[str, np.ndarray]:
-        """energy (eV), forces (N, 3) eV/Å and, if exported with it, stress (3, 3) eV/Å³."""
+    def inputs(self, frame: Frame) -> tuple[torch.Tensor, ...]:
+        """The program's input tensors for ``frame`` (its neighbour list built here)."""
         graph = graph_arrays(frame.positions, frame.cell, frame.pbc, self.metadata["cutoff"],
                              self.metadata["angular_cutoff"])
+        return _inputs(frame, graph, self.dtype, self.triplets)
+
+    def __call__(self, frame: Frame) -> dict[str, np.ndarray]:
+        """energy (eV), forces (N, 3) eV/Å and, if exported with it, stress (3, 3) eV/Å³."""
         with torch.no_grad():
-            outputs = self.program(*_inputs(frame, graph, self.dtype, self.triplets))
+            outputs = self.program(*self.inputs(frame))
         result = {name: value.detach().numpy().astype(np.float64)
                   for name, value in zip(self.metadata["outputs"], outputs)}
         result["energy"] = float(result["energy"][0])
