@@ -89,3 +89,14 @@ def test_what_cannot_be_exported(tmp_path):
         export_potential(Potential(model, E0, None, Electrostatics([1, 6, 8], 4.0)),
                          tmp_path / "c.pt2")
     assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_aoti_package_equals_the_model(acac_frames, tmp_path):
+    """The AOTInductor-compiled package (C++ shared library; needs the C++ compiler) gives
+    the model's energy and forces, metadata included, on a molecule and a periodic cell."""
+    torch.set_num_threads(1)
+    potential = random_bpnn(1)
+    exported = ExportedPotential(export_potential(potential, tmp_path / "bpnn_aoti.pt2",
+                                                  aoti=True))
+    assert exported.metadata["aoti"] and exported.metadata["cutoff"] == potential.cutoff
+    _assert_same(exported, potential, [acac_frames[2], _periodic(20, 4)], stress=False)

@@ -239,7 +239,7 @@ def _export(args) -> int:
     if args.dtype:
         potential = potential.to(getattr(torch, args.dtype))
     try:
-        path = export_potential(potential, args.out, stress=args.stress)
+        path = export_potential(potential, args.out, stress=args.stress, aoti=args.aoti)
     except ValueError as error:
         raise MlpotError(f"{args.model}: {error}") from error
     print(f"{path}: exported ({str(potential.dtype).removeprefix('torch.')}; inputs: positions, "
@@ -381,6 +381,9 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--stress", action="store_true", help="also return the stress")
     export.add_argument("--dtype", choices=["float32", "float64"],
                         help="convert the model first (default: as saved)")
+    export.add_argument("--aoti", action="store_true",
+                        help="compile ahead of time (AOTInductor, needs a C++ compiler; minutes): "
+                             "a package with a shared library for this machine, much faster")
     export.set_defaults(run=_export)
     return top
 

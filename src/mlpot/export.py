@@ -18,11 +18,17 @@ the energy-and-gradient function is first traced into one graph of aten operatio
 ``make_fx`` with symbolic shapes, and that graph is exported (the route NequIP takes). N, E
 and T stay dynamic. Loading (``torch.export.load``) reads JSON and raw tensor bytes: no
 pickle, no mlpot model code.
+
+``aoti=True`` compiles the program ahead of time with AOTInductor into a package holding a
+C++ shared library for this kind of CPU (or GPU), loadable from Python or C++ (an MD code's
+pair style): many times faster per call than the interpreted program (benchmarks/RESULTS.md),
+but it is native code — load only packages you built.
 """
 
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -89,8 +95,10 @@ def _inputs(frame: Frame, graph: dict, dtype: torch.dtype, triplets: bool) -> tu
     return values
 
 
-def export_potential(potential: Potential, path: str | Path, stress: bool = False) -> Path:
-    """Write ``potential`` as a ``.pt2`` program (see the module docstring); returns the path.
+def export_potential(potential: Potential, path: str | Path, stress: bool = False,
+                     aoti: bool = False) -> Path:
+    """Write ``potential`` as a ``.pt2`` program (see the module docstring), compiled by
+    AOTInductor if ``aoti``; returns the path.
 
     Models with long-range terms (Coulomb, dispersion) or several members are refused: their
     exported form is not built."""
@@ -124,18 +132,33 @@ def export_potential(potential: Potential, path: str | Path, stress: bool = Fals
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.partial.pt2")  # torch wants the .pt2 suffix
-    torch.export.save(exported, tmp, extra_files={METADATA_FILE: json.dumps(metadata)})
+    if aoti:
+        metadata["aoti"] = True
+        torch._inductor.aoti_compile_and_package(
+            exported, package_path=str(tmp),
+            inductor_configs={"aot_inductor.metadata": {METADATA_FILE: json.dumps(metadata)}})
+    else:
+        torch.export.save(exported, tmp, extra_files={METADATA_FILE: json.dumps(metadata)})
     tmp.replace(path)
     return path
+
+
+def _is_aoti_package(path: str | Path) -> bool:
+    with zipfile.ZipFile(path) as archive:
+        return any("/data/aotinductor/" in name for name in archive.namelist())
 
 
 class ExportedPotential:
     """An exported program with its neighbour-list settings: call it on a structure."""
 
     def __init__(self, path: str | Path):
-        extra = {METADATA_FILE: ""}
-        self.program = torch.export.load(path, extra_files=extra).module()
-        self.metadata = json.loads(extra[METADATA_FILE])
+        if _is_aoti_package(path):
+            self.program = torch._inductor.aoti_load_package(str(path))
+            self.metadata = json.loads(self.program.get_metadata().get(METADATA_FILE, "{}"))
+        else:
+            extra = {METADATA_FILE: ""}
+            self.program = torch.export.load(path, extra_files=extra).module()
+            self.metadata = json.loads(extra[METADATA_FILE])
         if self.metadata.get("format") != FORMAT:
             raise ValueError(f"{path}: not an mlpot exported program")
         self.dtype = getattr(torch, self.metadata["dtype"])
