@@ -28,8 +28,14 @@ log = pc.Logger("mlpot_run")
 
 
 def make_calculator(path: str, dtype: str | None = None):
+    """mlpot's ASE calculator on a model folder, or on an exported program (``.pt2``, in the
+    dtype it was exported in)."""
     import mlpot
 
+    if path.endswith(".pt2"):
+        from mlpot.export import ExportedCalculator
+
+        return ExportedCalculator(path)
     return mlpot.Calculator(path, dtype=dtype or os.environ.get("MLPOT_TIMING_DTYPE", "float64"))
 
 

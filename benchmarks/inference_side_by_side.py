@@ -1,0 +1,124 @@
+#!/usr/bin/env python
+"""Inference side by side, one run: mlpot bpnn (eager, exported, AOTInductor) against NequIP
+(its AOTInductor-compiled model) and MACE, all trained on the same acac data for 15 minutes.
+
+    .venv/bin/python benchmarks/inference_side_by_side.py \
+        [--runs benchmarks/out/compare/acac] [--out benchmarks/out/side_by_side]
+
+Takes the models of the equal-CPU-time comparison (benchmarks/model_compare.py, RESULTS.md
+"Message passing against MACE and NequIP"): ``RUNS/bpnn/train/model``,
+``RUNS/nequip/snapshots/snap_15min.nequip.pt2`` (compiled by nequip-compile --mode aotinductor)
+and ``RUNS/mace/snapshots/snap_15min.model``. mlpot's model is exported here (`mlpot export
+--dtype float32`, with and without `--aoti`). Every model is timed through its own ASE
+calculator, in a fresh process with one thread (peers in their own venvs, `.peers/`), one after
+another: mean ms per energy+forces call over 50 calls after 10 warm-up, positions jittered by
+1e-3 Å (peer_common.time_calculator), on one acac molecule (test_MD_300K frame 0, 15 atoms)
+and on 27 randomly rotated acac molecules in a periodic cube (405 atoms, 24 Å). float32 for
+all. Prints a Markdown table, writes OUT/results.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+from ase.io import read, write
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks" / "peers"))
+import peer_common as pc  # noqa: E402
+
+
+def acac_box(n_side: int = 3, spacing: float = 8.0, seed: int = 0) -> Atoms:
+    """n_side³ acac molecules (test_MD_300K frame 0), randomly rotated, on a cubic lattice of
+    ``spacing`` Å in a periodic box."""
+    rng = np.random.default_rng(seed)
+    molecule = read(ROOT / "examples/acac/test_MD_300K.xyz", index=0)
+    molecule.calc = None
+    box = Atoms(cell=np.eye(3) * spacing * n_side, pbc=True)
+    for index in np.ndindex(n_side, n_side, n_side):
+        copy = molecule.copy()
+        copy.positions -= copy.positions.mean(0)
+        copy.rotate(rng.uniform(0, 360), rng.normal(size=3))
+        copy.translate((np.array(index) + 0.5) * spacing)
+        box += copy
+    return box
+
+
+def time_in_child(python: str, script: str, model: str, atoms: str, env_extra=None) -> dict:
+    """peer_common's timing child of ``script`` under the interpreter ``python``."""
+    cmd = [python, script, "--_time_model", model, "--_time_atoms", atoms, "--threads", "1",
+           "--timing_calls", "50"]
+    proc = subprocess.run(cmd, capture_output=True, text=True,
+                          env=pc.thread_env(1, env_extra), cwd=ROOT)
+    for line in proc.stdout.splitlines():
+        if line.startswith(pc.TIMING_TAG):
+            return json.loads(line[len(pc.TIMING_TAG):])
+    raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", default=str(ROOT / "benchmarks/out/compare/acac"))
+    parser.add_argument("--out", default=str(ROOT / "benchmarks/out/side_by_side"))
+    args = parser.parse_args()
+    runs, out = Path(args.runs), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    python = str(ROOT / ".venv/bin/python")
+    bpnn = str(runs / "bpnn/train/model")
+    compile_seconds = {}
+    for name, extra in [("bpnn_exported.pt2", []), ("bpnn_aoti.pt2", ["--aoti"])]:
+        started = time.perf_counter()
+        subprocess.run([python, "-m", "mlpot", "export", bpnn, str(out / name), "--dtype",
+                        "float32", *extra], check=True, env=pc.thread_env(1), cwd=ROOT)
+        compile_seconds[name] = time.perf_counter() - started
+    systems = {"acac (15 atoms)": out / "acac.xyz", "27 acac, periodic (405 atoms)":
+               out / "acac_box.xyz"}
+    molecule = read(ROOT / "examples/acac/test_MD_300K.xyz", index=0)
+    molecule.calc = None
+    write(systems["acac (15 atoms)"], molecule)
+    write(systems["27 acac, periodic (405 atoms)"], acac_box())
+    mlpot_script = str(ROOT / "benchmarks/mlpot_run.py")
+    models = [
+        ("mlpot bpnn, eager", python, mlpot_script, bpnn, {"MLPOT_TIMING_DTYPE": "float32"}),
+        ("mlpot bpnn, exported program", python, mlpot_script, str(out / "bpnn_exported.pt2"),
+         None),
+        ("mlpot bpnn, AOTInductor", python, mlpot_script, str(out / "bpnn_aoti.pt2"), None),
+        ("NequIP, AOTInductor (nequip-compile)", str(ROOT / ".peers/nequip/bin/python"),
+         str(ROOT / "benchmarks/peers/nequip_run.py"),
+         str(runs / "nequip/snapshots/snap_15min.nequip.pt2"), None),
+        ("MACE", str(ROOT / ".peers/mace/bin/python"), str(ROOT / "benchmarks/peers/mace_run.py"),
+         str(runs / "mace/snapshots/snap_15min.model"), None),
+    ]
+    results = {"date": time.ctime(), "machine": pc.machine_info(),
+               "export_seconds": compile_seconds, "timings": []}
+    for system, atoms in systems.items():
+        for name, interpreter, script, model, env in models:
+            timing = time_in_child(interpreter, script, model, str(atoms), env)
+            row = {"model": name, "system": system, **timing}
+            results["timings"].append(row)
+            print(json.dumps(row), flush=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    print("\n| model | " + " | ".join(systems) + " |")
+    print("|---" * (1 + len(systems)) + "|")
+    for name, *_ in models:
+        cells = []
+        for system in systems:
+            row = next(r for r in results["timings"]
+                       if r["model"] == name and r["system"] == system)
+            per_atom = 1000 * row["ms_per_call"] / row["n_atoms"]
+            cells.append(f"{row['ms_per_call']:.2f} ms ({per_atom:.0f} µs/atom)")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    print(f"\nexport / compile seconds: {compile_seconds}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    main()
