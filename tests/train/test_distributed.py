@@ -13,13 +13,19 @@ import yaml
 from safetensors.torch import load_file
 
 
-def _train(tmp_path, acac_dir, name, processes, model):
+def _train(tmp_path, acac_dir, name, processes, model, on_disk=False):
     """20 training frames in global batches of 4: every process gets 2 structures a step
-    (unequal shards would weigh observations slightly differently from one process)."""
+    (unequal shards would weigh observations slightly differently from one process); with
+    ``on_disk`` read from mlpot's HDF5 file (streamed, no descriptor cache)."""
+    from mlpot.data.ondisk import convert
+
     train = tmp_path / "train.xyz"
     if not train.exists():
         with open(acac_dir / "train_300K.xyz") as handle:
             train.write_text("".join(next(handle) for _ in range(25 * 17)))
+        convert([train], tmp_path / "train.h5")
+    if on_disk:
+        train = tmp_path / "train.h5"
     config = tmp_path / f"{name}.yaml"
     config.write_text(yaml.safe_dump({
         "data": {"train": str(train), "valid_fraction": 0.2,
@@ -41,12 +47,13 @@ def _train(tmp_path, acac_dir, name, processes, model):
     return rows, load_file(str(tmp_path / name / "model" / "model.safetensors"))
 
 
-@pytest.mark.parametrize("model", [{"kind": "bpnn", "size": "small"},
-                                   {"kind": "schnet", "size": "small"}],
-                         ids=["bpnn-descriptor-cache", "schnet"])
-def test_two_processes_equal_one(tmp_path, acac_dir, model):
-    single, single_weights = _train(tmp_path, acac_dir, "single", 1, model)
-    double, double_weights = _train(tmp_path, acac_dir, "double", 2, model)
+@pytest.mark.parametrize("model, on_disk", [({"kind": "bpnn", "size": "small"}, False),
+                                            ({"kind": "schnet", "size": "small"}, False),
+                                            ({"kind": "bpnn", "size": "small"}, True)],
+                         ids=["bpnn-descriptor-cache", "schnet", "bpnn-on-disk"])
+def test_two_processes_equal_one(tmp_path, acac_dir, model, on_disk):
+    single, single_weights = _train(tmp_path, acac_dir, "single", 1, model, on_disk)
+    double, double_weights = _train(tmp_path, acac_dir, "double", 2, model, on_disk)
     assert len(single) == len(double) == 3
     for a, b in zip(single, double):
         assert float(b["valid_loss"]) == pytest.approx(float(a["valid_loss"]), rel=1e-8)
