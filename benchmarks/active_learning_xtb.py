@@ -17,6 +17,12 @@
    (unlabelled), scored by the ensemble (pool-based query by committee).
 Both run at once (one thread each); finished runs are reused. Writes OUT/results_NAME.json,
 OUT/NAME_vs_random.png and a table.
+
+``--scenario mixed`` instead: the pool is what cheap sampling typically gives, imbalanced —
+400 snapshots of 300 K MD (4 trajectories) and 40 of 1000 K MD (one) — and the test set
+weighs both regimes equally (100 snapshots of an independent 300 K and 100 of an independent
+1000 K trajectory). Random sampling follows the pool's imbalance; selection by epistemic σ
+(use with ``--from-pool``) can seek out the rare hot configurations.
 """
 from __future__ import annotations
 
@@ -35,8 +41,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TEMPERATURE = 600.0  # K
 
 
-def xtb_trajectory(steps: int, every: int, seed: int):
-    """Snapshots of an xTB Langevin trajectory of ethanol, labelled (energy, forces)."""
+def xtb_trajectory(steps: int, every: int, seed: int, temperature: float = TEMPERATURE):
+    """Snapshots of an xTB Langevin trajectory of ethanol at ``temperature`` K, labelled
+    (energy, forces)."""
     from ase import units
     from ase.build import molecule
     from ase.calculators.singlepoint import SinglePointCalculator
@@ -47,8 +54,8 @@ def xtb_trajectory(steps: int, every: int, seed: int):
     rng = np.random.default_rng(seed)
     atoms = molecule("CH3CH2OH")
     atoms.calc = TBLite(method="GFN2-xTB", verbosity=0)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=TEMPERATURE, rng=rng)
-    dynamics = Langevin(atoms, 0.5 * units.fs, temperature_K=TEMPERATURE,
+    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
+    dynamics = Langevin(atoms, 0.5 * units.fs, temperature_K=temperature,
                         friction=0.02 / units.fs, rng=rng)
     dynamics.run(200)  # equilibrate
     frames = []
@@ -61,14 +68,19 @@ def xtb_trajectory(steps: int, every: int, seed: int):
     return frames
 
 
-def reference_data(out: Path) -> tuple[Path, Path]:
+def reference_data(out: Path, scenario: str) -> tuple[Path, Path]:
     from ase.io import write
 
     pool, test = out / "pool.xyz", out / "test.xyz"
-    if not pool.exists():
-        frames = [f for seed in range(4) for f in xtb_trajectory(2500, 25, seed)]
-        write(pool, frames)
+    if pool.exists():
+        return pool, test
+    if scenario == "600K":
+        write(pool, [f for seed in range(4) for f in xtb_trajectory(2500, 25, seed)])
         write(test, xtb_trajectory(5000, 25, 100))
+    else:  # mixed: an imbalanced pool, a test set of both regimes alike
+        write(pool, [f for seed in range(4) for f in xtb_trajectory(2500, 25, seed, 300.0)]
+              + xtb_trajectory(1000, 25, 4, 1000.0))
+        write(test, xtb_trajectory(2500, 25, 100, 300.0) + xtb_trajectory(2500, 25, 101, 1000.0))
     return pool, test
 
 
@@ -140,7 +152,7 @@ def plot(results: dict, path: Path) -> None:
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("labelled structures (GFN2-xTB)")
-    ax.set_ylabel("test force RMSE (meV/Å), 600 K MD")
+    ax.set_ylabel("test force RMSE (meV/Å)")
     ax.set_title("ethanol: active learning vs random sampling")
     ax.legend()
     fig.tight_layout()
@@ -163,6 +175,8 @@ def main() -> None:
     parser.add_argument("--name", default="al", help="folder of the active-learning run")
     parser.add_argument("--strategy", choices=["top", "weighted"], default="top",
                         help="most uncertain first, or drawn with probability ∝ σ")
+    parser.add_argument("--scenario", choices=["600K", "mixed"], default="600K",
+                        help="pool and test set (see above)")
     parser.add_argument("--from-pool", action="store_true",
                         help="select from the (unlabelled) random-sampling pool by σ instead "
                              "of exploring with MD")
@@ -170,7 +184,7 @@ def main() -> None:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    pool, test = reference_data(out)
+    pool, test = reference_data(out, args.scenario)
     sizes = [int(s) for s in args.sizes.split(",")]
     with ThreadPoolExecutor(2) as executor:
         learning = executor.submit(active, out, pool, test, args.minutes, args.iterations,
@@ -179,7 +193,8 @@ def main() -> None:
                                    args.strategy)
         random = [train_random(out, pool, test, n, args.minutes) for n in sizes]
         results = {"random": random, "active": learning.result()}
-    results.update(minutes_per_member=args.minutes, members=3, date=time.ctime(),
+    results.update(scenario=args.scenario, minutes_per_member=args.minutes, members=3,
+                   date=time.ctime(),
                    wall_minutes=(time.time() - started) / 60, threshold=args.threshold,
                    stop_sigma=args.stop_sigma, trajectories=args.trajectories)
     (out / f"results_{args.name}.json").write_text(json.dumps(results, indent=1))

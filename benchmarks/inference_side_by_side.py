@@ -1,6 +1,8 @@
 #!/usr/bin/env python
 """Inference side by side, one run: mlpot bpnn (eager, exported, AOTInductor) against NequIP
-(its AOTInductor-compiled model) and MACE, all trained on the same acac data for 15 minutes.
+(its AOTInductor-compiled model) and MACE, all trained on the same acac data for 15 minutes,
+and TorchANI's ANI-2x architecture (untrained: its weights cannot be downloaded here; speed
+only, benchmarks/peers/torchani_time.py).
 
     .venv/bin/python benchmarks/inference_side_by_side.py \
         [--runs benchmarks/out/compare/acac] [--out benchmarks/out/side_by_side]
@@ -96,6 +98,9 @@ def main() -> None:
          str(runs / "nequip/snapshots/snap_15min.nequip.pt2"), None),
         ("MACE", str(ROOT / ".peers/mace/bin/python"), str(ROOT / "benchmarks/peers/mace_run.py"),
          str(runs / "mace/snapshots/snap_15min.model"), None),
+        ("TorchANI, ANI-2x architecture (untrained: speed only)",
+         str(ROOT / ".peers/torchani/bin/python"), str(ROOT / "benchmarks/peers/torchani_time.py"),
+         "ani2x", {"TORCHANI_NO_WARN_EXTENSIONS": "1"}),
     ]
     results = {"date": time.ctime(), "machine": pc.machine_info(),
                "export_seconds": compile_seconds, "timings": []}
