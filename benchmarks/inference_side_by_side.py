@@ -70,11 +70,13 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", default=str(ROOT / "benchmarks/out/compare/acac"))
     parser.add_argument("--out", default=str(ROOT / "benchmarks/out/side_by_side"))
+    parser.add_argument("--bpnn", help="mlpot model folder to use instead of RUNS/bpnn/train/model "
+                                       "(e.g. one retrained under the same protocol)")
     args = parser.parse_args()
     runs, out = Path(args.runs), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     python = str(ROOT / ".venv/bin/python")
-    bpnn = str(runs / "bpnn/train/model")
+    bpnn = args.bpnn or str(runs / "bpnn/train/model")
     compile_seconds = {}
     for name, extra in [("bpnn_exported.pt2", []), ("bpnn_aoti.pt2", ["--aoti"])]:
         started = time.perf_counter()
@@ -102,7 +104,7 @@ def main() -> None:
          str(ROOT / ".peers/torchani/bin/python"), str(ROOT / "benchmarks/peers/torchani_time.py"),
          "ani2x", {"TORCHANI_NO_WARN_EXTENSIONS": "1"}),
     ]
-    results = {"date": time.ctime(), "machine": pc.machine_info(),
+    results = {"date": time.ctime(), "machine": pc.machine_info(), "bpnn_model": bpnn,
                "export_seconds": compile_seconds, "timings": []}
     for system, atoms in systems.items():
         for name, interpreter, script, model, env in models:
