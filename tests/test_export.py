@@ -55,6 +55,8 @@ def test_cli_export_of_bpnn_equals_the_model(acac_frames, tmp_path):
     forces = atoms.get_forces()
     atoms.calc = MlpotCalculator(potential)
     np.testing.assert_allclose(forces, atoms.get_forces(), atol=1e-10)
+    with pytest.raises(ValueError, match="at least 2 atoms, edges and triplets"):
+        exported(frame([1, 1], [[0, 0, 0], [0.74, 0, 0]]))  # H2: no triplets
 
 
 def test_message_passing_model_exports(acac_frames, tmp_path):

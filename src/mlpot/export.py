@@ -168,6 +168,13 @@ class ExportedPotential:
         """The program's input tensors for ``frame`` (its neighbour list built here)."""
         graph = graph_arrays(frame.positions, frame.cell, frame.pbc, self.metadata["cutoff"],
                              self.metadata["angular_cutoff"])
+        sizes = {"atoms": len(frame), "edges": graph[keys.EDGE_INDEX].shape[1]}
+        if self.triplets:
+            sizes["triplets"] = graph[keys.TRIPLETS].shape[1]
+        small = {name: n for name, n in sizes.items() if n < 2}
+        if small:  # traced with symbolic sizes, which assume ≥ 2 (torch's 0/1 specialisation)
+            raise ValueError(f"{frame.source} frame {frame.index}: an exported program needs at "
+                             f"least 2 atoms, edges and triplets; this structure has {small}")
         return _inputs(frame, graph, self.dtype, self.triplets)
 
     def __call__(self, frame: Frame) -> dict[str, np.ndarray]:
