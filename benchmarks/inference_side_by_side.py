@@ -53,18 +53,6 @@ def acac_box(n_side: int = 3, spacing: float = 8.0, seed: int = 0) -> Atoms:
     return box
 
 
-def time_in_child(python: str, script: str, model: str, atoms: str, env_extra=None) -> dict:
-    """peer_common's timing child of ``script`` under the interpreter ``python``."""
-    cmd = [python, script, "--_time_model", model, "--_time_atoms", atoms, "--threads", "1",
-           "--timing_calls", "50"]
-    proc = subprocess.run(cmd, capture_output=True, text=True,
-                          env=pc.thread_env(1, env_extra), cwd=ROOT)
-    for line in proc.stdout.splitlines():
-        if line.startswith(pc.TIMING_TAG):
-            return json.loads(line[len(pc.TIMING_TAG):])
-    raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -108,7 +96,8 @@ def main() -> None:
                "export_seconds": compile_seconds, "timings": []}
     for system, atoms in systems.items():
         for name, interpreter, script, model, env in models:
-            timing = time_in_child(interpreter, script, model, str(atoms), env)
+            timing = pc.measure_inference(script, model, str(atoms), 1, 50,
+                                          str(out / "timing.log"), env, python=interpreter)
             row = {"model": name, "system": system, **timing}
             results["timings"].append(row)
             print(json.dumps(row), flush=True)

@@ -421,8 +421,10 @@ def timing_child(args, make_calculator) -> None:
 
 
 def measure_inference(script: str, model_path: str, atoms_path: str, threads: int, n_calls: int,
-                      log_path: str, env_extra: dict | None = None) -> dict:
-    cmd = [sys.executable, script, "--_time_model", model_path, "--_time_atoms", atoms_path,
+                      log_path: str, env_extra: dict | None = None,
+                      python: str = sys.executable) -> dict:
+    """Time ``script``'s timing child (run by the interpreter ``python``) in a fresh process."""
+    cmd = [python, script, "--_time_model", model_path, "--_time_atoms", atoms_path,
            "--threads", str(threads), "--timing_calls", str(n_calls)]
     with open(log_path, "w") as f:
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=f, text=True,

@@ -232,7 +232,7 @@ def _data_convert(args) -> int:
 def _export(args) -> int:
     import torch
 
-    from mlpot.export import export_potential
+    from mlpot.export import export_potential, uses_triplets
     from mlpot.uncertainty.ensemble import load_model
 
     potential = load_model(args.model)
@@ -245,7 +245,7 @@ def _export(args) -> int:
     print(f"{path}: exported ({str(potential.dtype).removeprefix('torch.')}; inputs: positions, "
           f"numbers, cell, edges within {potential.cutoff} Å"
           + (f", triplets within {potential.model.angular_cutoff} Å"
-             if getattr(potential.model, "angular_cutoff", None) is not None else "") + ")")
+             if uses_triplets(potential) else "") + ")")
     return 0
 
 

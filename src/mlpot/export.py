@@ -69,7 +69,8 @@ class _StructureProgram(nn.Module):
         return out[keys.ENERGY], out[keys.FORCES]
 
 
-def _uses_triplets(potential: Potential) -> bool:
+def uses_triplets(potential: Potential) -> bool:
+    """Whether the potential's program takes triplets (models with angular functions)."""
     return getattr(potential.model, "angular_cutoff", None) is not None
 
 
@@ -111,7 +112,7 @@ def export_potential(potential: Potential, path: str | Path, stress: bool = Fals
         raise ValueError("potentials with long-range terms (Coulomb, dispersion) cannot be "
                          "exported yet")
     potential = potential.eval()
-    triplets = _uses_triplets(potential)
+    triplets = uses_triplets(potential)
     program = _StructureProgram(potential, stress, triplets)
     frame = _example_frame(potential.elements, periodic=stress)
     example = _inputs(frame, potential.graph(frame), potential.dtype, triplets)

@@ -23,8 +23,9 @@ def _train(tmp_path, acac_dir, name, processes, model, on_disk=False):
     if not train.exists():
         with open(acac_dir / "train_300K.xyz") as handle:
             train.write_text("".join(next(handle) for _ in range(25 * 17)))
-        convert([train], tmp_path / "train.h5")
     if on_disk:
+        if not (tmp_path / "train.h5").exists():
+            convert([train], tmp_path / "train.h5")
         train = tmp_path / "train.h5"
     config = tmp_path / f"{name}.yaml"
     config.write_text(yaml.safe_dump({

@@ -57,7 +57,7 @@ def spearman_reference(sigmas: np.ndarray, components=1, draws: int = 200,
 def structure_force_errors(frames: list[Frame], predicted: dict) -> tuple | None:
     """Per structure with forces: (RMS force error, RMS force σ, number of components 3N),
     eV/Å, from per-frame arrays in ``predicted`` (None without forces or σ)."""
-    with_forces = [k for k, f in enumerate(frames) if f.forces is not None]
+    with_forces = _with_forces(frames)
     if not with_forces or not predicted.get("forces_std"):
         return None
     rms = lambda values: float(np.sqrt(np.mean(np.asarray(values) ** 2)))  # noqa: E731
@@ -88,12 +88,17 @@ def fit_sigma_scale(errors: np.ndarray, sigmas: np.ndarray) -> float:
     return float(np.sqrt(np.mean(ratio**2)))
 
 
+def _with_forces(frames: list[Frame]) -> list[int]:
+    """Indices of the frames that carry reference forces."""
+    return [k for k, f in enumerate(frames) if f.forces is not None]
+
+
 def ensemble_errors(frames: list[Frame], predicted: dict) -> dict[str, tuple]:
     """(errors, σ) of energies per atom (eV/atom) and of force components (eV/Å)."""
     n = np.array([len(f) for f in frames])
     result = {"energy": ((np.asarray(predicted["energy"]) - [f.energy for f in frames]) / n,
                          np.asarray(predicted["energy_std"]) / n)}
-    with_forces = [k for k, f in enumerate(frames) if f.forces is not None]
+    with_forces = _with_forces(frames)
     if with_forces and predicted.get("forces_std"):
         result["forces"] = (
             np.concatenate([predicted["forces"][k] - frames[k].forces for k in with_forces]),
@@ -106,7 +111,7 @@ def _mean_sigma(frames: list[Frame], predicted: dict, key: str, per_atom: bool) 
     if key not in predicted:
         return None
     if per_atom:
-        with_forces = [k for k, f in enumerate(frames) if f.forces is not None]
+        with_forces = _with_forces(frames)
         if not with_forces:
             return None
         return float(np.mean(np.concatenate([predicted[key][k] for k in with_forces])) * 1000)
