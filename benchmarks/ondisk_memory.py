@@ -15,6 +15,10 @@ RSS (VmHWM: the peak ``ru_maxrss`` would report if it did not inherit the parent
 evaluation seconds (reading, statistics, validation, final metrics), optimizer steps and
 steps per training second. About 10 minutes on 2 cores.
 Writes a markdown table to ``benchmarks/results/ondisk_memory.md`` and JSON next to the runs.
+
+``--eval MODEL`` measures ``mlpot eval MODEL FILE --json`` instead (no training): peak RSS of
+scoring each .h5 (and extxyz, up to ``--memory-up-to``) in a fresh process; table in
+``benchmarks/results/ondisk_eval_memory.md``.
 """
 
 from __future__ import annotations
@@ -118,11 +122,28 @@ def child(spec: dict) -> None:
                       "epochs": summary["epochs"]}))
 
 
+def eval_child(spec: dict) -> None:
+    """`mlpot eval MODEL FILE --json` in this (fresh) process; prints one JSON line."""
+    import contextlib
+    import io
+
+    from mlpot.cli import main as mlpot_main
+
+    began, printed = time.time(), io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        mlpot_main(["eval", spec["model"], spec["train"], "--json"])
+    metrics = json.loads(printed.getvalue().strip().splitlines()[-1])
+    print(json.dumps({"peak_rss_mib": max_rss_mib(), "wall_s": time.time() - began,
+                      "n_structures": metrics["n_structures"],
+                      "force_rmse": metrics["force_rmse"]}))
+
+
 def run_child(train: Path, out: Path, frames: int, args, env: dict | None = None) -> dict:
     spec = {"train": str(train), "out": str(out), "minutes": args.minutes, "frames": frames,
-            "n_valid": args.valid}
+            "n_valid": args.valid, "model": args.eval}
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
+    done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)]
+                          + (["--eval", args.eval] if args.eval else []),
                           capture_output=True, text=True, env=env, timeout=3600)
     if done.returncode != 0:
         raise RuntimeError(done.stderr[-3000:])
@@ -152,11 +173,15 @@ def main() -> None:
                         help="validation frames (the same number at every size)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/out/ondisk_memory"))
     parser.add_argument("--results", default=str(ROOT / "benchmarks/results/ondisk_memory.md"))
+    parser.add_argument("--eval", metavar="MODEL",
+                        help="measure `mlpot eval MODEL` on each file instead of training")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(json.loads(args.child))
+        (eval_child if args.eval else child)(json.loads(args.child))
         return
+    if args.eval:
+        args.results = args.results.replace("ondisk_memory.md", "ondisk_eval_memory.md")
     from mlpot.data.ondisk import write_hdf5
 
     out = Path(args.out)
@@ -168,7 +193,9 @@ def main() -> None:
         began = time.time()
         written = write_hdf5(rattled(frames, size), h5, source_note="rattled acac")
         build_s = time.time() - began
-        runs = [("on disk (.h5)", h5, None), ("on disk (.h5), fixed mmap threshold", h5, FIXED)]
+        runs = [("on disk (.h5)", h5, None)]
+        if not args.eval:
+            runs.append(("on disk (.h5), fixed mmap threshold", h5, FIXED))
         if size <= args.memory_up_to:
             xyz = out / f"acac_{size}.xyz"
             write_xyz(rattled(frames, size), xyz)
@@ -179,12 +206,28 @@ def main() -> None:
                           build_s=build_s if path == h5 else None)
             rows.append(result)
             print(json.dumps(result), flush=True)
-            write_table(rows, args, files)  # after every run: a partial table survives a kill
+            (write_eval_table if args.eval else write_table)(rows, args, files)  # after every run: a partial table survives a kill
         for path in (out / f"acac_{size}.xyz", h5):
             path.unlink(missing_ok=True)
         assert written["frames"] == size
     (out / "results.json").write_text(json.dumps(rows, indent=1))
     print(Path(args.results).read_text())
+
+
+def write_eval_table(rows: list[dict], args, files) -> None:
+    command = "python benchmarks/ondisk_memory.py " + " ".join(sys.argv[1:])
+    lines = [
+        "## Scoring from the on-disk format: memory of `mlpot eval` against data-set size", "",
+        f"`{command.strip()}` — {time.strftime('%Y-%m-%d')}, {machine()}; one torch thread.",
+        "", f"Rattled acac ({', '.join(p.name for p in files)}), every frame scored by "
+        f"`mlpot eval {args.eval} FILE --json` in a fresh process; peak RSS = VmHWM.", "",
+        "| frames | data | file MiB | peak RSS MiB | eval s | force RMSE meV/Å |",
+        "|---:|---|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['frames']} | {r['data']} | {r['file_mib']:.1f} | "
+                     f"{r['peak_rss_mib']:.0f} | {r['wall_s']:.0f} | {r['force_rmse']:.1f} |")
+    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.results).write_text("\n".join(lines) + "\n")
 
 
 def write_table(rows: list[dict], args, files) -> None:

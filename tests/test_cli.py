@@ -95,6 +95,41 @@ def test_eval_json_matches_ase_calculator(linear_run):
         metrics["force_rmse"], rel=1e-8)
 
 
+def test_eval_of_an_hdf5_file_streams_and_matches_the_xyz(linear_run, acac_dir, tmp_path):
+    """`mlpot eval` on the converted file (isolated atoms inside, skipped as for the xyz) gives
+    the xyz's metrics, and reads at most --batch-size frames at a time."""
+    from mlpot.data.ondisk import HDF5Frames
+    from mlpot.train.metrics import evaluate
+    from mlpot.uncertainty.ensemble import load_model
+
+    result, out, test_file = linear_run
+    assert result.returncode == 0, result.stderr
+    both = tmp_path / "both.xyz"
+    both.write_text(test_file.read_text() + (acac_dir / "isolated_atoms.xyz").read_text())
+    h5 = tmp_path / "both.h5"
+    assert mlpot_cli("data", "convert", both, h5).returncode == 0
+    runs = [mlpot_cli("eval", out / "model", path, "--json", "--batch-size", "3")
+            for path in (test_file, h5)]
+    assert all(run.returncode == 0 for run in runs), [run.stderr for run in runs]
+    from_xyz, from_h5 = (json.loads(run.stdout.strip().splitlines()[-1]) for run in runs)
+    assert from_h5["n_structures"] == 8
+    assert from_h5 == pytest.approx(from_xyz, rel=1e-12)
+
+    class CountingReads(HDF5Frames):
+        largest = 0
+
+        def frames_at(self, indices):
+            frames = super().frames_at(indices)
+            CountingReads.largest = max(CountingReads.largest, len(frames))
+            return frames
+
+    frames = CountingReads(h5)
+    metrics, predicted = evaluate(load_model(out / "model"), frames[~frames.isolated_mask()],
+                                  batch_size=3, keep=False)
+    assert predicted is None and CountingReads.largest == 3
+    assert metrics == pytest.approx(from_xyz, rel=1e-12)
+
+
 def test_md_writes_trajectory_and_log(linear_run, acac_dir, tmp_path):
     result, out, test_file = linear_run
     assert result.returncode == 0, result.stderr

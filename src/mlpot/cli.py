@@ -61,7 +61,9 @@ def _train(args) -> int:
 
 
 def _eval(args) -> int:
+    from mlpot.data.lazy import is_lazy
     from mlpot.data.records import read_frames
+    from mlpot.potential import Potential
     from mlpot.train.metrics import evaluate
     from mlpot.uncertainty.calibration import uncertainty_metrics
     from mlpot.uncertainty.ensemble import load_model
@@ -70,13 +72,19 @@ def _eval(args) -> int:
 
     potential = load_model(args.model)
     frames = read_frames(args.file, energy_key=args.energy_key, forces_key=args.forces_key)
-    frames = [f for f in frames if not f.is_isolated_atom] or frames
+    if is_lazy(frames):  # an HDF5 file: read chunk by chunk, never held whole
+        molecules = ~frames.isolated_mask()
+        frames = frames[molecules] if molecules.any() else frames
+    else:
+        frames = [f for f in frames if not f.is_isolated_atom] or frames
     baseline = baseline_engine(args.model)
     if baseline is not None:  # a Δ-model: compare ΔE with reference − baseline (same errors)
         frames = subtract_baseline(frames, baseline)
+    # σ metrics (Spearman, calibration) need every prediction; plain errors are running sums
+    with_sigma = not isinstance(potential, Potential) or potential.variance_head is not None
     metrics, predicted = evaluate(potential, frames, batch_size=args.batch_size,
-                                  progress=not args.json)
-    if "energy_std" in predicted:
+                                  progress=not args.json, keep=with_sigma)
+    if with_sigma and "energy_std" in predicted:
         metrics.update(uncertainty_metrics(frames, predicted))
     if args.json:
         print(json.dumps(metrics))
