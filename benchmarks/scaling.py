@@ -6,7 +6,7 @@ weights), the ASE calculator with the skin neighbour list, energy + forces per s
 slightly moved positions (as in MD), median of ``--repeats`` steps after one warm-up.
 
     python benchmarks/scaling.py [--sides 2 3 5 8 12 17] [--angular-cutoff 3.5]
-        [--dtype float32] [--out benchmarks/results/scaling.json]
+        [--dtype float32] [--device cuda] [--out benchmarks/results/scaling.json]
     python benchmarks/scaling.py --plot docs/scaling_water.png RESULT.json [RESULT.json ...]
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 
 def one_size(side: int, size: str, angular_cutoff: float | None, dtype: str, repeats: int,
-             threads: int) -> dict:
+             threads: int, device: str = "cpu") -> dict:
     import numpy as np
     import torch
 
@@ -40,14 +40,14 @@ def one_size(side: int, size: str, angular_cutoff: float | None, dtype: str, rep
         model["angular_cutoff"] = angular_cutoff
     config = config_from_dict({"data": {"train": "unused.xyz"}, "model": model})
     potential = build_potential(config, [1, 8], {"H": 0.0, "O": 0.0}).eval()
-    atoms.calc = MlpotCalculator(potential, dtype=dtype)
+    atoms.calc = MlpotCalculator(potential, dtype=dtype, device=device)
     atoms.get_forces()
     rng = np.random.default_rng(0)
     seconds = []
     for _ in range(repeats):
         atoms.positions += rng.normal(scale=0.01, size=atoms.positions.shape)
         start = time.perf_counter()
-        atoms.get_forces()
+        atoms.get_forces()  # the results come back to numpy: the GPU's work is done
         seconds.append(time.perf_counter() - start)
     step = float(np.median(seconds))
     return {"n_atoms": len(atoms), "seconds_per_step": step,
@@ -88,6 +88,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the model's device)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a subprocess's size
     parser.add_argument("--plot", type=Path, help="write this PNG from the result files given")
@@ -98,13 +99,13 @@ def main() -> None:
         return
     if args.one is not None:
         print(json.dumps(one_size(args.one, args.size, args.angular_cutoff, args.dtype,
-                                  args.repeats, args.threads)))
+                                  args.repeats, args.threads, args.device)))
         return
     rows = []
     for side in args.sides:
         command = [sys.executable, __file__, "--one", str(side), "--size", args.size,
                    "--dtype", args.dtype, "--repeats", str(args.repeats),
-                   "--threads", str(args.threads)]
+                   "--threads", str(args.threads), "--device", args.device]
         if args.angular_cutoff:
             command += ["--angular-cutoff", str(args.angular_cutoff)]
         done = subprocess.run(command, capture_output=True, text=True)

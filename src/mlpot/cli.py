@@ -118,7 +118,7 @@ def _md(args) -> int:
         atoms = read(args.structure, index=args.frame)
     except Exception as error:
         raise MlpotError(f"{args.structure}: cannot read frame {args.frame} ({error})") from error
-    calculator = MlpotCalculator(args.model, dtype=args.dtype)
+    calculator = MlpotCalculator(args.model, dtype=args.dtype, device=args.device)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     log = Path(args.log) if args.log else out.with_suffix(".log")
@@ -323,6 +323,8 @@ def parser() -> argparse.ArgumentParser:
     md.add_argument("--interval", type=int, default=10, help="write every N steps")
     md.add_argument("--seed", type=int, default=0)
     md.add_argument("--dtype", choices=["float32", "float64"], default="float64")
+    md.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu",
+                    help="where the model runs (auto: cuda when a GPU is present)")
     md.add_argument("--min-distance", type=float, default=0.6,
                     help="stop (exit 3) when two atoms come closer, Å; 0 disables")
     md.add_argument("--max-force-sigma", type=float,

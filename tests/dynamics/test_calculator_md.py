@@ -7,8 +7,11 @@ energies; the MD test uses a linear model fitted to ASE's EMT for fcc Cu (see
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
+import torch
 from ase import Atoms
 from ase.build import bulk
 from ase.calculators.calculator import PropertyNotImplementedError
@@ -22,6 +25,7 @@ from mlpot.data.records import frame_from_atoms
 from mlpot.descriptors.symmetry import SymmetryFunctions, default_angular, default_radial
 from mlpot.dynamics.calculator import MlpotCalculator
 from mlpot.dynamics.md import run_md
+from mlpot.errors import ConfigError
 from mlpot.models.linear import LinearModel
 from mlpot.neighbors import neighbor_pairs
 from mlpot.potential import Potential
@@ -120,6 +124,26 @@ def test_stress_through_ase(potential, acac_frames):
     # a changed cell gives a fresh stress
     atoms.set_cell(BOX * 1.02, scale_atoms=True)
     assert np.abs(atoms.get_stress() - stress).max() > 1e-4
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_a_gpu_is_a_clear_error(potential):
+    with pytest.raises(ConfigError, match="calculator's device is 'cuda' but torch sees no GPU"):
+        MlpotCalculator(copy.deepcopy(potential), device="cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (device runs)")
+def test_calculator_on_the_gpu_equals_the_cpu(potential, acac_frames):
+    """Energy, forces and stress of the calculator with the model on CUDA = on the CPU."""
+    atoms = periodic_atoms(acac_frames[24])
+    results = []
+    for device in ("cpu", "cuda"):
+        atoms.calc = MlpotCalculator(copy.deepcopy(potential), device=device)
+        results.append((atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()))
+    (e_cpu, f_cpu, s_cpu), (e_gpu, f_gpu, s_gpu) = results
+    assert e_gpu == pytest.approx(e_cpu, abs=1e-8)
+    np.testing.assert_allclose(f_gpu, f_cpu, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(s_gpu, s_cpu, rtol=0, atol=1e-11)
 
 
 def test_equivariant_model_through_ase(acac_frames):

@@ -10,6 +10,7 @@ import torch
 from mlpot import keys
 from mlpot.data.lazy import is_lazy
 from mlpot.data.records import Frame
+from mlpot.errors import ConfigError
 from mlpot.neighbors import graph_arrays
 
 
@@ -100,6 +101,17 @@ def collate(frames: list[Frame], graphs: list[dict[str, np.ndarray]],
             f.partial_charges if ok else np.zeros(len(f))
             for f, ok in zip(frames, has_charges)]).to(dtype)
     return batch
+
+
+def pick_device(name: str, setting: str = "device") -> torch.device:
+    """torch device for a "cpu" / "cuda" / "auto" setting (auto: CUDA when a GPU is
+    present); a clear error naming ``setting`` when CUDA is asked for and absent."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"{setting} is {name!r} but torch sees no GPU "
+                          f"(torch {torch.__version__})")
+    return torch.device(name)
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:

@@ -8,6 +8,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from mlpot import keys
+from mlpot.data.batch import pick_device, to_device
 from mlpot.data.records import frame_from_atoms
 
 
@@ -34,6 +35,8 @@ class MlpotCalculator(Calculator):
     Args:
         model: path of a saved model or ensemble folder, a Potential or an Ensemble.
         dtype: "float64" (default, for MD energy conservation) or "float32".
+        device: "cpu" (default), "cuda" (or "cuda:N") or "auto" (CUDA when a GPU is
+            present): where the model runs; the neighbour list is built on the CPU.
         baseline: engine whose energy and forces are added (default: the one a Δ-model
             folder records, else none).
         correction: dispersion correction description ({"kind": "d3", "functional": "pbe"})
@@ -46,7 +49,7 @@ class MlpotCalculator(Calculator):
                               "energy_std", "forces_std", "charges", "dipole"]
 
     def __init__(self, model, dtype: str = "float64", baseline=None, correction=None,
-                 skin: float = 1.0, **kwargs):
+                 skin: float = 1.0, device: str = "cpu", **kwargs):
         super().__init__(**kwargs)
         if not isinstance(model, torch.nn.Module):
             from mlpot.label.delta import baseline_engine
@@ -61,7 +64,8 @@ class MlpotCalculator(Calculator):
             from mlpot.physics.correction import correction_calculator
 
             self.correction = correction_calculator(correction)
-        self.potential = model.to(getattr(torch, dtype)).eval()
+        self.device = pick_device(device, "the calculator's device")
+        self.potential = model.to(device=self.device, dtype=getattr(torch, dtype)).eval()
         self.dtype = getattr(torch, dtype)
         self.neighbors = self.potential.neighbor_list(skin) if skin > 0 else None
 
@@ -72,31 +76,34 @@ class MlpotCalculator(Calculator):
         graphs = None
         if self.neighbors is not None:
             graphs = [self.neighbors(frame.positions, frame.cell, frame.pbc, frame.numbers)]
-        batch = self.potential.batch([frame], dtype=self.dtype, graphs=graphs)
+        batch = to_device(self.potential.batch([frame], dtype=self.dtype, graphs=graphs),
+                          self.device)
         want_stress = "stress" in properties and bool(self.atoms.pbc.all())
         out = self.potential(batch, forces=True, stress=want_stress, create_graph=False)
-        energy = float(out[keys.ENERGY][0].detach())
+        out = {key: value.detach().cpu() if torch.is_tensor(value) else value
+               for key, value in out.items()}
+        energy = float(out[keys.ENERGY][0])
         self.results["energy"] = self.results["free_energy"] = energy
-        self.results["energies"] = out[keys.ATOMIC_ENERGY].detach().numpy().astype(np.float64)
-        self.results["forces"] = out[keys.FORCES].detach().numpy().astype(np.float64)
+        self.results["energies"] = out[keys.ATOMIC_ENERGY].numpy().astype(np.float64)
+        self.results["forces"] = out[keys.FORCES].numpy().astype(np.float64)
         if keys.CHARGES in out:  # a model with long-range electrostatics
-            self.results["charges"] = out[keys.CHARGES].detach().numpy().astype(np.float64)
-            self.results["dipole"] = out[keys.DIPOLE][0].detach().numpy().astype(np.float64)
-        terms = {name: float(out[key][0].detach()) for name, key in
+            self.results["charges"] = out[keys.CHARGES].numpy().astype(np.float64)
+            self.results["dipole"] = out[keys.DIPOLE][0].numpy().astype(np.float64)
+        terms = {name: float(out[key][0]) for name, key in
                  (("coulomb", keys.ENERGY_COULOMB), ("dispersion", keys.ENERGY_DISPERSION))
                  if key in out}
         if terms:  # the energy split of a model with long-range terms
             self.results["energy_terms"] = {"short": energy - sum(terms.values()), **terms}
         for key in (keys.ENERGY_STD, keys.ENERGY_STD_EPISTEMIC, keys.ENERGY_STD_ALEATORIC):
             if key in out:
-                self.results[key] = float(out[key][0].detach())
+                self.results[key] = float(out[key][0])
         for key in (keys.FORCES_STD, keys.FORCES_STD_EPISTEMIC, keys.FORCES_STD_ALEATORIC):
             if key in out:
-                self.results[key] = out[key].detach().numpy().astype(np.float64)
+                self.results[key] = out[key].numpy().astype(np.float64)
         if self.baseline is not None:
             self._add_baseline(want_stress)
         if want_stress:
-            stress = out[keys.STRESS][0].detach().numpy().astype(np.float64)
+            stress = out[keys.STRESS][0].numpy().astype(np.float64)
             self.results["stress"] = full_3x3_to_voigt_6_stress(stress)
         elif "stress" in properties:
             from ase.calculators.calculator import PropertyNotImplementedError

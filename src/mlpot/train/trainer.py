@@ -19,8 +19,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from mlpot.config import TrainingConfig, default_learning_rate
-from mlpot.errors import ConfigError
-from mlpot.data.batch import GraphCache, to_device
+from mlpot.data.batch import GraphCache, pick_device, to_device
 from mlpot.data.lazy import is_lazy
 from mlpot.data.records import Frame
 from mlpot.potential import Potential
@@ -43,12 +42,7 @@ def save_checkpoint_atomic(state: dict, path: Path) -> None:
 
 def training_device(name: str) -> torch.device:
     """torch device for ``training.device``: "auto" picks CUDA when a GPU is present."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("training.device is 'cuda' but torch sees no GPU "
-                          f"(torch {torch.__version__})")
-    return torch.device(name)
+    return pick_device(name, "training.device")
 
 
 class CachedPredictor(torch.nn.Module):
