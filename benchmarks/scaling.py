@@ -50,9 +50,12 @@ def one_size(side: int, size: str, angular_cutoff: float | None, dtype: str, rep
         atoms.get_forces()  # the results come back to numpy: the GPU's work is done
         seconds.append(time.perf_counter() - start)
     step = float(np.median(seconds))
-    return {"n_atoms": len(atoms), "seconds_per_step": step,
-            "us_per_atom_step": step / len(atoms) * 1e6,
-            "peak_rss_MiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    row = {"n_atoms": len(atoms), "seconds_per_step": step,
+           "us_per_atom_step": step / len(atoms) * 1e6,
+           "peak_rss_MiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device.startswith("cuda"):
+        row["peak_gpu_MiB"] = torch.cuda.max_memory_allocated() / 2**20
+    return row
 
 
 def plot(path: Path, results: list[Path]) -> None:
@@ -67,7 +70,8 @@ def plot(path: Path, results: list[Path]) -> None:
         data = json.loads(result.read_text())
         rows, settings = data["rows"], data["settings"]
         label = (f"angular cutoff {settings.get('angular_cutoff') or 5.0} Å, "
-                 f"{settings['dtype']}, {settings['threads']} thread(s)")
+                 f"{settings['dtype']}, {settings.get('device', 'cpu')}, "
+                 f"{settings['threads']} thread(s)")
         n = [row["n_atoms"] for row in rows]
         left.loglog(n, [row["us_per_atom_step"] for row in rows], "o-", label=label)
         right.loglog(n, [row["peak_rss_MiB"] for row in rows], "o-", label=label)
