@@ -56,6 +56,19 @@ def test_cli_export_of_bpnn_equals_the_model(acac_frames, tmp_path):
     forces = atoms.get_forces()
     atoms.calc = MlpotCalculator(potential)
     np.testing.assert_allclose(forces, atoms.get_forces(), atol=1e-10)
+    # along a trajectory-like path its skin neighbour list gives a fresh search's results
+    box = _periodic(30, 3)
+    atoms = Atoms(numbers=box.numbers, positions=box.positions, cell=box.cell, pbc=True)
+    skin = ExportedCalculator(tmp_path / "bpnn.pt2", skin=1.0)
+    rng = np.random.default_rng(4)
+    for _ in range(6):
+        atoms.positions += rng.normal(scale=0.08, size=atoms.positions.shape)
+        atoms.calc = skin
+        with_skin = atoms.get_forces(), atoms.get_stress()
+        atoms.calc = ExportedCalculator(tmp_path / "bpnn.pt2", skin=0)
+        for ours, fresh in zip(with_skin, (atoms.get_forces(), atoms.get_stress())):
+            np.testing.assert_allclose(ours, fresh, rtol=0, atol=1e-12)
+    assert skin.neighbors.searches < 6
     with pytest.raises(ValueError, match="at least 2 atoms, edges and triplets"):
         exported(frame([1, 1], [[0, 0, 0], [0.74, 0, 0]]))  # H2: no triplets
 

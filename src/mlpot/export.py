@@ -38,7 +38,7 @@ from torch import nn
 
 from mlpot import keys
 from mlpot.data.records import Frame
-from mlpot.neighbors import graph_arrays
+from mlpot.neighbors import SkinNeighborList, graph_arrays
 from mlpot.potential import Potential
 
 FORMAT = "mlpot-exported"
@@ -165,10 +165,12 @@ class ExportedPotential:
         self.dtype = getattr(torch, self.metadata["dtype"])
         self.triplets = self.metadata["angular_cutoff"] is not None
 
-    def inputs(self, frame: Frame) -> tuple[torch.Tensor, ...]:
-        """The program's input tensors for ``frame`` (its neighbour list built here)."""
-        graph = graph_arrays(frame.positions, frame.cell, frame.pbc, self.metadata["cutoff"],
-                             self.metadata["angular_cutoff"])
+    def inputs(self, frame: Frame, graph: dict | None = None) -> tuple[torch.Tensor, ...]:
+        """The program's input tensors for ``frame``; ``graph``: its neighbour graph at the
+        program's cutoffs if already known (else searched here)."""
+        if graph is None:
+            graph = graph_arrays(frame.positions, frame.cell, frame.pbc,
+                                 self.metadata["cutoff"], self.metadata["angular_cutoff"])
         sizes = {"atoms": len(frame), "edges": graph[keys.EDGE_INDEX].shape[1]}
         if self.triplets:
             sizes["triplets"] = graph[keys.TRIPLETS].shape[1]
@@ -178,10 +180,10 @@ class ExportedPotential:
                              f"least 2 atoms, edges and triplets; this structure has {small}")
         return _inputs(frame, graph, self.dtype, self.triplets)
 
-    def __call__(self, frame: Frame) -> dict[str, np.ndarray]:
+    def __call__(self, frame: Frame, graph: dict | None = None) -> dict[str, np.ndarray]:
         """energy (eV), forces (N, 3) eV/Å and, if exported with it, stress (3, 3) eV/Å³."""
         with torch.no_grad():
-            outputs = self.program(*self.inputs(frame))
+            outputs = self.program(*self.inputs(frame, graph))
         result = {name: value.detach().numpy().astype(np.float64)
                   for name, value in zip(self.metadata["outputs"], outputs)}
         result["energy"] = float(result["energy"][0])
@@ -189,11 +191,16 @@ class ExportedPotential:
 
 
 class ExportedCalculator(Calculator):
-    """ASE calculator on an exported program (energy, forces; stress if exported with it)."""
+    """ASE calculator on an exported program (energy, forces; stress if exported with it).
+    ``skin`` (Å): as :class:`~mlpot.dynamics.calculator.MlpotCalculator`'s — the neighbour
+    list is searched again only when an atom has moved more than skin/2 (0: every call)."""
 
-    def __init__(self, path: str | Path, **kwargs):
+    def __init__(self, path: str | Path, skin: float = 1.0, **kwargs):
         super().__init__(**kwargs)
         self.exported = ExportedPotential(path)
+        metadata = self.exported.metadata
+        self.neighbors = (SkinNeighborList(metadata["cutoff"], metadata["angular_cutoff"], skin)
+                          if skin > 0 else None)
         self.implemented_properties = ["energy", "free_energy", "forces"] + (
             ["stress"] * self.exported.metadata["stress"])
 
@@ -201,7 +208,10 @@ class ExportedCalculator(Calculator):
         super().calculate(atoms, properties, system_changes)
         frame = Frame(numbers=self.atoms.numbers, positions=self.atoms.positions,
                       cell=np.asarray(self.atoms.cell), pbc=np.asarray(self.atoms.pbc))
-        result = self.exported(frame)
+        graph = None
+        if self.neighbors is not None:
+            graph = self.neighbors(frame.positions, frame.cell, frame.pbc, frame.numbers)
+        result = self.exported(frame, graph)
         self.results = {"energy": result["energy"], "free_energy": result["energy"],
                         "forces": result["forces"]}
         if "stress" in result:
