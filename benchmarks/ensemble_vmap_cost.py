@@ -4,7 +4,10 @@
 weights: cost does not depend on them) on one acac molecule (examples/acac/test_MD_300K.xyz
 frame 0, 15 atoms) and on a periodic water box (4³ molecules, 192 atoms, 1 g/cm³). Per call:
 
-    vmapped      mlpot.uncertainty.vmapped.vmapped_forward (vmap forward, one backward)
+    vmapped      mlpot.uncertainty.vmapped.vmapped_forward (vmap forward, one backward),
+                 the members' weights stacked at every call
+    vmapped, stacked once   the same with the stacked weights reused (what Ensemble does
+                 while no weight changes)
     grad-in-vmap vmap(torch.func.grad_and_value(E)) over the members (the alternative design)
     in turn      Ensemble._members_in_turn: M forward + backward passes
     single       one member alone (Potential.forward)
@@ -107,8 +110,10 @@ def main() -> None:
                 torch.testing.assert_close(energy, reference[keys.ENERGY].detach())
                 torch.testing.assert_close(forces, reference[keys.FORCES].detach(),
                                            rtol=1e-4, atol=1e-4)
+            state = stacked_state([member.model for member in members])
             timing = time_interleaved({
                 "vmapped": lambda: vmapped_forward(members, batch),
+                "vmapped, stacked once": lambda: vmapped_forward(members, batch, state=state),
                 "grad-in-vmap": lambda: grad_in_vmap(members, batch),
                 "in turn": lambda: ensemble._members_in_turn(batch, True, False, False),
                 "single": lambda: members[0](batch)}, args.seconds)

@@ -100,6 +100,29 @@ def test_float32_ensemble_uses_the_vmapped_path(acac_frames, kind, monkeypatch):
                                rtol=1e-4, atol=1e-4)
 
 
+def test_stacked_weights_are_reused_until_a_weight_changes(acac_frames, monkeypatch):
+    """The ensemble stacks its members' weights once; an in-place change of one member's
+    parameter (an optimiser step, load_state_dict) or a dtype change restacks them."""
+    ensemble = Ensemble([_member("schnet", seed) for seed in (1, 2)]).eval()
+    batch = ensemble.batch(acac_frames[:1])
+    stackings = []
+    monkeypatch.setattr("mlpot.uncertainty.ensemble.stacked_state",
+                        lambda models: stackings.append(1) or vmapped.stacked_state(models))
+    first = ensemble(batch)[keys.FORCES_MEMBERS]
+    torch.testing.assert_close(ensemble(batch)[keys.FORCES_MEMBERS], first, rtol=0, atol=0)
+    assert len(stackings) == 1
+    with torch.no_grad():
+        next(ensemble.members[1].model.parameters()).mul_(1.5)
+    changed = ensemble(batch)[keys.FORCES_MEMBERS]
+    assert len(stackings) == 2
+    _assert_same({"forces": changed}, {"forces": _in_turn(ensemble.members, batch)[keys.FORCES]})
+    assert float((changed[1] - first[1]).abs().max()) > 1e-6
+    torch.testing.assert_close(changed[0], first[0], rtol=0, atol=0)
+    ensemble.float()
+    out = ensemble(ensemble.batch(acac_frames[:1], dtype=torch.float32))
+    assert len(stackings) == 3 and out[keys.FORCES_MEMBERS].dtype == torch.float32
+
+
 def test_ensemble_runs_members_in_turn_for_large_cpu_graphs_and_training(acac_frames,
                                                                          monkeypatch):
     ensemble = Ensemble([_member("schnet", seed) for seed in (1, 2)]).eval()

@@ -35,7 +35,8 @@ from mlpot.errors import ModelFileError
 from mlpot.potential import Potential
 from mlpot.serialize import load, replace_folder, save, write_json_atomic
 from mlpot.uncertainty.stacked import can_stack, stacked_forward
-from mlpot.uncertainty.vmapped import can_vmap, vmap_pays, vmapped_forward
+from mlpot.uncertainty.vmapped import (can_vmap, stacked_state, state_key, vmap_pays,
+                                      vmapped_forward)
 
 FORMAT = "mlpot-ensemble"
 
@@ -69,6 +70,7 @@ class Ensemble(nn.Module):
                     or model.angular_cutoff != first.angular_cutoff):
                 raise ValueError("ensemble members must share elements and cutoffs")
         self.members = nn.ModuleList(members)
+        self._vmap_cache = None  # (state_key, stacked_state) of the members' models
 
     @property
     def model(self):
@@ -104,7 +106,8 @@ class Ensemble(nn.Module):
         if not create_graph and can_stack(self.members):
             stacked = stacked_forward(self.members, batch, forces=forces, stress=stress)
         elif not create_graph and can_vmap(self.members) and vmap_pays(batch):
-            stacked = vmapped_forward(self.members, batch, forces=forces, stress=stress)
+            stacked = vmapped_forward(self.members, batch, forces=forces, stress=stress,
+                                      state=self._stacked_state())
         else:
             stacked = self._members_in_turn(batch, forces, stress, create_graph)
         energies = stacked[keys.ENERGY]  # (M, B)
@@ -120,6 +123,15 @@ class Ensemble(nn.Module):
         if stress:
             result[keys.STRESS] = stacked[keys.STRESS].mean(0)
         return result
+
+    def _stacked_state(self) -> tuple:
+        """The members' stacked weights for vmapping, rebuilt only when a weight changed
+        (stacking costs about as much as a small molecule's forward pass)."""
+        models = [member.model for member in self.members]
+        key = state_key(models)
+        if self._vmap_cache is None or self._vmap_cache[0] != key:
+            self._vmap_cache = (key, stacked_state(models))
+        return self._vmap_cache[1]
 
     def _members_in_turn(self, batch, forces, stress, create_graph) -> dict[str, torch.Tensor]:
         """Each member's forward and backward pass in turn (any model kind; training);

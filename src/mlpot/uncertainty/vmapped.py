@@ -74,17 +74,27 @@ def stacked_state(models) -> tuple[dict, dict, dict]:
     return params, buffers, shared
 
 
+def state_key(models) -> tuple:
+    """What identifies the models' current weights for :func:`stacked_state`: every parameter
+    and buffer's storage and version counter, which an in-place change (an optimiser step,
+    ``load_state_dict``) or a replacement (``.to()``) moves."""
+    return tuple((tensor.data_ptr(), tensor._version) for model in models
+                 for tensor in (*model.parameters(), *model.buffers()))
+
+
 def vmapped_forward(members, batch: dict[str, torch.Tensor], forces: bool = True,
-                    stress: bool = False) -> dict[str, torch.Tensor]:
+                    stress: bool = False, state: tuple | None = None) -> dict[str, torch.Tensor]:
     """Every member's predictions, stacked on a leading axis of M (members as in
     :func:`can_vmap`), as :func:`mlpot.uncertainty.stacked.stacked_forward` returns them:
     ``keys.ENERGY`` (M, n_structures) eV float64, ``keys.ATOMIC_ENERGY`` (M, n_atoms) eV,
     ``keys.FORCES`` (M, n_atoms, 3) eV/Å and ``keys.STRESS`` (M, n_structures, 3, 3) eV/Å³ in
     the model's dtype, and the variance heads' ``keys.ENERGY_VAR_ALEATORIC`` /
-    ``keys.FORCES_VAR_ALEATORIC`` (M, …) where every member has one. No graph is kept."""
+    ``keys.FORCES_VAR_ALEATORIC`` (M, …) where every member has one. No graph is kept.
+    ``state``: :func:`stacked_state` of the members' models if already built (for reuse
+    between calls while :func:`state_key` is unchanged)."""
     models = [member.model for member in members]
     base = models[0]
-    params, buffers, shared = stacked_state(models)
+    params, buffers, shared = state if state is not None else stacked_state(models)
     n_members, n_structures = len(members), batch[keys.CELL].shape[0]
     structure = batch[keys.BATCH]
     gradients = forces or stress
