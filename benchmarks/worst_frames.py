@@ -55,7 +55,8 @@ def main() -> None:
               f"{np.sum(force[order]**2) / np.sum(force**2):.2f} | "
               f"{np.sqrt(np.mean(rest**2)):.1f} | "
               f"{', '.join(f'{energy[k]:+.1f}' for k in order)} |")
-    low, high = pair_distances(train).min(0), pair_distances(train).max(0)
+    train_distances = pair_distances(train)
+    low, high = train_distances.min(0), train_distances.max(0)
     distances = pair_distances([test[k] for k in worst])
     i, j = np.triu_indices(len(test[0]), 1)
     print("\n| frame | pair furthest outside the training range | distance (Å) | "

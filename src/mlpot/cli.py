@@ -61,7 +61,7 @@ def _train(args) -> int:
 
 
 def _eval(args) -> int:
-    from mlpot.data.lazy import is_lazy
+    from mlpot.data.dataset import split_isolated_atoms
     from mlpot.data.records import read_frames
     from mlpot.potential import Potential
     from mlpot.train.metrics import evaluate
@@ -72,11 +72,8 @@ def _eval(args) -> int:
 
     potential = load_model(args.model)
     frames = read_frames(args.file, energy_key=args.energy_key, forces_key=args.forces_key)
-    if is_lazy(frames):  # an HDF5 file: read chunk by chunk, never held whole
-        molecules = ~frames.isolated_mask()
-        frames = frames[molecules] if molecules.any() else frames
-    else:
-        frames = [f for f in frames if not f.is_isolated_atom] or frames
+    # isolated atoms are E0 labels, not test structures (an HDF5 file stays a lazy view)
+    frames = split_isolated_atoms(frames)[1] or frames
     baseline = baseline_engine(args.model)
     if baseline is not None:  # a Δ-model: compare ΔE with reference − baseline (same errors)
         frames = subtract_baseline(frames, baseline)
