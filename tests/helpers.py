@@ -3,10 +3,15 @@
 
 import numpy as np
 import torch
+from ase import Atoms
+from ase.build import bulk
+from ase.calculators.emt import EMT
 
-from mlpot.data.records import Frame
+from mlpot import keys
+from mlpot.data.records import Frame, frame_from_atoms
 from mlpot.descriptors.symmetry import SymmetryFunctions, default_angular, default_radial
 from mlpot.models import BehlerParrinello
+from mlpot.models.linear import LinearModel
 from mlpot.models.variance import VarianceHead
 from mlpot.potential import Potential
 
@@ -55,6 +60,39 @@ def random_bpnn(seed: int, head: bool = False) -> Potential:
         torch.manual_seed(seed)
         variance_head = VarianceHead([1, 6, 8], 4.0, 0.001, 0.03).double()
     return Potential(model, E0, variance_head).double().eval()
+
+
+def copper_linear_potential(seed: int = 0, n_frames: int = 40) -> tuple[Potential, Atoms]:
+    """A pair-potential-like linear model (radial G2 only, 4.5 Å) fitted to ASE's EMT
+    energies of rattled, strained fcc Cu cells (2×2×1 cubic, 16 atoms; also returned): smooth,
+    and a periodic crystal cannot fly apart. Seeds give differently fitted models.
+
+    (A linear model fitted to a few acac frames is not used for MD: on small grids it has
+    downhill directions outside the data, and 300 K MD runs away within ~20 fs.)"""
+    from mlpot.train.ridge import fit_linear
+
+    base = bulk("Cu", "fcc", cubic=True) * (2, 2, 1)
+    rng = np.random.default_rng(seed)
+    frames = []
+    for k in range(n_frames):
+        atoms = base.copy()
+        atoms.set_cell(atoms.cell * (1 + rng.uniform(-0.02, 0.02)), scale_atoms=True)
+        atoms.rattle(0.1, seed=1000 * seed + k)
+        atoms.calc = EMT()
+        atoms.get_forces()
+        frames.append(frame_from_atoms(atoms, source="<emt>", index=k))
+    e0 = {"Cu": EMT().get_potential_energy(Atoms("Cu", cell=[20.0] * 3))}
+    descriptor = SymmetryFunctions([29], cutoff=4.5, radial=default_radial(4.5, 6, r_min=1.5),
+                                   angular=([], [], []), cutoff_function="polynomial")
+    pot = Potential(LinearModel(descriptor), e0).double().eval()
+    n_fit = n_frames * 3 // 4
+    fit_linear(pot, frames[:n_fit], ridge=1e-8, sigma_force=None)
+    # it reproduces EMT forces on held-out cells (so the dynamics is physical)
+    test = frames[n_fit:]
+    out = pot(pot.batch(test), forces=True)[keys.FORCES].detach().numpy()
+    reference = np.concatenate([f.forces for f in test])
+    assert np.sqrt(np.mean((out - reference) ** 2)) < 0.3 * np.sqrt(np.mean(reference**2))
+    return pot, base
 
 
 def assert_save_load_round_trip(potential, frames, tmp_path, names) -> None:

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms
-from ase.build import bulk
 from ase.calculators.calculator import PropertyNotImplementedError
 from ase.calculators.emt import EMT
 from ase.calculators.fd import calculate_numerical_stress
 from ase.io import read
 from ase.stress import full_3x3_to_voigt_6_stress
+
+from helpers import copper_linear_potential
 
 from mlpot import keys
 from mlpot.data.records import frame_from_atoms
@@ -171,32 +172,7 @@ def test_equivariant_model_through_ase(acac_frames):
 
 @pytest.fixture(scope="module")
 def copper_potential():
-    """A pair-potential-like linear model (radial G2 only) fitted to ASE's EMT energies of
-    rattled, strained fcc Cu cells: smooth, and a periodic crystal cannot fly apart.
-
-    (A linear model fitted to a few acac frames is not used here: on small grids it has
-    downhill directions outside the data, and 300 K MD runs away within ~20 fs.)"""
-    base = bulk("Cu", "fcc", cubic=True) * (2, 2, 1)
-    rng = np.random.default_rng(0)
-    frames = []
-    for k in range(40):
-        atoms = base.copy()
-        atoms.set_cell(atoms.cell * (1 + rng.uniform(-0.02, 0.02)), scale_atoms=True)
-        atoms.rattle(0.1, seed=k)
-        atoms.calc = EMT()
-        atoms.get_forces()
-        frames.append(frame_from_atoms(atoms, source="<emt>", index=k))
-    e0 = {"Cu": EMT().get_potential_energy(Atoms("Cu", cell=[20.0] * 3))}
-    descriptor = SymmetryFunctions([29], cutoff=4.5, radial=default_radial(4.5, 6, r_min=1.5),
-                                   angular=([], [], []), cutoff_function="polynomial")
-    pot = Potential(LinearModel(descriptor), e0).double().eval()
-    fit_linear(pot, frames[:30], ridge=1e-8, sigma_force=None)
-    # it reproduces EMT forces on held-out cells (so the dynamics is physical)
-    test = frames[30:]
-    out = pot(pot.batch(test), forces=True)[keys.FORCES].detach().numpy()
-    reference = np.concatenate([f.forces for f in test])
-    assert np.sqrt(np.mean((out - reference) ** 2)) < 0.3 * np.sqrt(np.mean(reference**2))
-    return pot, base
+    return copper_linear_potential()
 
 
 def test_nve_md_conserves_energy(copper_potential, tmp_path):
