@@ -7,7 +7,7 @@ trajectories agree.
         [--out benchmarks/results/lammps_md.json]
 
 Systems: acac (15 atoms, first frame of examples/acac/test_MD_300K.xyz, LAMMPS boundary
-s s s) and 27 rotated acac molecules in a periodic 24 Å cube (405 atoms,
+s s s) and 27 rotated acac molecules 12 Å apart in a periodic 36 Å cube (405 atoms,
 benchmarks/inference_side_by_side.acac_box). Velocities: 300 K, the same in both engines.
 """
 
@@ -42,7 +42,7 @@ def lammps_run(atoms, model: str, steps: int, dt: float, folder: Path) -> dict:
     periodic = atoms.pbc.all()
     data = folder / "start.data"
     write_lammps_data(data, atoms, specorder=SPECIES, masses=True, velocities=True,
-                      units="metal")
+                      units="metal", write_image_flags=True)
     lmp = open_lammps()
     lmp.commands_string(f"units metal\natom_style atomic\nboundary "
                         f"{'p p p' if periodic else 's s s'}\nread_data {data}\n"
@@ -100,7 +100,9 @@ def main() -> None:
     args = parser.parse_args()
     molecule = read(ROOT / "examples/acac/test_MD_300K.xyz", 0)
     molecule.center(vacuum=10.0)  # a box for LAMMPS' data file; not periodic
-    systems = {"acac (15 atoms)": molecule, "27 acac, periodic (405 atoms)": acac_box()}
+    # 12 Å apart: no two molecules within the 5 Å cutoff (the model knows no contacts)
+    systems = {"acac (15 atoms)": molecule,
+               "27 acac, periodic (405 atoms)": acac_box(spacing=12.0)}
     results = {}
     with tempfile.TemporaryDirectory() as folder:
         for name, atoms in systems.items():

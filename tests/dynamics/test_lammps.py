@@ -79,7 +79,7 @@ def test_lennard_jones_through_the_coupling_equals_lammps_own():
 def lammps_from_atoms(atoms, path) -> object:
     """LAMMPS (metal units) holding ``atoms`` with their masses and velocities."""
     write_lammps_data(path, atoms, specorder=["Cu"], masses=True, velocities=True,
-                      units="metal")
+                      units="metal", write_image_flags=True)
     lmp = open_lammps()
     lmp.commands_string(f"units metal\natom_style atomic\nboundary p p p\nread_data {path}\n"
                         "fix nve all nve\nthermo_style custom step pe ke etotal pxx pyy pzz "
@@ -97,6 +97,7 @@ def copper():
     cell[1, 0], cell[2, 0], cell[2, 1] = 0.35, -0.25, 0.2
     atoms.set_cell(cell, scale_atoms=True)
     atoms.rattle(0.05, seed=3)
+    atoms.positions -= [1.0, 0.5, 0.0]  # some atoms outside the cell: non-zero image flags
     thermalize(atoms, temperature_K=300, rng=np.random.default_rng(4))
     return potential, atoms
 
@@ -106,8 +107,9 @@ def test_mlpot_model_in_lammps_follows_ase_md(copper, tmp_path):
     steps of LAMMPS' velocity Verlet the trajectory of ASE's."""
     potential, atoms = copper
     lmp = lammps_from_atoms(atoms, tmp_path / "cu.data")
-    couple(lmp, MlpotCalculator(potential), ["Cu"])
+    callback = couple(lmp, MlpotCalculator(potential), ["Cu"])
     lmp.command("run 0")
+    np.testing.assert_allclose(callback.atoms.positions, atoms.positions, atol=1e-9)
 
     reference = atoms.copy()
     reference.calc = MlpotCalculator(potential)
@@ -124,9 +126,8 @@ def test_mlpot_model_in_lammps_follows_ase_md(copper, tmp_path):
 
     lmp.command("run 50")
     VelocityVerlet(reference, timestep=1.0 * units.fs).run(50)
-    moved = local(lmp, "x") - reference.positions
-    moved -= np.rint(moved @ np.linalg.inv(reference.cell.array)) @ reference.cell.array
-    assert np.abs(moved).max() < 1e-6  # Å: wrapped into the box, the same positions
+    # what the model saw: LAMMPS' positions unwrapped by their image flags, ASE's positions
+    np.testing.assert_allclose(callback.atoms.positions, reference.positions, atol=1e-6)
     assert np.abs(reference.positions - atoms.positions).max() > 0.02  # atoms did move
     lmp.close()
 
@@ -153,4 +154,31 @@ def test_units_other_than_metal_are_refused():
     lmp.commands_string("units real\nregion box block 0 5 0 5 0 5\ncreate_box 1 box")
     with pytest.raises(ValueError, match="units metal"):
         couple(lmp, LennardJones(), ["Ar"])
+    lmp.close()
+
+
+class FailsAtCall(LennardJones):
+    """ASE's Lennard-Jones that raises at its n-th call."""
+
+    def __init__(self, n: int):
+        super().__init__(sigma=3.40, epsilon=0.0104, rc=6.0)
+        self.n, self.count = n, 0
+
+    def calculate(self, *args, **kwargs):
+        self.count += 1
+        if self.count == self.n:
+            raise RuntimeError("the model broke")
+        super().calculate(*args, **kwargs)
+
+
+def test_a_failing_model_stops_lammps_with_an_error():
+    """An exception inside the callback (which ctypes would swallow, leaving LAMMPS to go on
+    with stale forces) ends the run with a LAMMPS error at that step."""
+    lmp = open_lammps()
+    lmp.commands_string(ARGON)
+    callback = couple(lmp, FailsAtCall(4), ["Ar"])
+    with pytest.raises(Exception, match="[Hh]alt"):
+        lmp.command("run 20")
+    assert isinstance(callback.error, RuntimeError)
+    assert lmp.extract_global("ntimestep") == 3  # setup call, then steps 1, 2; 3 failed
     lmp.close()
