@@ -18,7 +18,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from mlpot.config import TrainingConfig, default_learning_rate
+from mlpot.config import TrainingConfig, default_learning_rate, default_weight_decay
 from mlpot.data.batch import GraphCache, pick_device, to_device
 from mlpot.data.lazy import is_lazy
 from mlpot.data.records import Frame
@@ -89,10 +89,12 @@ class Trainer:
         self.valid_graphs = GraphCache(valid, cutoff, angular)
         self.loss = EnergyForceLoss(config.sigma_energy, config.sigma_force, config.sigma_stress,
                                     config.sigma_dipole, config.sigma_charge)
-        self.learning_rate = (config.learning_rate
-                              or default_learning_rate(getattr(potential.model, "kind", "")))
+        kind = getattr(potential.model, "kind", "")
+        self.learning_rate = config.learning_rate or default_learning_rate(kind)
+        weight_decay = (default_weight_decay(kind) if config.weight_decay is None
+                        else config.weight_decay)
         self.optimizer = torch.optim.AdamW(potential.parameters(), lr=self.learning_rate,
-                                           weight_decay=config.weight_decay)
+                                           weight_decay=weight_decay)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, factor=config.lr_factor, patience=config.lr_patience,
             min_lr=config.min_learning_rate)
