@@ -4,7 +4,7 @@ the same model under ASE's velocity Verlet: time per step, energy drift, and how
 trajectories agree.
 
     OMP_NUM_THREADS=1 python benchmarks/lammps_md.py MODEL [--steps 1000] [--dt 0.5]
-        [--out benchmarks/results/lammps_md.json]
+        [--out benchmarks/results/lammps/lammps_md.json]
 
 Systems: acac (15 atoms, first frame of examples/acac/test_MD_300K.xyz, LAMMPS boundary
 s s s) and 27 rotated acac molecules 12 Å apart in a periodic 36 Å cube (405 atoms,
@@ -96,7 +96,7 @@ def main() -> None:
     parser.add_argument("model")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--dt", type=float, default=0.5, help="fs")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/lammps_md.json"))
+    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/lammps/lammps_md.json"))
     args = parser.parse_args()
     molecule = read(ROOT / "examples/acac/test_MD_300K.xyz", 0)
     molecule.center(vacuum=10.0)  # a box for LAMMPS' data file; not periodic
