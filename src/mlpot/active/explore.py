@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 from ase import Atoms, units
 from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+
+from mlpot.dynamics.md import thermalize
 
 
 def largest_force_sigma(atoms: Atoms) -> float:
@@ -31,7 +32,7 @@ def explore(calculator, starts: list[Atoms], temperature: float, steps: int, dt:
     for start in starts:
         atoms = start.copy()
         atoms.calc = calculator
-        MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
+        thermalize(atoms, temperature_K=temperature, rng=rng)
         dynamics = Langevin(atoms, dt * units.fs, temperature_K=temperature,
                             friction=friction / units.fs, rng=rng)
         for _ in range(max(steps // interval, 1)):
