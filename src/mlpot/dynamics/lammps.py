@@ -82,7 +82,7 @@ class ExternalForces:
             raise ValueError(f"unknown chemical symbols for LAMMPS types: {unknown}")
         self.lmp, self.calculator, self.fix_id, self.virial = lmp, calculator, fix_id, virial
         self.numbers = np.array([0] + [atomic_numbers[s] for s in type_symbols])
-        self.atoms = None  # kept between steps (the calculator's neighbour-list skin)
+        self.atoms = None  # the structure of the last call, as the model saw it
         # how LAMMPS packs an atom's three image counts into one integer
         self.image_packing = tuple(lmp.extract_setting(key) for key in
                                    ("IMGMASK", "IMGBITS", "IMG2BITS", "IMGMAX"))
@@ -116,17 +116,8 @@ class ExternalForces:
         pbc = np.array(periodic, dtype=bool)
         if not pbc.any():
             cell = np.zeros((3, 3))
-        numbers = self.numbers[types]
-        atoms = self.atoms
-        if atoms is None or not np.array_equal(atoms.numbers, numbers):
-            atoms = Atoms(numbers=numbers, positions=positions, cell=cell, pbc=pbc)
-            atoms.calc = self.calculator
-        else:
-            atoms.set_cell(cell)
-            atoms.pbc = pbc
-            atoms.positions = positions
-        self.atoms = atoms
-        return atoms, order
+        self.atoms = Atoms(numbers=self.numbers[types], positions=positions, cell=cell, pbc=pbc)
+        return self.atoms, order
 
     def __call__(self, caller, step: int, nlocal: int, tag, x, f) -> None:
         try:
@@ -141,10 +132,10 @@ class ExternalForces:
     def compute(self, nlocal: int, tag, x, f) -> None:
         """Energy, forces (into LAMMPS' array f), virial and σ of LAMMPS' local atoms."""
         atoms, order = self.structure(nlocal, tag, x)
-        with_virial = self.virial and atoms.pbc.all()
+        with_virial = self.virial and bool(atoms.pbc.all())
         # one call for all properties (asking ASE for each would run the model again)
-        self.calculator.calculate(atoms, ["energy", "forces"] + ["stress"] * bool(with_virial),
-                                  all_changes)
+        properties = ["energy", "forces"] + (["stress"] if with_virial else [])
+        self.calculator.calculate(atoms, properties, all_changes)
         results = self.calculator.results
         f[order] = results["forces"]
         self.lmp.fix_external_set_energy_global(self.fix_id, float(results["energy"]))
