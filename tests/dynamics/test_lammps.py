@@ -134,18 +134,19 @@ def test_mlpot_model_in_lammps_follows_ase_md(copper, tmp_path):
 
 def test_ensemble_sigma_reaches_thermo(copper, tmp_path):
     """With an ensemble the fix's vector holds the largest atomic force σ and the energy σ
-    of the current step, as the calculator computes them."""
+    of the current step, as the calculator computes them, and the failure flag stays 0."""
     potential, atoms = copper
     ensemble = Ensemble([potential, copper_linear_potential(seed=1)[0]])
     lmp = lammps_from_atoms(atoms, tmp_path / "cu.data")
     calculator = MlpotCalculator(ensemble)
     couple(lmp, calculator, ["Cu"], fix_id="model")
-    lmp.commands_string("thermo_style custom step pe f_model[1] f_model[2]\nrun 5")
+    lmp.commands_string("thermo_style custom step pe f_model[1] f_model[2] f_model[3]\nrun 5")
     sigma = np.linalg.norm(calculator.results["forces_std"], axis=1).max()
     assert sigma > 1e-4  # eV/Å: the two members disagree
     thermo = lmp.last_thermo()  # the last thermo line's values (step 5)
     assert thermo["f_model[1]"] == pytest.approx(sigma, rel=1e-9)
     assert thermo["f_model[2]"] == pytest.approx(calculator.results["energy_std"], rel=1e-9)
+    assert thermo["f_model[3]"] == 0.0
     lmp.close()
 
 

@@ -91,6 +91,8 @@ class ExternalForces:
         lmp.command(f"fix {fix_id} all external pf/callback 1 1")
         lmp.command(f"fix_modify {fix_id} energy yes virial yes")
         lmp.fix_external_set_vector_length(fix_id, 3)
+        for index in (1, 2, 3):  # LAMMPS allocates the vector without initialising it
+            lmp.fix_external_set_vector(fix_id, index, 0.0)
         lmp.set_fix_external_callback(fix_id, self)
         # an exception in a ctypes callback cannot reach LAMMPS: the callback raises a flag
         # (the fix's 3rd value) and fix halt ends the run with an error at that step
@@ -149,6 +151,7 @@ class ExternalForces:
             self.lmp.fix_external_set_vector(self.fix_id, 1, float(sigma))
             self.lmp.fix_external_set_vector(self.fix_id, 2,
                                              float(results.get("energy_std", 0.0)))
+        self.lmp.fix_external_set_vector(self.fix_id, 3, 0.0)  # this step did not fail
         self.calls += 1
 
 
