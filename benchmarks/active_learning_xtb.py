@@ -25,7 +25,9 @@ weighs both regimes equally (100 snapshots of an independent 300 K and 100 of an
 (use with ``--from-pool``) can seek out the rare hot configurations. ``--scenario diverse``:
 the same, but the 40 hot snapshots come from 8 short 1000 K trajectories (5 each, 25 fs
 apart) and the 100 hot test snapshots from 4 others — one 500 fs trajectory's snapshots are
-too alike to teach the 1000 K regime (see RESULTS.md).
+too alike to teach the 1000 K regime (see RESULTS.md). ``--scenario rare``: as diverse, with
+the cold part four times larger (1600 snapshots from 16 trajectories), so that the 40 hot
+snapshots are 2.4 % of the pool — what a long MD data set with a few rare excursions is like.
 """
 from __future__ import annotations
 
@@ -84,8 +86,10 @@ def reference_data(out: Path, scenario: str) -> tuple[Path, Path]:
         write(pool, [f for seed in range(4) for f in xtb_trajectory(2500, 25, seed, 300.0)]
               + xtb_trajectory(1000, 25, 4, 1000.0))
         write(test, xtb_trajectory(2500, 25, 100, 300.0) + xtb_trajectory(2500, 25, 101, 1000.0))
-    else:  # diverse: as mixed, the hot part from 8 short trajectories, tested on 4 others
-        write(pool, [f for seed in range(4) for f in xtb_trajectory(2500, 25, seed, 300.0)]
+    else:  # diverse: as mixed, the hot part from 8 short trajectories, tested on 4 others;
+        #    rare: the same with 16 cold trajectories instead of 4
+        cold_seeds = range(4) if scenario == "diverse" else [*range(4), *range(200, 212)]
+        write(pool, [f for seed in cold_seeds for f in xtb_trajectory(2500, 25, seed, 300.0)]
               + [f for seed in range(4, 12) for f in xtb_trajectory(250, 50, seed, 1000.0)])
         write(test, xtb_trajectory(2500, 25, 100, 300.0)
               + [f for seed in range(101, 105) for f in xtb_trajectory(1250, 50, seed, 1000.0)])
@@ -183,7 +187,8 @@ def main() -> None:
     parser.add_argument("--name", default="al", help="folder of the active-learning run")
     parser.add_argument("--strategy", choices=["top", "weighted"], default="top",
                         help="most uncertain first, or drawn with probability ∝ σ")
-    parser.add_argument("--scenario", choices=["600K", "mixed", "diverse"], default="600K",
+    parser.add_argument("--scenario", choices=["600K", "mixed", "diverse", "rare"],
+                        default="600K",
                         help="pool and test set (see above)")
     parser.add_argument("--from-pool", action="store_true",
                         help="select from the (unlabelled) random-sampling pool by σ instead "
