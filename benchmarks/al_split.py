@@ -15,23 +15,18 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 from ase.io import read
 
-import mlpot
+from mlpot.data.records import read_frames
+from mlpot.train.metrics import evaluate
+from mlpot.uncertainty.ensemble import load_model
 
 
-def force_rmse_by_half(model: Path, test: list) -> dict:
+def force_rmse_by_half(model: Path, test) -> dict:
     """Force RMSE (meV/Å) of the model on the test set's first and second half."""
-    calculator = mlpot.Calculator(str(model))
-    squared = []
-    for atoms in test:
-        copy = atoms.copy()
-        copy.calc = calculator
-        squared.append(((copy.get_forces() - atoms.get_forces()) ** 2).mean())
-    half = len(test) // 2
-    return {"300K": 1000 * float(np.sqrt(np.mean(squared[:half]))),
-            "1000K": 1000 * float(np.sqrt(np.mean(squared[half:])))}
+    potential, half = load_model(model), len(test) // 2
+    return {regime: evaluate(potential, frames, keep=False)[0]["force_rmse"]
+            for regime, frames in (("300K", test[:half]), ("1000K", test[half:]))}
 
 
 def main() -> None:
@@ -44,7 +39,7 @@ def main() -> None:
     parser.add_argument("--name", default="al_pool", help="folder of the active-learning run")
     args = parser.parse_args()
     out = Path(args.out)
-    test, pool = read(out / "test.xyz", ":"), read(out / "pool.xyz", ":")
+    test, pool = read_frames(out / "test.xyz"), read(out / "pool.xyz", ":")
     hot_keys = {atoms.positions.round(6).tobytes() for atoms in pool[-args.hot:]}
 
     def hot_in(path: Path) -> int:
@@ -56,12 +51,12 @@ def main() -> None:
                                    "hot": hot_in(out / f"random_{size}.xyz")}
     run = out / args.name
     wanted = {int(k) for k in args.iterations.split(",")}
+    history = json.loads((run / "state.json").read_text())["history"]
     hot = hot_in(out / "al_start.xyz")  # iteration k trains on the start and iterations ≤ k
     for k in range(1, max(wanted) + 1):
         hot += hot_in(run / f"iter_{k:02d}" / "selected.xyz")
         if k in wanted:
-            labels = json.loads((run / "state.json").read_text())["history"][k]["labels"]
-            split[f"active_{labels}"] = {
+            split[f"active_{history[k]['labels']}"] = {
                 **force_rmse_by_half(run / f"iter_{k:02d}" / "train" / "model", test), "hot": hot}
     (out / "split.json").write_text(json.dumps(split, indent=1))
     print(json.dumps(split, indent=1))
