@@ -349,7 +349,7 @@ def default_learning_rate(kind: str) -> float:
 
 def default_weight_decay(kind: str) -> float:
     """AdamW's weight decay when the config gives none. Measured on acac (benchmarks/RESULTS.md,
-    four seeds): 0.01 makes bpnn better in distribution and far steadier out of it (600 K);
+    six seeds): 0.01 makes bpnn better in distribution and far steadier out of it (600 K);
     0.05 is too strong; the other kinds are not measured and keep none."""
     return 0.01 if kind == "bpnn" else 0.0
 
