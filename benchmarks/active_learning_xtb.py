@@ -185,8 +185,9 @@ def main() -> None:
                         help="end an exploration trajectory once σ passes this, eV/Å")
     parser.add_argument("--trajectories", type=int, default=15)
     parser.add_argument("--name", default="al", help="folder of the active-learning run")
-    parser.add_argument("--strategy", choices=["top", "weighted"], default="top",
-                        help="most uncertain first, or drawn with probability ∝ σ")
+    parser.add_argument("--strategy", choices=["top", "weighted", "diverse"], default="top",
+                        help="most uncertain first, drawn with probability ∝ σ, or greedy σ × "
+                             "distance to the nearest labelled structure")
     parser.add_argument("--scenario", choices=["600K", "mixed", "diverse", "rare"],
                         default="600K",
                         help="pool and test set (see above)")

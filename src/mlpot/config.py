@@ -291,8 +291,9 @@ class SelectConfig(Strict):
     force_sigma: float = Field(0.1, gt=0)  # eV/Å: label snapshots whose max epistemic σ exceeds
     max_new: int = Field(10, ge=1)  # labels per iteration
     min_distance: float = Field(0.02, ge=0)  # Å: fingerprint RMS below which two are duplicates
-    # "top": most uncertain first; "weighted": random draw with probability ∝ σ
-    strategy: Literal["top", "weighted"] = "top"
+    # "top": most uncertain first; "weighted": random draw with probability ∝ σ;
+    # "diverse": greedy σ × distance to the nearest labelled/chosen structure
+    strategy: Literal["top", "weighted", "diverse"] = "top"
 
 
 class LearnConfig(Strict):

@@ -88,3 +88,38 @@ def test_weighted_selection_follows_sigma():
     np.testing.assert_allclose(counts[1:] / 2000, [0.2 / 1.4, 0.4 / 1.4, 0.8 / 1.4], atol=0.04)
     with pytest.raises(ValueError, match="strategy"):
         select(candidates, sigmas, [], 0.1, 1, 0.0, "greedy")
+
+
+def test_diverse_selection_spreads_the_batch():
+    """σ × distance: a near copy of the most uncertain structure loses to a less uncertain
+    one far away (top-σ would take the copy), and a candidate next to a labelled structure
+    is passed over; every pick maximises σ × (distance to the nearest known or chosen)."""
+    base = molecule("H2O")
+    a = _moved(base, 0.1, 0)
+    a_copy = a.copy()
+    bond = a.positions[1] - a.positions[0]
+    a_copy.positions[1] += 0.06 * bond / np.linalg.norm(bond)  # near a, not a duplicate
+    far = _moved(base, 0.3, 1)
+    near_known = _moved(base, 0.1, 2)
+    known_one = near_known.copy()
+    known_one.positions[2] += [0.0, 0.02, 0.0]
+    candidates = [a, a_copy, far, near_known]
+    sigmas = np.array([1.0, 0.95, 0.5, 0.9])
+
+    def distance(x, y):  # fingerprint RMS from scratch: sorted pair distances
+        dx = np.sort(x.get_all_distances()[np.triu_indices(3, 1)])
+        dy = np.sort(y.get_all_distances()[np.triu_indices(3, 1)])
+        return np.sqrt(np.mean((dx - dy) ** 2))
+
+    assert select(candidates, sigmas, [], 0.1, 2, 0.01, "top") == [0, 1]
+    chosen = select(candidates, sigmas, [known_one], 0.1, 3, 0.01, "diverse")
+    labelled = [known_one]
+    for pick in chosen:  # brute force: the largest σ × nearest distance among the rest
+        rest = [k for k in range(4) if k not in chosen[:chosen.index(pick)]]
+        scores = {k: sigmas[k] * min(distance(candidates[k], x) for x in labelled) for k in rest}
+        assert pick == max(scores, key=scores.get)
+        labelled.append(candidates[pick])
+    assert chosen[:2] == [0, 2] and 3 not in chosen[:2]
+    # with nothing of its composition known, the first pick is the most uncertain
+    assert select(candidates, sigmas, [], 0.1, 1, 0.01, "diverse") == [0]
+    assert select(candidates, sigmas, [], 0.99, 4, 0.01, "diverse") == [0]  # threshold holds

@@ -31,8 +31,13 @@ def select(candidates: list[Atoms], sigmas: np.ndarray, known: list[Atoms], thre
 
     strategy "top": the most uncertain first. "weighted": a random draw without replacement
     with probability ∝ σ (uncertain structures are favoured, but the draw still follows where
-    the candidates are dense instead of collecting the rarest outliers)."""
+    the candidates are dense instead of collecting the rarest outliers). "diverse": greedy,
+    each pick maximises σ × (fingerprint distance to the nearest known or already chosen
+    structure), so that one batch spreads over the uncertain region instead of piling up
+    where σ peaks (uncertainty-weighted farthest-point sampling)."""
     sigmas = np.asarray(sigmas, dtype=float)
+    if strategy == "diverse":
+        return _select_diverse(candidates, sigmas, known, threshold, max_new, min_distance)
     if strategy == "top":
         order = np.argsort(-sigmas, kind="stable")
     elif strategy == "weighted":
@@ -41,7 +46,7 @@ def select(candidates: list[Atoms], sigmas: np.ndarray, known: list[Atoms], thre
         order = (rng.choice(above, size=len(above), replace=False,
                             p=sigmas[above] / sigmas[above].sum()) if len(above) else above)
     else:
-        raise ValueError(f"strategy must be 'top' or 'weighted', not {strategy!r}")
+        raise ValueError(f"strategy must be 'top', 'weighted' or 'diverse', not {strategy!r}")
     chosen: list[int] = []
     kept = {}
     for atoms in known:
@@ -54,8 +59,41 @@ def select(candidates: list[Atoms], sigmas: np.ndarray, known: list[Atoms], thre
         atoms = candidates[index]
         candidate = fingerprint(atoms)
         others = kept.setdefault(_composition(atoms), [])
-        if any(np.sqrt(np.mean((candidate - other) ** 2)) < min_distance for other in others):
+        if any(_distance(candidate, other) < min_distance for other in others):
             continue
         chosen.append(int(index))
         others.append(candidate)
     return chosen
+
+
+def _select_diverse(candidates: list[Atoms], sigmas: np.ndarray, known: list[Atoms],
+                    threshold: float, max_new: int, min_distance: float) -> list[int]:
+    """Greedy σ × distance selection ("diverse" in ``select``); per composition, since only
+    structures of one composition have comparable fingerprints. A candidate with no known or
+    chosen structure of its composition is infinitely far: those go first, by σ."""
+    above = [int(k) for k in np.nonzero(sigmas > threshold)[0]]
+    prints = {k: fingerprint(candidates[k]) for k in above}
+    nearest = {k: np.inf for k in above}  # distance to the nearest known/chosen, Å
+    for atoms in known:
+        known_print = fingerprint(atoms)
+        for k in above:
+            if _composition(candidates[k]) == _composition(atoms):
+                nearest[k] = min(nearest[k], _distance(prints[k], known_print))
+    chosen: list[int] = []
+    while len(chosen) < max_new:
+        open_ = [k for k in above if k not in chosen and nearest[k] >= min_distance]
+        if not open_:
+            break
+        unseen = [k for k in open_ if np.isinf(nearest[k])]
+        pick = (max(unseen, key=lambda k: sigmas[k]) if unseen
+                else max(open_, key=lambda k: sigmas[k] * nearest[k]))
+        chosen.append(pick)
+        for k in above:
+            if _composition(candidates[k]) == _composition(candidates[pick]):
+                nearest[k] = min(nearest[k], _distance(prints[k], prints[pick]))
+    return chosen
+
+
+def _distance(a: np.ndarray, b: np.ndarray) -> float:
+    """RMS difference of two fingerprints, Å."""
+    return float(np.sqrt(np.mean((a - b) ** 2)))
