@@ -44,6 +44,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPERATURE = 600.0  # K
+REPEAT_STRIDE = 10007  # --repeat r offsets every random seed by r × this
 
 
 def xtb_trajectory(steps: int, every: int, seed: int, temperature: float = TEMPERATURE):
@@ -96,14 +97,16 @@ def reference_data(out: Path, scenario: str) -> tuple[Path, Path]:
     return pool, test
 
 
-def train_random(out: Path, pool: Path, test: Path, size: int, minutes: float) -> dict:
+def train_random(out: Path, pool: Path, test: Path, size: int, minutes: float,
+                 repeat: int = 0) -> dict:
     import yaml
     from ase.io import read, write
 
     run = out / f"random_{size}"
     if not (run / "metrics.json").exists():
         frames = read(pool, index=":")
-        picks = np.random.default_rng(size).choice(len(frames), size, replace=False)
+        picks = np.random.default_rng(size + REPEAT_STRIDE * repeat).choice(
+            len(frames), size, replace=False)
         write(out / f"random_{size}.xyz", [frames[k] for k in picks])
         config = out / f"random_{size}.yaml"
         config.write_text(yaml.safe_dump({
@@ -111,7 +114,7 @@ def train_random(out: Path, pool: Path, test: Path, size: int, minutes: float) -
                      "valid_fraction": 0.1},
             "model": {"kind": "bpnn"},
             "training": {"ensemble": 3, "max_minutes": minutes, "threads": 1},
-            "seed": 0, "out": str(run)}))
+            "seed": repeat, "out": str(run)}))
         with open(out / f"random_{size}.log", "w") as log:
             subprocess.run([sys.executable, "-m", "mlpot", "train", str(config)], check=True,
                            stdout=log, stderr=subprocess.STDOUT,
@@ -122,12 +125,13 @@ def train_random(out: Path, pool: Path, test: Path, size: int, minutes: float) -
 
 def active(out: Path, pool: Path, test: Path, minutes: float, iterations: int,
            max_new: int, threshold: float, stop_sigma: float, trajectories: int,
-           name: str, from_pool: bool, strategy: str) -> list[dict]:
+           name: str, from_pool: bool, strategy: str, repeat: int = 0) -> list[dict]:
     import yaml
     from ase.io import read, write
 
     frames = read(pool, index=":")
-    picks = np.random.default_rng(10).choice(len(frames), 10, replace=False)
+    picks = np.random.default_rng(10 + REPEAT_STRIDE * repeat).choice(len(frames), 10,
+                                                                       replace=False)
     start = out / "al_start.xyz"
     write(start, [frames[k] for k in picks])  # the labels are recomputed by the loop
     config = out / f"{name}.yaml"
@@ -140,7 +144,7 @@ def active(out: Path, pool: Path, test: Path, minutes: float, iterations: int,
                     "pool": str(pool) if from_pool else None},
         "select": {"force_sigma": threshold, "max_new": max_new, "min_distance": 0.02,
                    "strategy": strategy},
-        "iterations": iterations, "valid_fraction": 0.1, "workers": 1}))
+        "iterations": iterations, "valid_fraction": 0.1, "workers": 1, "seed": repeat}))
     with open(out / f"{name}.log", "a") as log:
         subprocess.run([sys.executable, "-m", "mlpot", "learn", str(config)], check=True,
                        stdout=log, stderr=subprocess.STDOUT,
@@ -194,6 +198,9 @@ def main() -> None:
     parser.add_argument("--from-pool", action="store_true",
                         help="select from the (unlabelled) random-sampling pool by σ instead "
                              "of exploring with MD")
+    parser.add_argument("--repeat", type=int, default=0,
+                        help="another draw: random picks, start set and training seeds "
+                             "change (0 = the runs in RESULTS.md)")
     args = parser.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -204,13 +211,14 @@ def main() -> None:
         learning = executor.submit(active, out, pool, test, args.minutes, args.iterations,
                                    args.max_new, args.threshold, args.stop_sigma,
                                    args.trajectories, args.name, args.from_pool,
-                                   args.strategy)
-        random = [train_random(out, pool, test, n, args.minutes) for n in sizes]
+                                   args.strategy, args.repeat)
+        random = [train_random(out, pool, test, n, args.minutes, args.repeat) for n in sizes]
         results = {"random": random, "active": learning.result()}
     results.update(scenario=args.scenario, minutes_per_member=args.minutes, members=3,
                    date=time.ctime(),
                    wall_minutes=(time.time() - started) / 60, threshold=args.threshold,
-                   stop_sigma=args.stop_sigma, trajectories=args.trajectories)
+                   stop_sigma=args.stop_sigma, trajectories=args.trajectories,
+                   strategy=args.strategy, repeat=args.repeat)
     (out / f"results_{args.name}.json").write_text(json.dumps(results, indent=1))
     plot(results, out / f"{args.name}_vs_random.png")
     print("| strategy | labels | test force RMSE (meV/Å) |\n|---|---|---|")
