@@ -7,7 +7,7 @@
 For the ``mixed`` / ``diverse`` / ``rare`` scenarios: the test set's first half is 300 K, its
 second half 1000 K, and the pool's last ``--hot`` structures are the 1000 K ones. Scores the
 random-sampling models and the active-learning iterations given (force RMSE per half, meV/Å)
-and counts the hot pool structures in each one's labels. Writes OUT/split.json.
+and counts the hot pool structures in each one's labels. Writes OUT/split_NAME.json.
 """
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def main() -> None:
         if k in wanted:
             split[f"active_{history[k]['labels']}"] = {
                 **force_rmse_by_half(run / f"iter_{k:02d}" / "train" / "model", test), "hot": hot}
-    (out / "split.json").write_text(json.dumps(split, indent=1))
+    (out / f"split_{args.name}.json").write_text(json.dumps(split, indent=1))
     print(json.dumps(split, indent=1))
 
 
