@@ -59,7 +59,7 @@ def select(candidates: list[Atoms], sigmas: np.ndarray, known: list[Atoms], thre
         atoms = candidates[index]
         candidate = fingerprint(atoms)
         others = kept.setdefault(_composition(atoms), [])
-        if any(_distance(candidate, other) < min_distance for other in others):
+        if others and _distances(candidate[None], np.stack(others)).min() < min_distance:
             continue
         chosen.append(int(index))
         others.append(candidate)
@@ -71,29 +71,35 @@ def _select_diverse(candidates: list[Atoms], sigmas: np.ndarray, known: list[Ato
     """Greedy σ × distance selection ("diverse" in ``select``); per composition, since only
     structures of one composition have comparable fingerprints. A candidate with no known or
     chosen structure of its composition is infinitely far: those go first, by σ."""
-    above = [int(k) for k in np.nonzero(sigmas > threshold)[0]]
-    prints = {k: fingerprint(candidates[k]) for k in above}
-    nearest = {k: np.inf for k in above}  # distance to the nearest known/chosen, Å
-    for atoms in known:
-        known_print = fingerprint(atoms)
-        for k in above:
-            if _composition(candidates[k]) == _composition(atoms):
-                nearest[k] = min(nearest[k], _distance(prints[k], known_print))
+    index = np.nonzero(sigmas > threshold)[0]
+    compositions = [_composition(candidates[k]) for k in index]
+    groups = {c: np.array([other == c for other in compositions]) for c in set(compositions)}
+    prints = {c: np.stack([fingerprint(candidates[k]) for k in index[mask]])
+              for c, mask in groups.items()}
+    nearest = np.full(len(index), np.inf)  # distance to the nearest known/chosen, Å
+    for c, mask in groups.items():
+        labelled = [fingerprint(atoms) for atoms in known if _composition(atoms) == c]
+        if labelled:
+            nearest[mask] = _distances(prints[c], np.stack(labelled)).min(axis=1)
+    available = np.ones(len(index), dtype=bool)
     chosen: list[int] = []
     while len(chosen) < max_new:
-        open_ = [k for k in above if k not in chosen and nearest[k] >= min_distance]
-        if not open_:
+        available &= nearest >= min_distance
+        if not available.any():
             break
-        unseen = [k for k in open_ if np.isinf(nearest[k])]
-        pick = (max(unseen, key=lambda k: sigmas[k]) if unseen
-                else max(open_, key=lambda k: sigmas[k] * nearest[k]))
-        chosen.append(pick)
-        for k in above:
-            if _composition(candidates[k]) == _composition(candidates[pick]):
-                nearest[k] = min(nearest[k], _distance(prints[k], prints[pick]))
+        unseen = available & np.isinf(nearest)
+        eligible = unseen if unseen.any() else available
+        score = sigmas[index] * np.where(np.isinf(nearest), 1.0, nearest)
+        pick = int(np.argmax(np.where(eligible, score, -np.inf)))
+        chosen.append(int(index[pick]))
+        available[pick] = False
+        mask = groups[compositions[pick]]
+        picked = prints[compositions[pick]][np.cumsum(mask)[pick] - 1]
+        nearest[mask] = np.minimum(nearest[mask], _distances(prints[compositions[pick]],
+                                                             picked[None])[:, 0])
     return chosen
 
 
-def _distance(a: np.ndarray, b: np.ndarray) -> float:
-    """RMS difference of two fingerprints, Å."""
-    return float(np.sqrt(np.mean((a - b) ** 2)))
+def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """RMS differences (Å) between the fingerprints in the rows of ``a`` and of ``b``."""
+    return np.sqrt(np.mean((a[:, None, :] - b[None, :, :]) ** 2, axis=-1))
