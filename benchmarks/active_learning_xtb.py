@@ -28,6 +28,8 @@ apart) and the 100 hot test snapshots from 4 others — one 500 fs trajectory's 
 too alike to teach the 1000 K regime (see RESULTS.md). ``--scenario rare``: as diverse, with
 the cold part four times larger (1600 snapshots from 16 trajectories), so that the 40 hot
 snapshots are 2.4 % of the pool — what a long MD data set with a few rare excursions is like.
+``--scenario rare_large``: rare's proportions in a pool four times larger (6400 cold, 160 hot
+from 32 short trajectories), so that the rare part is not used up within the label budget.
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ import os
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -88,10 +90,15 @@ def reference_data(out: Path, scenario: str) -> tuple[Path, Path]:
               + xtb_trajectory(1000, 25, 4, 1000.0))
         write(test, xtb_trajectory(2500, 25, 100, 300.0) + xtb_trajectory(2500, 25, 101, 1000.0))
     else:  # diverse: as mixed, the hot part from 8 short trajectories, tested on 4 others;
-        #    rare: the same with 16 cold trajectories instead of 4
-        cold_seeds = range(4) if scenario == "diverse" else [*range(4), *range(200, 212)]
-        write(pool, [f for seed in cold_seeds for f in xtb_trajectory(2500, 25, seed, 300.0)]
-              + [f for seed in range(4, 12) for f in xtb_trajectory(250, 50, seed, 1000.0)])
+        #    rare: the same with 16 cold trajectories instead of 4; rare_large: 4× rare's pool
+        cold_seeds = {"diverse": range(4), "rare": [*range(4), *range(200, 212)],
+                      "rare_large": [*range(4), *range(200, 260)]}[scenario]
+        hot_seeds = [*range(4, 12)] + ([*range(300, 324)] if scenario == "rare_large" else [])
+        with ProcessPoolExecutor(2) as workers:  # one xTB trajectory per task
+            cold = workers.map(xtb_trajectory, *zip(*[(2500, 25, s, 300.0) for s in cold_seeds]))
+            hot = workers.map(xtb_trajectory, *zip(*[(250, 50, s, 1000.0) for s in hot_seeds]))
+            write(pool, [f for frames in cold for f in frames]
+                  + [f for frames in hot for f in frames])
         write(test, xtb_trajectory(2500, 25, 100, 300.0)
               + [f for seed in range(101, 105) for f in xtb_trajectory(1250, 50, seed, 1000.0)])
     return pool, test
@@ -192,7 +199,8 @@ def main() -> None:
     parser.add_argument("--strategy", choices=["top", "weighted", "diverse"], default="top",
                         help="most uncertain first, drawn with probability ∝ σ, or greedy σ × "
                              "distance to the nearest labelled structure")
-    parser.add_argument("--scenario", choices=["600K", "mixed", "diverse", "rare"],
+    parser.add_argument("--scenario",
+                        choices=["600K", "mixed", "diverse", "rare", "rare_large"],
                         default="600K",
                         help="pool and test set (see above)")
     parser.add_argument("--from-pool", action="store_true",
