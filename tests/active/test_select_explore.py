@@ -123,3 +123,8 @@ def test_diverse_selection_spreads_the_batch():
     # with nothing of its composition known, the first pick is the most uncertain
     assert select(candidates, sigmas, [], 0.1, 1, 0.01, "diverse") == [0]
     assert select(candidates, sigmas, [], 0.99, 4, 0.01, "diverse") == [0]  # threshold holds
+    # a composition nothing labelled shares goes first, however small its σ (above threshold)
+    ammonia = _moved(molecule("NH3"), 0.05, 3)
+    mixed = select(candidates + [ammonia], np.append(sigmas, 0.2), [known_one], 0.1, 2, 0.01,
+                   "diverse")
+    assert mixed == [4, 0]

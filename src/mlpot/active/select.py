@@ -94,7 +94,7 @@ def _select_diverse(candidates: list[Atoms], sigmas: np.ndarray, known: list[Ato
         chosen.append(int(index[pick]))
         available[pick] = False
         mask = groups[compositions[pick]]
-        picked = prints[compositions[pick]][np.cumsum(mask)[pick] - 1]
+        picked = prints[compositions[pick]][np.cumsum(mask)[pick] - 1]  # its row in the group
         nearest[mask] = np.minimum(nearest[mask], _distances(prints[compositions[pick]],
                                                              picked[None])[:, 0])
     return chosen
