@@ -4,10 +4,11 @@
     .venv/bin/python benchmarks/al_split.py benchmarks/out/al_xtb_rare [--random 80,160,320]
         [--iterations 2,5,6,10] [--hot 40] [--name al_pool]
 
-For the ``mixed`` / ``diverse`` / ``rare`` scenarios: the test set's first half is 300 K, its
-second half 1000 K, and the pool's last ``--hot`` structures are the 1000 K ones. Scores the
-random-sampling models and the active-learning iterations given (force RMSE per half, meV/Å)
-and counts the hot pool structures in each one's labels. Writes OUT/split_NAME.json.
+For the ``mixed`` / ``diverse`` / ``rare`` / ``rare_large`` (``--hot 160``) scenarios: the
+test set's first half is 300 K, its second half 1000 K, and the pool's last ``--hot``
+structures are the 1000 K ones. Scores the random-sampling models and the active-learning
+iterations given (force RMSE per half, meV/Å) and counts the hot pool structures in each
+one's labels. Writes OUT/split_NAME.json.
 """
 from __future__ import annotations
 
