@@ -91,9 +91,11 @@ def reference_data(out: Path, scenario: str) -> tuple[Path, Path]:
         write(test, xtb_trajectory(2500, 25, 100, 300.0) + xtb_trajectory(2500, 25, 101, 1000.0))
     else:  # diverse: as mixed, the hot part from 8 short trajectories, tested on 4 others;
         #    rare: the same with 16 cold trajectories instead of 4; rare_large: 4× rare's pool
-        cold_seeds = {"diverse": range(4), "rare": [*range(4), *range(200, 212)],
-                      "rare_large": [*range(4), *range(200, 260)]}[scenario]
-        hot_seeds = [*range(4, 12)] + ([*range(300, 324)] if scenario == "rare_large" else [])
+        cold_seeds, hot_seeds = {
+            "diverse": (range(4), range(4, 12)),
+            "rare": ([*range(4), *range(200, 212)], range(4, 12)),
+            "rare_large": ([*range(4), *range(200, 260)], [*range(4, 12), *range(300, 324)]),
+        }[scenario]
         with ProcessPoolExecutor(2) as workers:  # one xTB trajectory per task
             cold = workers.map(xtb_trajectory, *zip(*[(2500, 25, s, 300.0) for s in cold_seeds]))
             hot = workers.map(xtb_trajectory, *zip(*[(250, 50, s, 1000.0) for s in hot_seeds]))

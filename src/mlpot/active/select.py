@@ -73,9 +73,9 @@ def _select_diverse(candidates: list[Atoms], sigmas: np.ndarray, known: list[Ato
     chosen structure of its composition is infinitely far: those go first, by σ."""
     index = np.nonzero(sigmas > threshold)[0]
     compositions = [_composition(candidates[k]) for k in index]
+    own = [fingerprint(candidates[k]) for k in index]
     groups = {c: np.array([other == c for other in compositions]) for c in set(compositions)}
-    prints = {c: np.stack([fingerprint(candidates[k]) for k in index[mask]])
-              for c, mask in groups.items()}
+    prints = {c: np.stack([own[j] for j in np.nonzero(mask)[0]]) for c, mask in groups.items()}
     nearest = np.full(len(index), np.inf)  # distance to the nearest known/chosen, Å
     for c, mask in groups.items():
         labelled = [fingerprint(atoms) for atoms in known if _composition(atoms) == c]
@@ -93,10 +93,9 @@ def _select_diverse(candidates: list[Atoms], sigmas: np.ndarray, known: list[Ato
         pick = int(np.argmax(np.where(eligible, score, -np.inf)))
         chosen.append(int(index[pick]))
         available[pick] = False
-        mask = groups[compositions[pick]]
-        picked = prints[compositions[pick]][np.cumsum(mask)[pick] - 1]  # its row in the group
-        nearest[mask] = np.minimum(nearest[mask], _distances(prints[compositions[pick]],
-                                                             picked[None])[:, 0])
+        group = compositions[pick]
+        mask = groups[group]
+        nearest[mask] = np.minimum(nearest[mask], _distances(prints[group], own[pick][None])[:, 0])
     return chosen
 
 
