@@ -16,7 +16,10 @@ Calls are interleaved for a few seconds per case and the median and minimum are 
 (the minimum is the steadier figure on a shared machine). One thread by default.
 
     OMP_NUM_THREADS=1 python benchmarks/ensemble_vmap_cost.py [--seconds 8] [--dtype float32]
-        [--kinds schnet equivariant] [--members 4]
+        [--kinds schnet equivariant] [--members 4] [--device cuda]
+
+On a GPU (``--device cuda``) every call ends with ``torch.cuda.synchronize()``, so a time
+is the GPU's work done, not only launched.
 """
 
 from __future__ import annotations
@@ -64,16 +67,20 @@ def grad_in_vmap(members, batch):
     return total, -gradient
 
 
-def time_interleaved(calls: dict, seconds: float, min_rounds: int = 5) -> dict:
-    """Median and minimum ms per call of each function, calls interleaved round by round."""
+def time_interleaved(calls: dict, seconds: float, min_rounds: int = 5,
+                     sync=lambda: None) -> dict:
+    """Median and minimum ms per call of each function, calls interleaved round by round;
+    ``sync`` waits for the device's queued work (after each call)."""
     times = {name: [] for name in calls}
     for call in calls.values():
         call()  # warm-up
+    sync()
     end = time.perf_counter() + seconds
     while time.perf_counter() < end or len(times[next(iter(calls))]) < min_rounds:
         for name, call in calls.items():
             start = time.perf_counter()
             call()
+            sync()
             times[name].append(time.perf_counter() - start)
     return {name: {"median_ms": 1e3 * statistics.median(t), "min_ms": 1e3 * min(t),
                    "rounds": len(t)} for name, t in times.items()}
@@ -86,7 +93,9 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", default=["schnet", "equivariant"])
     parser.add_argument("--members", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     systems = {"acac molecule": [read_frames(ACAC)[0]],
@@ -98,10 +107,11 @@ def main() -> None:
         members = []
         for seed in range(args.members):
             torch.manual_seed(seed)
-            members.append(build_potential(config, [1, 6, 8], E0).to(dtype).eval())
+            members.append(build_potential(config, [1, 6, 8], E0).to(args.device, dtype).eval())
         ensemble = Ensemble(members).eval()
         for system, frames in systems.items():
-            batch = ensemble.batch(frames)
+            batch = {name: value.to(args.device)
+                     for name, value in ensemble.batch(frames).items()}
             # the two vmapped designs give the members' numbers
             reference = ensemble._members_in_turn(batch, True, False, False)
             ours = vmapped_forward(members, batch)
@@ -116,7 +126,7 @@ def main() -> None:
                 "vmapped, stacked once": lambda: vmapped_forward(members, batch, state=state),
                 "grad-in-vmap": lambda: grad_in_vmap(members, batch),
                 "in turn": lambda: ensemble._members_in_turn(batch, True, False, False),
-                "single": lambda: members[0](batch)}, args.seconds)
+                "single": lambda: members[0](batch)}, args.seconds, sync=sync)
             row = {"kind": kind, "system": system, "n_atoms": len(batch[keys.NUMBERS]),
                    "n_edges": batch[keys.EDGE_INDEX].shape[1], "ms": timing}
             results.append(row)
@@ -126,6 +136,7 @@ def main() -> None:
                               for name, t in timing.items())
                   + f" ms; vmapped/in turn (min) {ratio:.2f}", flush=True)
     print(json.dumps({"dtype": args.dtype, "threads": args.threads, "members": args.members,
+                      "device": args.device,
                       "results": results}))
 
 

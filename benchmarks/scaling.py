@@ -121,12 +121,11 @@ def main() -> None:
         print(f"{row['n_atoms']:>7} atoms: {row['seconds_per_step'] * 1e3:10.1f} ms/step "
               f"{row['us_per_atom_step']:8.1f} µs/atom/step  peak {row['peak_rss_MiB']:8.0f} MiB",
               flush=True)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"settings": {k: v for k, v in vars(args).items()
-                                                     if k not in ("out", "one", "plot",
-                                                                  "results")},
-                                        "rows": rows}, indent=1))
+        if args.out:  # after every size: a run stopped at a time limit keeps what it did
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            settings = {k: v for k, v in vars(args).items()
+                        if k not in ("out", "one", "plot", "results")}
+            args.out.write_text(json.dumps({"settings": settings, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":
