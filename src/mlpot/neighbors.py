@@ -34,20 +34,24 @@ def neighbor_pairs(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cut
     return i, j, shifts
 
 
-def triplets_from_edges(centers: np.ndarray, n_atoms: int) -> np.ndarray:
-    """All pairs of edges (a, b), a < b, that share a centre atom; ``centers`` sorted.
+def triplets_from_edges(centers, n_atoms: int):
+    """All pairs of edges (a, b), a < b, that share a centre atom; ``centers`` sorted
+    (a numpy array or a tensor on any device; the result is of the same kind and device).
 
     Returns (2, n_triplets) int64 edge indices. Each unordered neighbour pair (j, k)
     of atom i appears once.
     """
+    if isinstance(centers, np.ndarray):
+        return triplets_from_edges(torch.from_numpy(centers.astype(np.int64)), n_atoms).numpy()
     n_edges = len(centers)
-    counts = np.bincount(centers, minlength=n_atoms)
-    starts = np.cumsum(counts) - counts
-    local = np.arange(n_edges) - starts[centers]
-    n_partners = counts[centers] - 1 - local
-    first = np.repeat(np.arange(n_edges), n_partners)
-    offsets = np.arange(len(first)) - np.repeat(np.cumsum(n_partners) - n_partners, n_partners)
-    return np.stack([first, first + 1 + offsets]).astype(np.int64)
+    counts = torch.bincount(centers, minlength=n_atoms)
+    starts = torch.cumsum(counts, 0) - counts
+    edges = torch.arange(n_edges, device=centers.device)
+    n_partners = counts[centers] - 1 - (edges - starts[centers])
+    first = torch.repeat_interleave(edges, n_partners)
+    offsets = (torch.arange(len(first), device=centers.device)
+               - torch.repeat_interleave(torch.cumsum(n_partners, 0) - n_partners, n_partners))
+    return torch.stack([first, first + 1 + offsets])
 
 
 def graph_arrays(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float,
@@ -59,10 +63,16 @@ def graph_arrays(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutof
 
 
 def _graph(i, j, shifts, distances, n_atoms: int, angular_cutoff: float | None) -> dict:
-    """The graph arrays of a full neighbour list sorted by centre atom."""
-    graph = {keys.EDGE_INDEX: np.stack([i, j]), keys.EDGE_SHIFT: shifts.astype(np.float64)}
-    if angular_cutoff is not None:
-        short = np.nonzero(distances < angular_cutoff)[0]
+    """The graph arrays of a full neighbour list sorted by centre atom (numpy arrays, or
+    tensors on the device the inputs are on)."""
+    if isinstance(i, np.ndarray):
+        graph = {keys.EDGE_INDEX: np.stack([i, j]), keys.EDGE_SHIFT: shifts.astype(np.float64)}
+        short = np.nonzero(distances < angular_cutoff)[0] if angular_cutoff is not None else None
+    else:
+        graph = {keys.EDGE_INDEX: torch.stack([i, j]), keys.EDGE_SHIFT: shifts.double()}
+        short = (torch.nonzero(distances < angular_cutoff)[:, 0]
+                 if angular_cutoff is not None else None)
+    if short is not None:
         graph[keys.TRIPLETS] = short[triplets_from_edges(i[short], n_atoms)]
     return graph
 
@@ -83,12 +93,19 @@ class SkinNeighborList:
     has moved more than skin/2 since the last one (then no pair can have entered the cutoff
     unseen), or the cell, periodicity or atoms changed. Gives exactly :func:`graph_arrays`.
 
+    With a torch ``device`` the kept pairs live there and the graph comes back as tensors on
+    it: each step's filtering and triplets run on that device (a GPU), and only the
+    positions travel to it, not the graph. The search itself (vesin) stays on the CPU.
+
     Args:
         cutoff, angular_cutoff: Å, as for :func:`graph_arrays`.  skin: Å.
+        device: None (numpy arrays) or a torch device (tensors there).
     """
 
-    def __init__(self, cutoff: float, angular_cutoff: float | None = None, skin: float = 1.0):
+    def __init__(self, cutoff: float, angular_cutoff: float | None = None, skin: float = 1.0,
+                 device: torch.device | str | None = None):
         self.cutoff, self.angular_cutoff, self.skin = float(cutoff), angular_cutoff, float(skin)
+        self.device = torch.device(device) if device is not None else None
         self.searches = 0  # how many neighbour searches were made (for tests and logs)
         self._reference = None  # (positions, cell, pbc, numbers) at the last search
         self._pairs = None  # (i, j, shifts) within cutoff + skin
@@ -110,11 +127,17 @@ class SkinNeighborList:
         pbc = np.asarray(pbc, dtype=bool)
         if self._stale(positions, cell, pbc, numbers):
             self._pairs = neighbor_pairs(positions, cell, pbc, self.cutoff + self.skin)
+            if self.device is not None:
+                self._pairs = tuple(torch.from_numpy(a).to(self.device) for a in self._pairs)
             self._reference = (positions.copy(), cell.copy(), pbc.copy(), np.array(numbers))
             self.searches += 1
         i, j, shifts = self._pairs
         box = cell if pbc.any() else np.zeros((3, 3))
-        distances = np.sqrt(((positions[j] - positions[i] + shifts @ box) ** 2).sum(1))
+        if self.device is not None:
+            positions, box = (torch.from_numpy(a).to(self.device) for a in (positions, box))
+            distances = (positions[j] - positions[i] + shifts.double() @ box).norm(dim=1)
+        else:
+            distances = np.sqrt(((positions[j] - positions[i] + shifts @ box) ** 2).sum(1))
         inside = distances < self.cutoff
         return _graph(i[inside], j[inside], shifts[inside], distances[inside], len(positions),
                       self.angular_cutoff)

@@ -83,10 +83,11 @@ class Potential(nn.Module):
         return graph_arrays(frame.positions, frame.cell, frame.pbc, self.model.cutoff,
                             self.model.angular_cutoff)
 
-    def neighbor_list(self, skin: float = 1.0) -> SkinNeighborList:
+    def neighbor_list(self, skin: float = 1.0, device=None) -> SkinNeighborList:
         """A neighbour list at this potential's cutoffs that is searched again only when
-        atoms moved more than ``skin``/2 Å (for MD)."""
-        return SkinNeighborList(self.model.cutoff, self.model.angular_cutoff, skin)
+        atoms moved more than ``skin``/2 Å (for MD); graphs as tensors on ``device`` if
+        given (see :class:`~mlpot.neighbors.SkinNeighborList`)."""
+        return SkinNeighborList(self.model.cutoff, self.model.angular_cutoff, skin, device)
 
     def batch(self, frames: list[Frame], dtype=None, graphs=None) -> dict[str, torch.Tensor]:
         """Collate frames (checking their elements) into a batch for this potential;

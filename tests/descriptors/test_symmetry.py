@@ -33,7 +33,7 @@ from mlpot.data.batch import collate
 from mlpot.data.records import frame_from_atoms
 from mlpot.descriptors.cutoff import cosine_cutoff, polynomial_cutoff
 from mlpot.descriptors.symmetry import SymmetryFunctions, default_angular, default_radial
-from mlpot.neighbors import graph_arrays, neighbor_pairs, triplets_from_edges
+from mlpot.neighbors import SkinNeighborList, graph_arrays, neighbor_pairs, triplets_from_edges
 
 CUTOFF = 5.0  # Å
 RADIAL = default_radial(CUTOFF, 4)
@@ -287,6 +287,30 @@ def test_triplets_edge_cases():
     assert {tuple(t) for t in triplets.T.tolist()} == brute_force_triplets(centers, 6)
     assert triplets.shape == (2, 1 + 6)
     assert triplets_from_edges(np.zeros(0, dtype=np.int64), 3).shape == (2, 0)
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_skin_list_on_a_device_gives_the_searched_graph(device):
+    """The skin list with a torch device (filtering and triplets there, kept pairs reused)
+    gives exactly graph_arrays' edges, shifts and triplets at every step of a walk, in a
+    sheared periodic cell; the search is repeated only after a move beyond skin/2."""
+    atoms = periodic_cell().repeat((2, 1, 1))
+    neighbors = SkinNeighborList(4.0, angular_cutoff=3.0, skin=1.0, device=device)
+    rng = np.random.default_rng(5)
+    for step in range(8):
+        atoms.positions += rng.normal(scale=0.12, size=atoms.positions.shape)
+        got = neighbors(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)
+        expected = graph_arrays(atoms.positions, atoms.cell.array, atoms.pbc, 4.0, 3.0)
+        assert set(got) == set(expected)
+        for key, value in got.items():
+            assert torch.is_tensor(value) and value.device.type == device, key
+            np.testing.assert_array_equal(value.cpu().numpy(), expected[key], err_msg=key)
+    assert 1 < neighbors.searches < 8, neighbors.searches  # some steps reused the kept pairs, some searched
+    assert triplets_from_edges(torch.tensor([0, 0, 0, 2], device=device), 3).tolist() == [
+        [0, 0, 1], [1, 2, 2]]
 
 
 def test_graph_triplets_use_angular_cutoff(acac_frames):

@@ -61,8 +61,10 @@ def collate(frames: list[Frame], graphs: list[dict[str, np.ndarray]],
     edge_counts = np.array([g[keys.EDGE_INDEX].shape[1] for g in graphs], dtype=np.int64)
     edge_offsets = np.cumsum(edge_counts) - edge_counts
 
-    def cat(arrays, **kw):
-        return torch.from_numpy(np.concatenate(arrays, **kw))
+    def cat(arrays, axis=0):  # numpy arrays, or tensors (a graph already on its device)
+        if all(torch.is_tensor(a) for a in arrays):
+            return torch.cat(arrays, dim=axis)
+        return torch.from_numpy(np.concatenate(arrays, axis=axis))
 
     batch = {
         keys.POSITIONS: cat([f.positions for f in frames]).to(dtype),

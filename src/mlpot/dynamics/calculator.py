@@ -67,7 +67,8 @@ class MlpotCalculator(Calculator):
         self.device = pick_device(device, "the calculator's device")
         self.potential = model.to(device=self.device, dtype=getattr(torch, dtype)).eval()
         self.dtype = getattr(torch, dtype)
-        self.neighbors = self.potential.neighbor_list(skin) if skin > 0 else None
+        # the graph is filtered on the model's device, so only positions travel each step
+        self.neighbors = self.potential.neighbor_list(skin, self.device) if skin > 0 else None
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         Calculator.calculate(self, atoms, properties, system_changes)

@@ -96,8 +96,8 @@ class Ensemble(nn.Module):
     def batch(self, frames, dtype=None, graphs=None) -> dict[str, torch.Tensor]:
         return self.members[0].batch(frames, dtype=dtype, graphs=graphs)
 
-    def neighbor_list(self, skin: float = 1.0):
-        return self.members[0].neighbor_list(skin)
+    def neighbor_list(self, skin: float = 1.0, device=None):
+        return self.members[0].neighbor_list(skin, device)
 
     def forward(self, batch: dict[str, torch.Tensor], forces: bool = True, stress: bool = False,
                 create_graph: bool | None = None) -> dict[str, torch.Tensor]:

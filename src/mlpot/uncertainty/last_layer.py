@@ -142,8 +142,8 @@ class LastLayerUncertainty(nn.Module):
     def batch(self, frames, dtype=None, graphs=None) -> dict[str, torch.Tensor]:
         return self.potential.batch(frames, dtype=dtype, graphs=graphs)
 
-    def neighbor_list(self, skin: float = 1.0):
-        return self.potential.neighbor_list(skin)
+    def neighbor_list(self, skin: float = 1.0, device=None):
+        return self.potential.neighbor_list(skin, device)
 
     def forward(self, batch: dict[str, torch.Tensor], forces: bool = True, stress: bool = False,
                 create_graph: bool | None = None) -> dict[str, torch.Tensor]:
