@@ -65,22 +65,27 @@ def plot(path: Path, results: list[Path]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4 + 0.25 * len(results)))
     for result in results:
         data = json.loads(result.read_text())
         rows, settings = data["rows"], data["settings"]
         label = (f"angular cutoff {settings.get('angular_cutoff') or 5.0} Å, "
                  f"{settings['dtype']}, {settings.get('device', 'cpu')}, "
                  f"{settings['threads']} thread(s)")
+        if data.get("label"):
+            label += f", {data['label']}"
         n = [row["n_atoms"] for row in rows]
-        left.loglog(n, [row["us_per_atom_step"] for row in rows], "o-", label=label)
-        right.loglog(n, [row["peak_rss_MiB"] for row in rows], "o-", label=label)
+        line, = left.loglog(n, [row["us_per_atom_step"] for row in rows], "o-", label=label)
+        right.loglog(n, [row["peak_rss_MiB"] for row in rows], "o-", color=line.get_color())
+        if "peak_gpu_MiB" in rows[0]:  # dashed: the GPU's memory
+            right.loglog(n, [row["peak_gpu_MiB"] for row in rows], "s--",
+                         color=line.get_color())
     left.set_ylabel("µs per atom per MD step")
-    right.set_ylabel("peak resident memory (MiB)")
+    right.set_ylabel("peak memory (MiB): resident, GPU dashed")
     for axis in (left, right):
         axis.set_xlabel("atoms (periodic water)")
-    left.legend(fontsize=8)
-    fig.tight_layout()
+    fig.legend(loc="lower center", ncol=2, fontsize=8)
+    fig.tight_layout(rect=(0, 0.04 + 0.035 * ((len(results) + 1) // 2), 1, 1))
     fig.savefig(path, dpi=120)
 
 

@@ -51,8 +51,9 @@ def can_vmap(members) -> bool:
 
 def vmap_pays(batch: dict[str, torch.Tensor]) -> bool:
     """Whether vmapping is expected to beat evaluating the members in turn for ``batch``:
-    always off the CPU (where launch overhead dominates; not measured here), on the CPU for
-    graphs of at most :data:`MAX_EDGES_CPU` edges (about one small molecule)."""
+    always off the CPU (where launch overhead dominates: 0.3–0.4 of the time on an H200,
+    benchmarks/RESULTS.md), on the CPU for graphs of at most :data:`MAX_EDGES_CPU` edges
+    (about one small molecule)."""
     positions = batch[keys.POSITIONS]
     return positions.device.type != "cpu" or batch[keys.EDGE_INDEX].shape[1] <= MAX_EDGES_CPU
 
