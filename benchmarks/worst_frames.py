@@ -37,8 +37,8 @@ def main() -> None:
     from mlpot.uncertainty.ensemble import load_model
 
     test, train = read_frames(args.test), read_frames(args.train)
-    print(f"| model | force RMSE | worst frames (force RMSE, meV/Å) | share of MSE | "
-          f"RMSE without them | their energy errors (meV/atom) |\n|---|---|---|---|---|---|")
+    print("| model | force RMSE | worst frames (force RMSE, meV/Å) | share of MSE | "
+          "RMSE without them | their energy errors (meV/atom) |\n|---|---|---|---|---|---|")
     worst = None
     for path in args.models:
         with torch.enable_grad():
