@@ -1,4 +1,4 @@
-"""Command line: ``mlpot train|eval|md|label|learn|report|data|export``. It parses arguments
+"""Command line: ``mlpot train|ensemble|eval|md|label|learn|report|data|export``. It parses arguments
 and calls the library; nothing more."""
 
 from __future__ import annotations
@@ -234,6 +234,26 @@ def _data_convert(args) -> int:
     return 0
 
 
+def _ensemble(args) -> int:
+    from mlpot.data.records import read_frames
+    from mlpot.train.run import recalibrate
+    from mlpot.uncertainty.ensemble import combine_models, save_ensemble
+
+    ensemble, metadata = combine_models(args.models)
+    if args.valid:
+        report = recalibrate(ensemble, read_frames(args.valid))
+        metadata["recalibration"] = {"valid": str(Path(args.valid).resolve()), **report}
+        for name, fit in report.items():
+            print(f"σ scale ({name}) fitted on {args.valid}: {fit['scale']:.3g} (miscalibration "
+                  f"area {fit['miscalibration_area_before']:.3f} → "
+                  f"{fit['miscalibration_area_after']:.3f})")
+    path = save_ensemble(ensemble, args.out, metadata)
+    kinds = [member.model.kind for member in ensemble.members]
+    print(f"{path}: ensemble of {len(kinds)} ({', '.join(kinds)})"
+          + ("" if args.valid else "; σ not recalibrated (give --valid FILE)"))
+    return 0
+
+
 def _export(args) -> int:
     import torch
 
@@ -298,6 +318,16 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="output folder; DIR/model is the trained potential")
     train.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
     train.set_defaults(run=_train)
+
+    ensemble = commands.add_parser(
+        "ensemble", help="one ensemble from models trained apart (any kinds: bpnn beside "
+                         "SchNet, PaiNN, equivariant), σ recalibrated on --valid")
+    ensemble.add_argument("models", nargs="+", help="model or ensemble folders (same "
+                                                    "elements and cutoff)")
+    ensemble.add_argument("--out", required=True, help="the ensemble's folder")
+    ensemble.add_argument("--valid", help="labelled file (extxyz, ASE db) to fit the σ "
+                                          "scales on: data none of the members trained on")
+    ensemble.set_defaults(run=_ensemble)
 
     evaluate = commands.add_parser("eval", help="errors of a model on a labelled file")
     evaluate.add_argument("model")

@@ -19,7 +19,11 @@ from mlpot.dynamics.md import run_md
 from mlpot.errors import ModelFileError
 from mlpot.models import SchNet
 from mlpot.potential import Potential
+from mlpot.serialize import save
+from mlpot.uncertainty.calibration import ensemble_errors, fit_sigma_scale
 from mlpot.uncertainty.ensemble import Ensemble, load_model, save_ensemble
+
+from helpers import random_bpnn
 
 E0 = {"H": -13.568422178253735, "C": -1026.8538996116154, "O": -2037.796869412825}
 CELL = np.array([[7.5, 0.0, 0.0], [1.0, 7.0, 0.0], [0.5, -0.8, 7.2]])
@@ -86,6 +90,72 @@ def test_members_must_share_cutoffs():
         Ensemble([_member(1, cutoff=4.0), _member(2, cutoff=3.5)])
     with pytest.raises(ValueError, match="at least 2"):
         Ensemble([_member(1)])
+
+
+def test_members_of_different_kinds(acac_frames):
+    """A bpnn member beside SchNet members: the mean and spread are the members' own, each
+    evaluated alone on its own batch; the shared batch carries the bpnn member's triplets
+    wherever it stands; bpnn members with different angular cutoffs do not combine."""
+    members = [_member(1), random_bpnn(2), _member(3)]
+    ensemble = Ensemble(members).eval()
+    frames = acac_frames[:3]
+    batch = ensemble.batch(frames)
+    assert keys.TRIPLETS in batch
+    out = ensemble(batch)
+    singles = [m(m.batch(frames)) for m in members]
+    energies = np.array([s[keys.ENERGY].detach().numpy() for s in singles])
+    forces = np.array([s[keys.FORCES].detach().numpy() for s in singles])
+    np.testing.assert_allclose(out[keys.ENERGY].detach(), energies.mean(0), rtol=1e-13)
+    np.testing.assert_allclose(out[keys.ENERGY_STD].detach(), energies.std(0), rtol=1e-9)
+    np.testing.assert_allclose(out[keys.FORCES].detach(), forces.mean(0), atol=1e-12)
+    np.testing.assert_allclose(out[keys.FORCES_STD].detach(), forces.std(0), atol=1e-12)
+    atoms = frames[0].to_atoms()  # the calculator's skin list serves the bpnn member too
+    atoms.calc = MlpotCalculator(ensemble)
+    assert atoms.get_potential_energy() == pytest.approx(energies.mean(0)[0], abs=1e-9)
+    np.testing.assert_allclose(atoms.get_forces(), forces.mean(0)[:len(atoms)], atol=1e-9)
+    other_angular = random_bpnn(4)
+    other_angular.model.descriptor.angular_cutoff = 3.0
+    with pytest.raises(ValueError, match="share elements and cutoffs"):
+        Ensemble([random_bpnn(2), other_angular])
+
+
+def test_cli_combines_models_of_different_kinds(acac_dir, tmp_path):
+    """mlpot ensemble: a bpnn model and a two-member SchNet ensemble become one ensemble of
+    three, σ scales fitted on --valid as an independent fit of the plain spread gives;
+    a model with another cutoff is refused by name, and nothing is written."""
+    from mlpot.data.records import read_frames
+    from mlpot.train.metrics import predict
+
+    save(random_bpnn(2), tmp_path / "bpnn")
+    save_ensemble(Ensemble([_member(1), _member(3)]), tmp_path / "schnets")
+    save(_member(5, cutoff=3.5), tmp_path / "short")
+    valid = tmp_path / "valid.xyz"
+    with open(acac_dir / "test_MD_300K.xyz") as handle:
+        valid.write_text("".join(next(handle) for _ in range(6 * 17)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "combined"
+    run = subprocess.run([sys.executable, "-m", "mlpot", "ensemble", str(tmp_path / "bpnn"),
+                          str(tmp_path / "schnets"), "--valid", str(valid), "--out", str(out)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "ensemble of 3 (bpnn, schnet, schnet)" in run.stdout
+    combined = load_model(out)
+    assert [m.model.kind for m in combined.members] == ["bpnn", "schnet", "schnet"]
+    index = json.loads((out / "ensemble.json").read_text())
+    assert index["metadata"]["combined_from"] == [str(tmp_path / "bpnn"),
+                                                 str(tmp_path / "schnets")]
+    plain = Ensemble(list(combined.members)).eval()  # σ scales 1
+    errors = ensemble_errors(read_frames(valid), predict(plain, read_frames(valid)))
+    for name in ("energy", "forces"):
+        assert index["sigma_scale"][name] == pytest.approx(fit_sigma_scale(*errors[name]),
+                                                          rel=1e-9)
+    refused = subprocess.run([sys.executable, "-m", "mlpot", "ensemble",
+                              str(tmp_path / "bpnn"), str(tmp_path / "short"), "--out",
+                              str(tmp_path / "never")], capture_output=True, text=True,
+                             env=env, timeout=300)
+    assert refused.returncode == 2
+    assert f"{tmp_path / 'short'}: elements [1, 6, 8], cutoff 3.5" in refused.stderr
+    assert not (tmp_path / "never").exists()
 
 
 def test_save_and_load(ensemble, acac_frames, tmp_path):

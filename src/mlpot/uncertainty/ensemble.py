@@ -42,7 +42,7 @@ FORMAT = "mlpot-ensemble"
 
 
 class Ensemble(nn.Module):
-    """M potentials of one architecture (same elements and cutoffs) evaluated together.
+    """M potentials (same elements and cutoff) evaluated together.
 
     ``forward`` returns the members' mean energy, forces (and stress) under the usual keys,
     the epistemic σ under ``keys.ENERGY_STD`` / ``keys.FORCES_STD`` and every member's
@@ -54,6 +54,8 @@ class Ensemble(nn.Module):
     (:mod:`mlpot.uncertainty.vmapped`) where that pays (on CPU: small graphs, see
     :func:`~mlpot.uncertainty.vmapped.vmap_pays`). Other members, larger graphs on CPU and
     training (a graph for a loss) run each member's forward and backward pass in turn.
+    Members may be of different kinds (:func:`combine_models`: bpnn beside SchNet, PaiNN,
+    equivariant); the batch is then built by a member that needs angular triplets, if any.
     """
 
     def __init__(self, members: list[Potential], sigma_scale_energy: float = 1.0,
@@ -64,12 +66,16 @@ class Ensemble(nn.Module):
         if len(members) < 2:
             raise ValueError("an ensemble needs at least 2 members")
         first = members[0].model
+        angular = {m.model.angular_cutoff for m in members} - {None}
         for member in members[1:]:
             model = member.model
             if (model.elements != first.elements or model.cutoff != first.cutoff
-                    or model.angular_cutoff != first.angular_cutoff):
+                    or len(angular) > 1):
                 raise ValueError("ensemble members must share elements and cutoffs")
         self.members = nn.ModuleList(members)
+        # the member whose graph serves all: one that needs angular triplets, if any does
+        self._graph_index = next((k for k, m in enumerate(members)
+                                  if m.model.angular_cutoff is not None), 0)
         self._vmap_cache = None  # (state_key, stacked_state) of the members' models
 
     @property
@@ -94,10 +100,10 @@ class Ensemble(nn.Module):
         return self.members[0].cutoff
 
     def batch(self, frames, dtype=None, graphs=None) -> dict[str, torch.Tensor]:
-        return self.members[0].batch(frames, dtype=dtype, graphs=graphs)
+        return self.members[self._graph_index].batch(frames, dtype=dtype, graphs=graphs)
 
     def neighbor_list(self, skin: float = 1.0, device=None):
-        return self.members[0].neighbor_list(skin, device)
+        return self.members[self._graph_index].neighbor_list(skin, device)
 
     def forward(self, batch: dict[str, torch.Tensor], forces: bool = True, stress: bool = False,
                 create_graph: bool | None = None) -> dict[str, torch.Tensor]:
@@ -212,3 +218,39 @@ def load_model(path: str | Path):
     scale = description.get("sigma_scale", {})
     return Ensemble([load(path / name) for name in members], scale.get("energy", 1.0),
                     scale.get("forces", 1.0)).eval()
+
+
+def combine_models(paths: list[str | Path]) -> tuple[Ensemble, dict]:
+    """One ensemble from saved models trained apart (any kinds; an ensemble folder gives
+    all its members), with the metadata to save it under: the sources, and the Δ-learning
+    baseline or dispersion correction if they have one (all must then agree).
+
+    Raises ModelFileError naming the folder that does not fit (last-layer models, other
+    elements or cutoff, a different baseline)."""
+    members, sources, shared = [], [], {}
+    for path in paths:
+        model = load_model(path)
+        if not isinstance(model, (Ensemble, Potential)):
+            raise ModelFileError(f"{path}: a {type(model).__name__}; an ensemble takes "
+                                 "plain models or ensembles")
+        new = list(model.members) if isinstance(model, Ensemble) else [model]
+        if members:
+            first, model_0 = members[0].model, new[0].model
+            if model_0.elements != first.elements or model_0.cutoff != first.cutoff:
+                raise ModelFileError(
+                    f"{path}: elements {model_0.elements}, cutoff {model_0.cutoff} Å; "
+                    f"{paths[0]}: {first.elements}, {first.cutoff} Å (members share both)")
+        metadata = saved_metadata(path)
+        for key in ("baseline", "dispersion_correction"):
+            if sources and metadata.get(key) != shared.get(key):
+                raise ModelFileError(f"{path}: {key} {metadata.get(key)!r} differs from "
+                                     f"{paths[0]}'s {shared.get(key)!r}")
+            if metadata.get(key) is not None:
+                shared[key] = metadata[key]
+        members += new
+        sources.append(str(Path(path).resolve()))
+    try:
+        ensemble = Ensemble(members).eval()
+    except ValueError as error:
+        raise ModelFileError(f"{', '.join(map(str, paths))}: {error}") from error
+    return ensemble, {"combined_from": sources, **shared}

@@ -1,0 +1,147 @@
+#!/usr/bin/env python
+"""Ensembles of different architectures against a bpnn-only ensemble, on acac.
+
+    .venv/bin/python benchmarks/uncertainty_hetero.py [--out benchmarks/out/uncertainty_hetero]
+        [--evaluate-only]
+
+Trains, two at a time (one thread each), on train_300K with aleatoric variance heads (β-NLL,
+β = 1): a bpnn ensemble of 4 members × 150 epochs (seeds 0–3, the protocol of RESULTS'
+"Log-variance heads" runs), and one SchNet, two PaiNN (seeds 0, 1) and one equivariant
+member, 5 minutes each (about a bpnn member's 150 epochs). Then scores ensembles assembled
+from these members (``mlpot.uncertainty.ensemble.Ensemble`` accepts members of different
+kinds that share elements and cutoff) on test_MD_300K, test_MD_600K and test_H_transfer:
+Spearman per structure on the union of the three sets (benchmarks/uncertainty_acac.py's
+``union_scores``) and energy / force RMSE of the ensemble mean. Writes OUT/results.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from uncertainty_acac import DATA, TESTS, union_scores
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = {  # name: (kind, members, epochs or None, minutes or None, seed)
+    "bpnn": ("bpnn", 4, 150, None, 0),
+    "schnet": ("schnet", 1, None, 5, 0),
+    "painn": ("painn", 1, None, 5, 0),
+    "painn_seed1": ("painn", 1, None, 5, 1),
+    "equivariant": ("equivariant", 1, None, 5, 0),
+}
+COMBOS = {  # ensemble: members as (run, member index)
+    "bpnn ×4": [("bpnn", k) for k in range(4)],
+    "bpnn + SchNet + PaiNN + equivariant": [("bpnn", 0), ("schnet", 0), ("painn", 0),
+                                            ("equivariant", 0)],
+    "bpnn + SchNet + PaiNN": [("bpnn", 0), ("schnet", 0), ("painn", 0)],
+    "bpnn ×2 + SchNet + PaiNN": [("bpnn", 0), ("bpnn", 1), ("schnet", 0), ("painn", 0)],
+    "bpnn + PaiNN + equivariant": [("bpnn", 0), ("painn", 0), ("equivariant", 0)],
+    "bpnn ×2 + PaiNN ×2": [("bpnn", 0), ("bpnn", 1), ("painn", 0), ("painn_seed1", 0)],
+    "bpnn ×3 + SchNet": [("bpnn", 0), ("bpnn", 1), ("bpnn", 2), ("schnet", 0)],
+    "PaiNN ×2": [("painn", 0), ("painn_seed1", 0)],
+}
+
+
+def write_config(out: Path, name: str) -> Path:
+    kind, members, epochs, minutes, seed = RUNS[name]
+    budget = {"max_epochs": epochs, "max_minutes": None} if epochs else {"max_minutes": minutes}
+    path = out / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({
+        "data": {"train": str(DATA / "train_300K.xyz"),
+                 "isolated_atoms": str(DATA / "isolated_atoms.xyz"),
+                 "test": [str(DATA / f"{test}.xyz") for test in TESTS]},
+        "model": {"kind": kind},
+        "training": {**budget, "ensemble": members, "aleatoric": True, "beta_nll": 1.0,
+                     "threads": 1, "patience": 100000},
+        "seed": seed, "out": str(out / name)}))
+    return path
+
+
+def train_all(out: Path) -> None:
+    """The runs, two at a time: the bpnn ensemble beside the single members in turn."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def start(name):
+        return subprocess.Popen([sys.executable, "-m", "mlpot", "train",
+                                 str(write_config(out, name))], env=env,
+                                stdout=open(out / f"{name}.log", "w"), stderr=subprocess.STDOUT)
+
+    long_run = start("bpnn")
+    for name in [n for n in RUNS if n != "bpnn"]:
+        if start(name).wait() != 0:
+            sys.exit(f"{name} failed; see {out / (name + '.log')}")
+    if long_run.wait() != 0:
+        sys.exit(f"bpnn failed; see {out / 'bpnn.log'}")
+
+
+def member(out: Path, run: str, index: int):
+    from mlpot.uncertainty.ensemble import Ensemble, load_model
+
+    model = load_model(out / run / "model")
+    return model.members[index] if isinstance(model, Ensemble) else model
+
+
+def evaluate(out: Path) -> dict:
+    import torch
+
+    from mlpot.data.records import read_frames
+    from mlpot.train.metrics import predict
+    from mlpot.uncertainty.ensemble import Ensemble
+
+    torch.set_num_threads(1)
+    frames = {test: read_frames(DATA / f"{test}.xyz") for test in TESTS}
+    results = {}
+    for label, parts in COMBOS.items():
+        ensemble = Ensemble([member(out, run, index) for run, index in parts]).eval()
+        scored = [(frames[test], predict(ensemble, frames[test])) for test in TESTS]
+        energy_rmse, force_rmse = {}, {}
+        for (test_frames, predicted), test in zip(scored, TESTS):
+            error = (np.asarray(predicted["energy"]) - [f.energy for f in test_frames]) / [
+                len(f) for f in test_frames]
+            energy_rmse[test] = 1e3 * float(np.sqrt(np.mean(error**2)))
+            if test_frames[0].forces is not None:
+                residual = np.concatenate([np.asarray(p) - f.forces for p, f in
+                                           zip(predicted["forces"], test_frames)])
+                force_rmse[test] = 1e3 * float(np.sqrt(np.mean(residual**2)))
+        results[label] = {"spearman_union": union_scores(scored),
+                          "energy_rmse_meV_per_atom": energy_rmse,
+                          "force_rmse_meV_per_A": force_rmse}
+        print(row(label, results[label]), flush=True)
+    return results
+
+
+def row(label: str, result: dict) -> str:
+    u, e, f = (result["spearman_union"], result["energy_rmse_meV_per_atom"],
+               result["force_rmse_meV_per_A"])
+    return (f"| {label} | {u['energy_total']:.2f} / {u['energy_epistemic']:.2f} "
+            f"({u['energy_reference']:.2f}) | {u['force_structure_total']:.2f} / "
+            f"{u['force_structure_epistemic']:.2f} | "
+            + " / ".join(f"{e[t]:.2f}" for t in TESTS) + " | "
+            + " / ".join(f"{f[t]:.1f}" for t in TESTS if t in f) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks/out/uncertainty_hetero"))
+    parser.add_argument("--evaluate-only", action="store_true",
+                        help="score the ensembles of an earlier run's members")
+    args = parser.parse_args()
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.evaluate_only:
+        train_all(out)
+    print("| ensemble | union Spearman E: total / epistemic σ (calibrated ref.) | union "
+          "Spearman F per structure: total / epistemic | E RMSE 300 K / 600 K / H transfer "
+          "(meV/atom) | F RMSE 300 K / 600 K (meV/Å) |\n|---|---|---|---|---|")
+    (out / "results.json").write_text(json.dumps(evaluate(out), indent=1))
+
+
+if __name__ == "__main__":
+    main()
