@@ -3,12 +3,19 @@
 
     .venv/bin/python benchmarks/uncertainty_learning_curve.py --sizes 25,50,100,200,400 \
         --members 3 --minutes 1.5 [--workers 2] [--out benchmarks/out/uncertainty_lc]
+        [--epochs 150] [--aleatoric --beta 1] [--noise-force 0.15 --noise-energy 0.005]
 
 For every size n an ensemble trains on the first n frames of train_300K's training split
 (``data.max_train``; same validation split for all), each member ``--minutes`` on one thread,
 ``--workers`` runs at a time. Each is scored on test_MD_300K and test_MD_600K: force RMSE and
 the mean epistemic force σ, both as the members' plain spread and after the recalibration
 fitted on validation. Writes OUT/results.json, OUT/sigma_vs_size.png and a Markdown table.
+
+With ``--noise-force`` every size is trained twice, on clean labels and on labels with
+Gaussian noise of that σ added (benchmarks/uncertainty_acac.py's ``noisy_copy``, validation
+split noisy too): how much of the members' spread the noise adds, against n. ``--epochs``
+trains a fixed number of epochs per member instead of ``--minutes``; ``--aleatoric`` adds
+variance heads (β-NLL with ``--beta``).
 """
 from __future__ import annotations
 
@@ -26,37 +33,43 @@ DATA = ROOT / "examples" / "acac"
 TESTS = ["test_MD_300K", "test_MD_600K"]
 
 
-def train(out: Path, size: int, members: int, minutes: float) -> dict:
-    """Train one ensemble on ``size`` frames (a subprocess); its metrics.json as a dict."""
+def train(out: Path, size: int, args, train_file: Path = DATA / "train_300K.xyz",
+          tag: str = "") -> dict:
+    """Train one ensemble on ``size`` frames of ``train_file`` (a subprocess); its
+    metrics.json as a dict."""
     import yaml
 
-    run = out / f"n{size}"
-    config = out / f"n{size}.yaml"
+    name = f"n{size}{tag}"
+    budget = ({"max_epochs": args.epochs, "max_minutes": None} if args.epochs
+              else {"max_minutes": args.minutes})
+    heads = {"aleatoric": True, "beta_nll": args.beta} if args.aleatoric else {}
+    config = out / f"{name}.yaml"
     config.write_text(yaml.safe_dump({
-        "data": {"train": str(DATA / "train_300K.xyz"), "max_train": size,
+        "data": {"train": str(train_file), "max_train": size,
                  "isolated_atoms": str(DATA / "isolated_atoms.xyz"),
-                 "test": [str(DATA / f"{name}.xyz") for name in TESTS]},
+                 "test": [str(DATA / f"{test}.xyz") for test in TESTS]},
         "model": {"kind": "bpnn"},
-        "training": {"max_minutes": minutes, "ensemble": members, "threads": 1,
+        "training": {**budget, **heads, "ensemble": args.members, "threads": 1,
                      "patience": 100000},
-        "seed": 0, "out": str(run)}))
-    with open(out / f"n{size}.log", "w") as log:
+        "seed": 0, "out": str(out / name)}))
+    with open(out / f"{name}.log", "w") as log:
         code = subprocess.run([sys.executable, "-m", "mlpot", "train", str(config)],
                               stdout=log, stderr=subprocess.STDOUT,
                               env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode
     if code != 0:
-        sys.exit(f"n = {size} failed; see {out / f'n{size}.log'}")
-    return json.loads((run / "metrics.json").read_text())
+        sys.exit(f"{name} failed; see {out / f'{name}.log'}")
+    return json.loads((out / name / "metrics.json").read_text())
 
 
-def row(size: int, summary: dict) -> dict:
+def row(size: int, summary: dict, labels: str = "clean") -> dict:
     scale = summary["recalibration"]["forces"]["scale"]
-    result = {"n_train": size, "sigma_scale_forces": scale}
+    result = {"n_train": size, "labels": labels, "sigma_scale_forces": scale}
     for test in TESTS:
         metrics = summary["metrics"][test]
         sigma = metrics["force_sigma_epistemic"]
         result[test] = {"force_rmse": metrics["force_rmse"], "force_sigma_recalibrated": sigma,
                         "force_sigma_spread": sigma / scale,
+                        "force_sigma_aleatoric": metrics.get("force_sigma_aleatoric"),
                         "spearman_force": metrics["spearman_force"]}
     return result
 
@@ -67,13 +80,19 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sizes = [r["n_train"] for r in rows]
+    sizes = sorted({r["n_train"] for r in rows})
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    for test, colour in zip(TESTS, ("C0", "C3")):
-        ax.plot(sizes, [r[test]["force_rmse"] for r in rows], "o-", color=colour,
-                label=f"{test}: force RMSE")
-        ax.plot(sizes, [r[test]["force_sigma_spread"] for r in rows], "s--", color=colour,
-                label=f"{test}: epistemic σ (spread)")
+    for labels, style in (("clean", "-"), ("noisy", ":")):
+        part = [r for r in rows if r["labels"] == labels]
+        if not part:
+            continue
+        suffix = "" if labels == "clean" else ", noisy labels"
+        for test, colour in zip(TESTS, ("C0", "C3")):
+            n = [r["n_train"] for r in part]
+            ax.plot(n, [r[test]["force_rmse"] for r in part], "o" + style, color=colour,
+                    label=f"{test}: force RMSE{suffix}")
+            ax.plot(n, [r[test]["force_sigma_spread"] for r in part], "s" + style,
+                    color=colour, alpha=0.6, label=f"{test}: epistemic σ (spread){suffix}")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xticks(sizes, [str(n) for n in sizes])
@@ -94,24 +113,44 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=1.5)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", default=str(ROOT / "benchmarks/out/uncertainty_lc"))
+    parser.add_argument("--epochs", type=int, help="epochs per member instead of --minutes")
+    parser.add_argument("--aleatoric", action="store_true", help="members with variance heads")
+    parser.add_argument("--beta", type=float, default=1.0, help="β-NLL exponent")
+    parser.add_argument("--noise-force", type=float, help="eV/Å: also train on noisy labels")
+    parser.add_argument("--noise-energy", type=float, default=0.005, help="eV/atom")
     args = parser.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     sizes = [int(s) for s in args.sizes.split(",")]
+    jobs = [(n, "clean", DATA / "train_300K.xyz") for n in sizes]
+    if args.noise_force:
+        from uncertainty_acac import noisy_copy
+
+        noisy = out / "train_300K_noisy.xyz"
+        noisy_copy(DATA / "train_300K.xyz", noisy, args.noise_force, args.noise_energy)
+        jobs += [(n, "noisy", noisy) for n in sizes]
+    jobs.sort(key=lambda job: -job[0])  # the largest first: the two workers end together
     with ThreadPoolExecutor(args.workers) as pool:
-        summaries = list(pool.map(lambda n: train(out, n, args.members, args.minutes), sizes))
-    rows = [row(n, s) for n, s in zip(sizes, summaries)]
+        summaries = list(pool.map(lambda job: train(
+            out, job[0], args, job[2], "" if job[1] == "clean" else "_noisy"), jobs))
+    rows = sorted((row(n, s, labels) for (n, labels, _), s in zip(jobs, summaries)),
+                  key=lambda r: (r["labels"], r["n_train"]))
     results = {"members": args.members, "minutes_per_member": args.minutes,
+               "epochs_per_member": args.epochs, "aleatoric": args.aleatoric,
+               "noise": {"force_eV_per_A": args.noise_force,
+                         "energy_eV_per_atom": args.noise_energy if args.noise_force else None},
                "date": time.ctime(), "rows": rows}
     (out / "results.json").write_text(json.dumps(results, indent=1))
     plot(rows, out / "sigma_vs_size.png")
-    lines = ["| n train | test set | F RMSE | epistemic F σ: spread / recalibrated | "
-             "Spearman F |", "|---" * 5 + "|"]
+    lines = ["| labels | n train | test set | F RMSE | epistemic F σ: spread / recalibrated | "
+             "aleatoric F σ | Spearman F |", "|---" * 7 + "|"]
     for r in rows:
         for test in TESTS:
             m = r[test]
-            lines.append(f"| {r['n_train']} | {test} | {m['force_rmse']:.1f} | "
+            aleatoric = m["force_sigma_aleatoric"]
+            lines.append(f"| {r['labels']} | {r['n_train']} | {test} | {m['force_rmse']:.1f} | "
                          f"{m['force_sigma_spread']:.1f} / {m['force_sigma_recalibrated']:.1f} | "
+                         f"{'–' if aleatoric is None else f'{aleatoric:.1f}'} | "
                          f"{m['spearman_force']:.2f} |")
     print("\n".join(lines))
 

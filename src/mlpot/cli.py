@@ -1,5 +1,5 @@
-"""Command line: ``mlpot train|ensemble|eval|md|label|learn|report|data|export``. It parses arguments
-and calls the library; nothing more."""
+"""Command line: ``mlpot train|ensemble|eval|md|label|learn|report|data|export``. It parses
+arguments and calls the library; nothing more."""
 
 from __future__ import annotations
 

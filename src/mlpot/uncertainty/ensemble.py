@@ -66,12 +66,11 @@ class Ensemble(nn.Module):
         if len(members) < 2:
             raise ValueError("an ensemble needs at least 2 members")
         first = members[0].model
-        angular = {m.model.angular_cutoff for m in members} - {None}
-        for member in members[1:]:
-            model = member.model
-            if (model.elements != first.elements or model.cutoff != first.cutoff
-                    or len(angular) > 1):
-                raise ValueError("ensemble members must share elements and cutoffs")
+        angular = {member.model.angular_cutoff for member in members} - {None}
+        if len(angular) > 1 or any(member.model.elements != first.elements
+                                   or member.model.cutoff != first.cutoff
+                                   for member in members[1:]):
+            raise ValueError("ensemble members must share elements and cutoffs")
         self.members = nn.ModuleList(members)
         # the member whose graph serves all: one that needs angular triplets, if any does
         self._graph_index = next((k for k, m in enumerate(members)
@@ -80,8 +79,9 @@ class Ensemble(nn.Module):
 
     @property
     def model(self):
-        """The first member's model (elements, cutoffs: what every member shares)."""
-        return self.members[0].model
+        """The model of the member whose graph serves all (elements, cutoffs: what every
+        member shares)."""
+        return self.members[self._graph_index].model
 
     @property
     def e0(self) -> torch.Tensor:
