@@ -151,7 +151,9 @@ def edge_vectors(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     edge's cell."""
     i, j = batch[keys.EDGE_INDEX]
     positions = batch[keys.POSITIONS]
-    vectors = positions[j] - positions[i]
+    # index_select, not positions[j]: its gradient is an index_add (on a GPU far cheaper than
+    # the sorted index_put that advanced indexing's gradient runs)
+    vectors = positions.index_select(0, j) - positions.index_select(0, i)
     shifts = batch[keys.EDGE_SHIFT].to(positions.dtype)
     cell = batch[keys.CELL]
     if cell.shape[0] == 1:

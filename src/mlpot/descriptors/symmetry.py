@@ -154,7 +154,8 @@ class SymmetryFunctions(nn.Module):
         dtype = vectors.dtype
         ij, ik = batch[keys.TRIPLETS]
         center, neighbor = batch[keys.EDGE_INDEX]
-        v_ij, v_ik, r_ij, r_ik = vectors[ij], vectors[ik], r[ij], r[ik]
+        v_ij, v_ik = vectors.index_select(0, ij), vectors.index_select(0, ik)
+        r_ij, r_ik = r.index_select(0, ij), r.index_select(0, ik)
         cos = (v_ij * v_ik).sum(-1) / (r_ij * r_ik)
         eta = self.unique_eta.to(dtype)
         zeta = self.unique_zeta.to(dtype)
@@ -170,7 +171,7 @@ class SymmetryFunctions(nn.Module):
         base = (1.0 + lam * cos[:, None]).clamp(min=1e-12)
         shape = (2.0 ** (1.0 - zeta)) * base**zeta  # (n_triplets, distinct (ζ, λ))
         radial = torch.exp(-eta * squares[:, None]) * cut[:, None]  # (n_triplets, distinct η)
-        g = radial[:, self.eta_column] * shape[:, self.shape_column]
+        g = radial.index_select(1, self.eta_column) * shape.index_select(1, self.shape_column)
         pair = self.pair_index[species[neighbor[ij]], species[neighbor[ik]]]
         angular = vectors.new_zeros(n_atoms * self.n_pairs, g.shape[1])
         angular = angular.index_add(0, center[ij] * self.n_pairs + pair, g)
