@@ -199,7 +199,8 @@ class EquivariantInteraction(nn.Module):
 
     def forward(self, h, sh, radial_basis, fc, centre, neighbour, species, mean_neighbours):
         weights = self.radial(radial_basis) * fc[:, None]  # (E, numel), 0 at r_c
-        messages = self.convolution(self.linear_up(h)[neighbour], sh, weights)  # (E, mid)
+        messages = self.convolution(self.linear_up(h).index_select(0, neighbour), sh,
+                                    weights)  # (E, mid)
         summed = messages.new_zeros(h.shape[0], messages.shape[1]).index_add(0, centre, messages)
         a = self.linear_a(summed / mean_neighbours)
         return self.product(a, species) + self.skip(h, species)

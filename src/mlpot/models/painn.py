@@ -86,9 +86,11 @@ class Message(nn.Module):
 
     def forward(self, s, v, rbf, fc, direction, centre, neighbour):
         """s (N, F), v (N, 3, F), rbf (E, K), fc (E,), direction r̂ (E, 3) → new s, v."""
-        x = self.context(s)[neighbour] * (self.filter(rbf) * fc[:, None])  # (E, 3F)
+        # index_select, not s[neighbour]: its gradient is an index_add (cheaper)
+        x = self.context(s).index_select(0, neighbour) * (self.filter(rbf) * fc[:, None])
         x_vv, x_s, x_vs = torch.split(x, self.n_features, dim=-1)  # 3 × (E, F)
-        dv = v[neighbour] * x_vv[:, None, :] + direction[:, :, None] * x_vs[:, None, :]
+        dv = (v.index_select(0, neighbour) * x_vv[:, None, :]
+              + direction[:, :, None] * x_vs[:, None, :])
         return (s.index_add(0, centre, x_s),  # (N, F)
                 v.index_add(0, centre, dv))  # (N, 3, F)
 

@@ -73,7 +73,7 @@ class Interaction(nn.Module):
     def forward(self, h: torch.Tensor, rbf: torch.Tensor, fc: torch.Tensor,
                 centre: torch.Tensor, neighbour: torch.Tensor) -> torch.Tensor:
         weights = self.filter(rbf) * fc[:, None]  # (E, F), 0 at r_c
-        messages = self.in2f(h)[neighbour] * weights  # (E, F), from j to i
+        messages = self.in2f(h).index_select(0, neighbour) * weights  # (E, F), from j to i
         summed = torch.zeros_like(h).index_add(0, centre, messages)  # (N, F)
         return h + self.update(summed)
 
