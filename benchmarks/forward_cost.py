@@ -8,7 +8,7 @@ median of ``--calls`` calls after one warm-up. To compare two versions of the co
 with each on ``PYTHONPATH`` in turn, a few rounds:
 
     OMP_NUM_THREADS=1 PYTHONPATH=/tmp/before/src python benchmarks/forward_cost.py
-    OMP_NUM_THREADS=1 python benchmarks/forward_cost.py [--side 4] [--calls 15]
+    OMP_NUM_THREADS=1 python benchmarks/forward_cost.py [--side 4] [--calls 15] [--kinds ...]
 """
 
 from __future__ import annotations
@@ -45,13 +45,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--side", type=int, default=4, help="water molecules per box edge")
     parser.add_argument("--calls", type=int, default=15)
+    parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     args = parser.parse_args()
     torch.set_num_threads(1)
     systems = {"acac": (read_frames(ACAC)[0], [1, 6, 8]),
                "water": (frame_from_atoms(water_box(args.side), source="water", index=0),
                          [1, 8])}
     results = []
-    for kind in KINDS:
+    for kind in args.kinds:
         for system, (frame, elements) in systems.items():
             model = {"kind": kind, "size": "medium"}
             if kind == "bpnn" and system == "water":
