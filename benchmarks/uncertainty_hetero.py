@@ -24,7 +24,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 from uncertainty_acac import DATA, TESTS, union_scores
@@ -96,12 +95,24 @@ def member(out: Path, run: str, index: int):
     return members[index]  # IndexError: the run trained fewer members
 
 
+def score(ensemble, frames: dict) -> dict:
+    """Spearman on the union of the test sets and the ensemble mean's energy / force RMSE on
+    each (``frames``: test name → frames)."""
+    from mlpot.train.metrics import error_metrics, predict
+
+    scored = [(frames[test], predict(ensemble, frames[test])) for test in TESTS]
+    metrics = {test: error_metrics(*pair) for test, pair in zip(TESTS, scored)}
+    return {"spearman_union": union_scores(scored),
+            "energy_rmse_meV_per_atom": {t: m["energy_rmse"] for t, m in metrics.items()},
+            "force_rmse_meV_per_A": {t: m["force_rmse"] for t, m in metrics.items()
+                                     if m["force_rmse"] is not None}}
+
+
 def evaluate(out: Path) -> dict:
     import torch
 
     from mlpot.data.records import read_frames
     from mlpot.errors import ModelFileError
-    from mlpot.train.metrics import predict
     from mlpot.uncertainty.ensemble import Ensemble
 
     torch.set_num_threads(1)
@@ -112,19 +123,7 @@ def evaluate(out: Path) -> dict:
             ensemble = Ensemble([member(out, run, index) for run, index in parts]).eval()
         except (IndexError, ModelFileError):  # a member this run did not train
             continue
-        scored = [(frames[test], predict(ensemble, frames[test])) for test in TESTS]
-        energy_rmse, force_rmse = {}, {}
-        for (test_frames, predicted), test in zip(scored, TESTS):
-            error = (np.asarray(predicted["energy"]) - [f.energy for f in test_frames]) / [
-                len(f) for f in test_frames]
-            energy_rmse[test] = 1e3 * float(np.sqrt(np.mean(error**2)))
-            if test_frames[0].forces is not None:
-                residual = np.concatenate([np.asarray(p) - f.forces for p, f in
-                                           zip(predicted["forces"], test_frames)])
-                force_rmse[test] = 1e3 * float(np.sqrt(np.mean(residual**2)))
-        results[label] = {"spearman_union": union_scores(scored),
-                          "energy_rmse_meV_per_atom": energy_rmse,
-                          "force_rmse_meV_per_A": force_rmse}
+        results[label] = score(ensemble, frames)
         print(row(label, results[label]), flush=True)
     return results
 

@@ -308,7 +308,8 @@ def test_skin_list_on_a_device_gives_the_searched_graph(device):
         for key, value in got.items():
             assert torch.is_tensor(value) and value.device.type == device, key
             np.testing.assert_array_equal(value.cpu().numpy(), expected[key], err_msg=key)
-    assert 1 < neighbors.searches < 8, neighbors.searches  # some steps reused the kept pairs, some searched
+    # some steps reused the kept pairs, some searched again
+    assert 1 < neighbors.searches < 8, neighbors.searches
     assert triplets_from_edges(torch.tensor([0, 0, 0, 2], device=device), 3).tolist() == [
         [0, 0, 1], [1, 2, 2]]
 
