@@ -49,8 +49,9 @@ def noisy_copy(source: Path, target: Path, sigma_force: float, sigma_energy: flo
 
 
 def config(out: Path, train: Path, members: int, minutes: float | None, epochs: int | None,
-           beta: float) -> Path:
-    """Training YAML: ``epochs`` per member when given (load-independent), else ``minutes``."""
+           beta: float, kind: str = "bpnn", seed: int = 0) -> Path:
+    """Training YAML (OUT.yaml for the run folder OUT): ``epochs`` per member when given
+    (load-independent), else ``minutes``."""
     import yaml
 
     path = out.with_suffix(".yaml")
@@ -59,10 +60,10 @@ def config(out: Path, train: Path, members: int, minutes: float | None, epochs: 
     path.write_text(yaml.safe_dump({
         "data": {"train": str(train), "isolated_atoms": str(DATA / "isolated_atoms.xyz"),
                  "test": [str(DATA / f"{name}.xyz") for name in TESTS]},
-        "model": {"kind": "bpnn"},
+        "model": {"kind": kind},
         "training": {**budget, "ensemble": members, "aleatoric": True, "beta_nll": beta,
                      "threads": 1, "patience": 100000},
-        "seed": 0, "out": str(out)}))
+        "seed": seed, "out": str(out)}))
     return path
 
 

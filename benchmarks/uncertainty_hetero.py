@@ -24,9 +24,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
 
-from uncertainty_acac import DATA, TESTS, union_scores
+from uncertainty_acac import DATA, TESTS, config, union_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = {  # name: (kind, members, epochs or None, minutes or None, seed)
@@ -50,22 +49,14 @@ COMBOS = {  # ensemble: members as (run, member index)
 
 
 def write_config(out: Path, name: str, args) -> Path:
+    """The run's training YAML (uncertainty_acac's, with this run's kind, size and seed)."""
     kind, members, epochs, minutes, seed = RUNS[name]
     if args.minutes:
         epochs, minutes = None, args.minutes
     if name == "bpnn":
         members = args.bpnn_members
-    budget = {"max_epochs": epochs, "max_minutes": None} if epochs else {"max_minutes": minutes}
-    path = out / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({
-        "data": {"train": str(DATA / "train_300K.xyz"),
-                 "isolated_atoms": str(DATA / "isolated_atoms.xyz"),
-                 "test": [str(DATA / f"{test}.xyz") for test in TESTS]},
-        "model": {"kind": kind},
-        "training": {**budget, "ensemble": members, "aleatoric": True, "beta_nll": 1.0,
-                     "threads": 1, "patience": 100000},
-        "seed": seed, "out": str(out / name)}))
-    return path
+    return config(out / name, DATA / "train_300K.xyz", members, minutes, epochs, beta=1.0,
+                  kind=kind, seed=seed)
 
 
 def train_all(out: Path, args) -> None:
