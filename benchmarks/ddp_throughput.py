@@ -31,6 +31,7 @@ OUT = ROOT / "benchmarks" / "out" / "ddp_throughput"
 
 
 def run(name: str, processes: int, threads: int, args, torchrun: bool = False) -> dict:
+    torchrun = torchrun or processes > 1
     out = OUT / name
     config = OUT / f"{name}.yaml"
     config.parent.mkdir(parents=True, exist_ok=True)
@@ -43,7 +44,7 @@ def run(name: str, processes: int, threads: int, args, torchrun: bool = False) -
                      "device": args.device},
         "out": str(out)}))
     command = [sys.executable, "-m", "mlpot", "train", str(config)]
-    if processes > 1 or torchrun:
+    if torchrun:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                    f"--nproc_per_node={processes}", "-m", "mlpot", "train", str(config)]
     subprocess.run(command, check=True, capture_output=True, text=True)
@@ -52,7 +53,7 @@ def run(name: str, processes: int, threads: int, args, torchrun: bool = False) -
     minutes = float(rows[-1]["minutes"]) - float(rows[0]["minutes"])
     frames = args.frames * (len(rows) - 1)
     return {"processes": processes, "threads_per_process": threads, "device": args.device,
-            "torchrun": processes > 1 or torchrun,
+            "torchrun": torchrun,
             "frames_per_second": frames / (minutes * 60),
             "final_valid_loss": float(rows[-1]["valid_loss"])}
 

@@ -6,7 +6,7 @@ weights), the ASE calculator with the skin neighbour list, energy + forces per s
 slightly moved positions (as in MD), median of ``--repeats`` steps after one warm-up.
 
     python benchmarks/scaling.py [--sides 2 3 5 8 12 17] [--angular-cutoff 3.5]
-        [--dtype float32] [--device cuda] [--out benchmarks/results/scaling.json]
+        [--dtype float32] [--device cuda] [--out benchmarks/results/scaling.json] [--label TEXT]
     python benchmarks/scaling.py --plot docs/scaling_water.png RESULT.json [RESULT.json ...]
 """
 
@@ -99,6 +99,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (the model's device)")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--label", help="what else sets this run apart (shown in the plot)")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a subprocess's size
     parser.add_argument("--plot", type=Path, help="write this PNG from the result files given")
     parser.add_argument("results", type=Path, nargs="*")
@@ -129,8 +130,9 @@ def main() -> None:
         if args.out:  # after every size: a run stopped at a time limit keeps what it did
             args.out.parent.mkdir(parents=True, exist_ok=True)
             settings = {k: v for k, v in vars(args).items()
-                        if k not in ("out", "one", "plot", "results")}
-            args.out.write_text(json.dumps({"settings": settings, "rows": rows}, indent=1))
+                        if k not in ("out", "one", "plot", "results", "label")}
+            args.out.write_text(json.dumps({"settings": settings, "rows": rows,
+                                            "label": args.label}, indent=1))
 
 
 if __name__ == "__main__":
