@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/uncertainty_learning_curve.py --sizes 25,50,100,200,400 \
         --members 3 --minutes 1.5 [--workers 2] [--out benchmarks/out/uncertainty_lc]
         [--epochs 150] [--aleatoric --beta 1] [--noise-force 0.15 --noise-energy 0.005]
+        [--lr-schedule cosine]
 
 For every size n an ensemble trains on the first n frames of train_300K's training split
 (``data.max_train``; same validation split for all), each member ``--minutes`` on one thread,
@@ -15,7 +16,8 @@ With ``--noise-force`` every size is trained twice, on clean labels and on label
 Gaussian noise of that σ added (benchmarks/uncertainty_acac.py's ``noisy_copy``, validation
 split noisy too): how much of the members' spread the noise adds, against n. ``--epochs``
 trains a fixed number of epochs per member instead of ``--minutes``; ``--aleatoric`` adds
-variance heads (β-NLL with ``--beta``).
+variance heads (β-NLL with ``--beta``); ``--lr-schedule`` sets training.lr_schedule (default:
+the trainer's ``auto``; ``cosine`` with ``--epochs`` decays over the epochs).
 """
 from __future__ import annotations
 
@@ -43,13 +45,14 @@ def train(out: Path, size: int, args, train_file: Path = DATA / "train_300K.xyz"
     budget = ({"max_epochs": args.epochs, "max_minutes": None} if args.epochs
               else {"max_minutes": args.minutes})
     heads = {"aleatoric": True, "beta_nll": args.beta} if args.aleatoric else {}
+    schedule = {"lr_schedule": args.lr_schedule} if args.lr_schedule else {}
     config = out / f"{name}.yaml"
     config.write_text(yaml.safe_dump({
         "data": {"train": str(train_file), "max_train": size,
                  "isolated_atoms": str(DATA / "isolated_atoms.xyz"),
                  "test": [str(DATA / f"{test}.xyz") for test in TESTS]},
         "model": {"kind": "bpnn"},
-        "training": {**budget, **heads, "ensemble": args.members, "threads": 1,
+        "training": {**budget, **heads, **schedule, "ensemble": args.members, "threads": 1,
                      "patience": 100000},
         "seed": 0, "out": str(out / name)}))
     with open(out / f"{name}.log", "w") as log:
@@ -118,6 +121,8 @@ def main() -> None:
     parser.add_argument("--beta", type=float, default=1.0, help="β-NLL exponent")
     parser.add_argument("--noise-force", type=float, help="eV/Å: also train on noisy labels")
     parser.add_argument("--noise-energy", type=float, default=0.005, help="eV/atom")
+    parser.add_argument("--lr-schedule", choices=["plateau", "cosine"],
+                        help="training.lr_schedule (default: the trainer's auto)")
     args = parser.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -137,6 +142,7 @@ def main() -> None:
                   key=lambda r: (r["labels"], r["n_train"]))
     results = {"members": args.members, "minutes_per_member": args.minutes,
                "epochs_per_member": args.epochs, "aleatoric": args.aleatoric,
+               "lr_schedule": args.lr_schedule or "auto",
                "noise": {"force_eV_per_A": args.noise_force,
                          "energy_eV_per_atom": args.noise_energy if args.noise_force else None},
                "date": time.ctime(), "rows": rows}

@@ -155,7 +155,8 @@ class TrainingConfig(Strict):
     weight_decay: float | None = Field(None, ge=0)  # AdamW's decoupled decay; default 0.01
     #                                                 bpnn, else 0 (default_weight_decay)
     # "plateau": multiply by lr_factor after lr_patience epochs without validation gain;
-    # "cosine": cosine decay from learning_rate to min_learning_rate over max_minutes;
+    # "cosine": cosine decay from learning_rate to min_learning_rate over max_minutes (without
+    #   a time budget: over max_epochs, which must then be given);
     # "auto": cosine when max_minutes is set (stable MD on acac, benchmarks/RESULTS.md), else plateau
     lr_schedule: Literal["auto", "plateau", "cosine"] = "auto"
     lr_factor: float = Field(0.5, gt=0, lt=1)  # ReduceLROnPlateau factor
@@ -197,8 +198,10 @@ class TrainingConfig(Strict):
     def _resolve_schedule(self):
         if self.lr_schedule == "auto":
             self.lr_schedule = "cosine" if self.max_minutes else "plateau"
-        if self.lr_schedule == "cosine" and not self.max_minutes:
-            raise ValueError("lr_schedule 'cosine' decays over max_minutes: set max_minutes")
+        if (self.lr_schedule == "cosine" and not self.max_minutes
+                and "max_epochs" not in self.model_fields_set):
+            raise ValueError("lr_schedule 'cosine' decays over max_minutes or, without a time "
+                             "budget, over max_epochs: set one of them")
         return self
 
 

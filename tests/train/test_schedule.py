@@ -31,5 +31,29 @@ def test_cosine_schedule_follows_training_time(acac_frames, tmp_path):
         trainer._set_cosine_rate(started=time.monotonic())
         expected = 1e-5 + 0.5 * (1e-3 - 1e-5) * (1 + math.cos(math.pi * min(fraction, 1)))
         assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(expected, rel=1e-3)
-    with pytest.raises(ValueError, match="max_minutes"):
+    with pytest.raises(ValueError, match="max_minutes or, without a time budget, over max_epochs"):
         TrainingConfig(max_minutes=None, lr_schedule="cosine")
+
+
+def test_cosine_schedule_over_epochs_without_a_time_budget(acac_frames, tmp_path):
+    """Without max_minutes the cosine runs over max_epochs, step by step: the rate falls at
+    every step and the last step's rate is the formula's at its share of the budget."""
+    potential = small_bpnn([1, 6, 8])
+    config = TrainingConfig(max_minutes=None, max_epochs=3, lr_schedule="cosine",
+                            learning_rate=1e-3, min_learning_rate=1e-5, batch_size=2,
+                            dtype="float64", ema_decay=0.0)
+    trainer = Trainer(potential, acac_frames[:6], acac_frames[6:8], config, tmp_path,
+                      progress=False)
+    rates = []
+    step = trainer.optimizer.step
+
+    def record(*args, **kwargs):
+        rates.append(trainer.optimizer.param_groups[0]["lr"])
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = record
+    trainer.run()
+    steps = 3 * 3  # 3 epochs of 6 frames in batches of 2
+    expected = [1e-5 + 0.5 * (1e-3 - 1e-5) * (1 + math.cos(math.pi * k / steps))
+                for k in range(steps)]
+    assert rates == pytest.approx(expected, rel=1e-9)

@@ -103,6 +103,7 @@ class Trainer:
             config.ema_decay), use_buffers=True) if config.ema_decay > 0 else None
         self.generator = torch.Generator().manual_seed(seed)
         self.epoch = 0
+        self.epoch_fraction = 0.0  # share of the current epoch's batches done
         self.elapsed = 0.0  # training seconds, summed over resumes
         self.best_loss = math.inf
         self.bad_epochs = 0
@@ -195,6 +196,9 @@ class Trainer:
         size = self.config.batch_size
         total, count = 0.0, 0
         for start in range(0, len(order), size):
+            self.epoch_fraction = start / len(order)
+            if self.config.lr_schedule == "cosine":
+                self._set_cosine_rate(started)
             if len(order[start:start + size]) < self.ctx.world_size:
                 continue  # a last global batch too small to give every process a structure
             index = shard(order[start:start + size], self.ctx)
@@ -216,27 +220,30 @@ class Trainer:
             total += float(loss.detach()) * len(batch["n_atoms"])
             count += len(batch["n_atoms"])
             self._take_snapshots(started)
-            if self.config.lr_schedule == "cosine":
-                self._set_cosine_rate(started)
             if self._out_of_time(started):
                 break
+        self.epoch_fraction = 0.0
         return {"train_loss": mean_over_processes(total / max(count, 1), self.ctx, self.device)}
 
     def _nll_phase(self, started: float) -> bool:
         """Whether the variance head trains (NLL): after ``nll_warmup`` of the budget."""
         if self.potential.variance_head is None:
             return False
+        return self._budget_done(started) >= self.config.nll_warmup
+
+    def _budget_done(self, started: float) -> float:
+        """Fraction of the budget spent: training time over ``max_minutes`` or, without a time
+        budget, epochs (counting the current one's batches) over ``max_epochs``."""
         c = self.config
         if c.max_minutes:
-            done = self._seconds(started) / (c.max_minutes * 60)
-        else:
-            done = self.epoch / c.max_epochs
-        return done >= c.nll_warmup
+            return self._seconds(started) / (c.max_minutes * 60)
+        return (self.epoch + self.epoch_fraction) / c.max_epochs
 
     def _set_cosine_rate(self, started: float) -> None:
-        """lr = lr_min + ½(lr_0 − lr_min)(1 + cos(π t / T)), t the training time so far."""
+        """lr = lr_min + ½(lr_0 − lr_min)(1 + cos(π f)), f the fraction of the budget spent
+        (training time, or epochs without a time budget)."""
         c = self.config
-        fraction = min(self._seconds(started) / (c.max_minutes * 60), 1.0)
+        fraction = min(self._budget_done(started), 1.0)
         rate = c.min_learning_rate + 0.5 * (self.learning_rate - c.min_learning_rate) * (
             1 + math.cos(math.pi * fraction))
         for group in self.optimizer.param_groups:
