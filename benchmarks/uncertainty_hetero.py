@@ -2,7 +2,7 @@
 """Ensembles of different architectures against a bpnn-only ensemble, on acac.
 
     .venv/bin/python benchmarks/uncertainty_hetero.py [--out benchmarks/out/uncertainty_hetero]
-        [--evaluate-only] [--minutes 15 --bpnn-members 1]
+        [--evaluate-only] [--minutes 15 --bpnn-members 1] [--seed 1]
 
 Trains, two at a time (one thread each), on train_300K with aleatoric variance heads (β-NLL,
 β = 1): a bpnn ensemble of 4 members × 150 epochs (seeds 0–3, the protocol of RESULTS'
@@ -13,7 +13,8 @@ kinds that share elements and cutoff) on test_MD_300K, test_MD_600K and test_H_t
 Spearman per structure on the union of the three sets (benchmarks/uncertainty_acac.py's
 ``union_scores``) and energy / force RMSE of the ensemble mean. Writes OUT/results.json.
 ``--minutes`` trains every member for that many minutes instead (``--bpnn-members`` sets
-the bpnn run's size); ensembles whose members were not trained are left out.
+the bpnn run's size; its members share the run's validation split); ``--seed`` adds to every
+run's seed (a second draw of members); ensembles whose members were not trained are left out.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ RUNS = {  # name: (kind, members, epochs or None, minutes or None, seed)
 }
 COMBOS = {  # ensemble: members as (run, member index)
     "bpnn ×4": [("bpnn", k) for k in range(4)],
+    "bpnn ×3": [("bpnn", k) for k in range(3)],
     "bpnn + SchNet + PaiNN + equivariant": [("bpnn", 0), ("schnet", 0), ("painn", 0),
                                             ("equivariant", 0)],
     "bpnn + SchNet + PaiNN": [("bpnn", 0), ("schnet", 0), ("painn", 0)],
@@ -56,7 +58,7 @@ def write_config(out: Path, name: str, args) -> Path:
     if name == "bpnn":
         members = args.bpnn_members
     return config(out / name, DATA / "train_300K.xyz", members, minutes, epochs, beta=1.0,
-                  kind=kind, seed=seed)
+                  kind=kind, seed=seed + args.seed)
 
 
 def train_all(out: Path, args) -> None:
@@ -137,6 +139,7 @@ def main() -> None:
                         help="score the ensembles of an earlier run's members")
     parser.add_argument("--minutes", type=float, help="every member this many minutes")
     parser.add_argument("--bpnn-members", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0, help="added to every run's seed")
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS),
                         help="which runs to train (the bpnn run always)")
     args = parser.parse_args()
