@@ -36,12 +36,14 @@ TESTS = ["test_MD_300K", "test_MD_600K"]
 
 
 def train(out: Path, size: int, args, train_file: Path = DATA / "train_300K.xyz",
-          tag: str = "") -> dict:
-    """Train one ensemble on ``size`` frames of ``train_file`` (a subprocess); its
-    metrics.json as a dict."""
+          tag: str = "", seed: int = 0) -> dict:
+    """Train one ensemble on ``size`` frames of ``train_file`` (a subprocess; members seeds
+    ``seed`` …); its metrics.json as a dict. A run whose metrics.json exists is not redone."""
     import yaml
 
     name = f"n{size}{tag}"
+    if (out / name / "metrics.json").exists():
+        return json.loads((out / name / "metrics.json").read_text())
     budget = ({"max_epochs": args.epochs, "max_minutes": None} if args.epochs
               else {"max_minutes": args.minutes})
     heads = {"aleatoric": True, "beta_nll": args.beta} if args.aleatoric else {}
@@ -54,7 +56,7 @@ def train(out: Path, size: int, args, train_file: Path = DATA / "train_300K.xyz"
         "model": {"kind": "bpnn"},
         "training": {**budget, **heads, **schedule, "ensemble": args.members, "threads": 1,
                      "patience": 100000},
-        "seed": 0, "out": str(out / name)}))
+        "seed": seed, "out": str(out / name)}))
     with open(out / f"{name}.log", "w") as log:
         code = subprocess.run([sys.executable, "-m", "mlpot", "train", str(config)],
                               stdout=log, stderr=subprocess.STDOUT,

@@ -1,0 +1,114 @@
+#!/usr/bin/env python
+"""Label noise of known σ against the aleatoric and epistemic σ of a deep ensemble (acac).
+
+    .venv/bin/python benchmarks/uncertainty_noise.py [--levels 0.03,0.075,0.15]
+        [--members 4 --epochs 150 --beta 1] [--control-seed 4] [--out /tmp/noise]
+
+Every ensemble trains on all 475 training frames of train_300K (4 bpnn members with
+variance heads, β-NLL, 150 epochs, cosine schedule over the epochs; the protocol of
+benchmarks/uncertainty_learning_curve.py, whose ``train`` runs each): once on clean labels,
+once more on clean labels with other seeds (``--control-seed``: how much the members' spread
+moves between two draws of members alone), and once per noise level σ_F (eV/Å) with
+Gaussian noise of that σ on every force component and σ_F / 30 per atom on energies
+(benchmarks/uncertainty_acac.py's ``noisy_copy``; 0.15 eV/Å goes with 5 meV/atom, the
+level of RESULTS' earlier noise runs). Scored on the clean test sets test_MD_300K and
+test_MD_600K: the ensemble mean's error against the true labels, the members' plain spread
+(epistemic σ before the validation scale) and the variance heads' σ. The head recovers the
+noise when √(σ_head² − σ_head,clean²) equals the added σ. Writes OUT/results.json and a
+Markdown table. Runs whose metrics.json exists are reused.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from uncertainty_acac import noisy_copy
+from uncertainty_learning_curve import DATA, TESTS, train
+
+N_TRAIN = 475  # all of train_300K's training split
+ENERGY_PER_FORCE = 1 / 30  # energy noise (eV/atom) per force noise (eV/Å)
+
+
+def scores(summary: dict) -> dict:
+    """Per test set: errors (meV/atom, meV/Å), spreads and head σ from an ensemble's
+    metrics.json."""
+    scale = summary["recalibration"]
+    result = {}
+    for test in TESTS:
+        m = summary["metrics"][test]
+        result[test] = {
+            "energy_rmse": m["energy_rmse"], "force_rmse": m["force_rmse"],
+            "energy_spread": m["energy_sigma_epistemic"] / scale["energy"]["scale"],
+            "force_spread": m["force_sigma_epistemic"] / scale["forces"]["scale"],
+            "energy_aleatoric": m["energy_sigma_aleatoric"],
+            "force_aleatoric": m["force_sigma_aleatoric"]}
+    return result
+
+
+def recovered(noisy: float, clean: float) -> float:
+    """The σ a head adds over its clean-label value: √(noisy² − clean²) (0 if smaller)."""
+    return math.sqrt(max(noisy**2 - clean**2, 0.0))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--levels", default="0.03,0.075,0.15", help="σ_F in eV/Å")
+    parser.add_argument("--members", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=150)
+    parser.add_argument("--beta", type=float, default=1.0)
+    parser.add_argument("--control-seed", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", default="/tmp/noise")
+    args = parser.parse_args()
+    args.aleatoric, args.lr_schedule, args.minutes = True, "cosine", None
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    levels = [float(level) for level in args.levels.split(",")]
+    jobs = {"clean": (DATA / "train_300K.xyz", 0),
+            "clean, other seeds": (DATA / "train_300K.xyz", args.control_seed)}
+    for level in levels:
+        noisy = out / f"train_300K_noise{level:g}.xyz"
+        if not noisy.exists():
+            noisy_copy(DATA / "train_300K.xyz", noisy, level, level * ENERGY_PER_FORCE)
+        jobs[f"σ_F {1000 * level:g} meV/Å"] = (noisy, 0)
+    tags = {"clean": "", "clean, other seeds": f"_seed{args.control_seed}",
+            **{f"σ_F {1000 * level:g} meV/Å": f"_noise{level:g}" for level in levels}}
+    with ThreadPoolExecutor(args.workers) as pool:
+        summaries = dict(zip(jobs, pool.map(
+            lambda name: train(out, N_TRAIN, args, jobs[name][0], tags[name], jobs[name][1]),
+            jobs)))
+    rows = {name: scores(summary) for name, summary in summaries.items()}
+    clean = rows["clean"]
+    lines = ["| labels | test set | E RMSE / spread / head σ (meV/atom) | head E noise "
+             "recovered | F RMSE / spread / head σ (meV/Å) | head F noise recovered | F spread "
+             "/ F RMSE |", "|---" * 7 + "|"]
+    added = {"clean": 0.0, "clean, other seeds": 0.0,
+             **{f"σ_F {1000 * level:g} meV/Å": level for level in levels}}
+    for name, row in rows.items():
+        for test in TESTS:
+            r, c = row[test], clean[test]
+            row[test]["energy_noise_recovered"] = recovered(r["energy_aleatoric"],
+                                                            c["energy_aleatoric"])
+            row[test]["force_noise_recovered"] = recovered(r["force_aleatoric"],
+                                                           c["force_aleatoric"])
+            lines.append(
+                f"| {name} | {test} | {r['energy_rmse']:.2f} / {r['energy_spread']:.3f} / "
+                f"{r['energy_aleatoric']:.2f} | {r['energy_noise_recovered']:.2f} of "
+                f"{1000 * added[name] * ENERGY_PER_FORCE:.2f} | {r['force_rmse']:.1f} / "
+                f"{r['force_spread']:.1f} / {r['force_aleatoric']:.1f} | "
+                f"{r['force_noise_recovered']:.1f} of {1000 * added[name]:.0f} | "
+                f"{r['force_spread'] / r['force_rmse']:.3f} |")
+    (out / "results.json").write_text(json.dumps(
+        {"n_train": N_TRAIN, "members": args.members, "epochs": args.epochs, "beta": args.beta,
+         "lr_schedule": "cosine", "energy_noise_per_force_noise": ENERGY_PER_FORCE,
+         "date": time.ctime(), "rows": rows}, indent=1))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
