@@ -36,8 +36,8 @@ def test_cosine_schedule_follows_training_time(acac_frames, tmp_path):
 
 
 def test_cosine_schedule_over_epochs_without_a_time_budget(acac_frames, tmp_path):
-    """Without max_minutes the cosine runs over max_epochs, step by step: the rate falls at
-    every step and the last step's rate is the formula's at its share of the budget."""
+    """Without max_minutes the cosine runs over max_epochs, step by step: the k-th of K
+    optimizer steps uses the formula's rate at the fraction k / K of the budget."""
     potential = small_bpnn([1, 6, 8])
     config = TrainingConfig(max_minutes=None, max_epochs=3, lr_schedule="cosine",
                             learning_rate=1e-3, min_learning_rate=1e-5, batch_size=2,
