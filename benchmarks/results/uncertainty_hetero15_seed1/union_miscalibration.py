@@ -1,7 +1,13 @@
-"""Miscalibration area of the recalibrated four-kind ensembles of both draws (/tmp/het15/ens4, /tmp/het15s1/ens4) on each acac test set and on their union:
-    .venv/bin/python benchmarks/results/uncertainty_hetero15_seed1/union_miscalibration.py ENSEMBLE..."""
+"""Miscalibration area of the recalibrated four-kind ensembles of both draws
+(/tmp/het15/ens4, /tmp/het15s1/ens4) on each acac test set and on their union:
+
+    .venv/bin/python benchmarks/results/uncertainty_hetero15_seed1/union_miscalibration.py \
+        /tmp/het15/ens4 /tmp/het15s1/ens4
+"""
 import sys
-import numpy as np, torch
+
+import numpy as np
+import torch
 from mlpot.data.records import read_frames
 from mlpot.train.metrics import predict
 from mlpot.uncertainty.calibration import ensemble_errors, miscalibration_area
