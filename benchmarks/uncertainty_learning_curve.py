@@ -67,7 +67,11 @@ def train(out: Path, size: int, args, train_file: Path = DATA / "train_300K.xyz"
 
 
 def row(size: int, summary: dict, labels: str = "clean") -> dict:
+    """Per test set from an ensemble's metrics.json: errors (meV/atom, meV/Å), the epistemic
+    σ recalibrated and as the members' plain spread (divided by the validation scale), the
+    variance heads' σ (None without heads) and the force Spearman."""
     scale = summary["recalibration"]["forces"]["scale"]
+    energy_scale = summary["recalibration"]["energy"]["scale"]
     result = {"n_train": size, "labels": labels, "sigma_scale_forces": scale}
     for test in TESTS:
         metrics = summary["metrics"][test]
@@ -75,7 +79,10 @@ def row(size: int, summary: dict, labels: str = "clean") -> dict:
         result[test] = {"force_rmse": metrics["force_rmse"], "force_sigma_recalibrated": sigma,
                         "force_sigma_spread": sigma / scale,
                         "force_sigma_aleatoric": metrics.get("force_sigma_aleatoric"),
-                        "spearman_force": metrics["spearman_force"]}
+                        "spearman_force": metrics["spearman_force"],
+                        "energy_rmse": metrics["energy_rmse"],
+                        "energy_sigma_spread": metrics["energy_sigma_epistemic"] / energy_scale,
+                        "energy_sigma_aleatoric": metrics.get("energy_sigma_aleatoric")}
     return result
 
 

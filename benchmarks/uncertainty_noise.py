@@ -30,26 +30,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from uncertainty_acac import noisy_copy
-from uncertainty_learning_curve import DATA, TESTS, train
+from uncertainty_learning_curve import DATA, TESTS, row, train
 
 N_TRAIN = 475  # all of train_300K's training split
 ENERGY_PER_FORCE = 1 / 30  # energy noise (eV/atom) per force noise (eV/Å)
-
-
-def scores(summary: dict) -> dict:
-    """Per test set: errors (meV/atom, meV/Å), spreads and head σ from an ensemble's
-    metrics.json."""
-    scale = summary["recalibration"]
-    result = {}
-    for test in TESTS:
-        m = summary["metrics"][test]
-        result[test] = {
-            "energy_rmse": m["energy_rmse"], "force_rmse": m["force_rmse"],
-            "energy_spread": m["energy_sigma_epistemic"] / scale["energy"]["scale"],
-            "force_spread": m["force_sigma_epistemic"] / scale["forces"]["scale"],
-            "energy_aleatoric": m["energy_sigma_aleatoric"],
-            "force_aleatoric": m["force_sigma_aleatoric"]}
-    return result
 
 
 def recovered(noisy: float, clean: float) -> float:
@@ -90,26 +74,26 @@ def main() -> None:
     with ThreadPoolExecutor(args.workers) as pool:
         summaries = dict(zip(jobs, pool.map(
             lambda name: train(out, N_TRAIN, args, *jobs[name][:3]), jobs)))
-    rows = {name: scores(summary) for name, summary in summaries.items()}
+    rows = {name: row(N_TRAIN, summary, name) for name, summary in summaries.items()}
     lines = ["| labels | test set | E RMSE / spread / head σ (meV/atom) | head E noise "
              "recovered | F RMSE / spread / head σ (meV/Å) | head F noise recovered | F spread "
              "/ F RMSE |", "|---" * 7 + "|"]
-    for name, row in rows.items():
+    for name, result in rows.items():
         control = name.endswith(", other seeds") and "clean, other seeds" in rows
         clean = rows["clean, other seeds" if control else "clean"]  # the same member seeds
         for test in TESTS:
-            r, c = row[test], clean[test]
-            row[test]["energy_noise_recovered"] = recovered(r["energy_aleatoric"],
-                                                            c["energy_aleatoric"])
-            row[test]["force_noise_recovered"] = recovered(r["force_aleatoric"],
-                                                           c["force_aleatoric"])
+            r, c = result[test], clean[test]
+            r["energy_noise_recovered"] = recovered(r["energy_sigma_aleatoric"],
+                                                    c["energy_sigma_aleatoric"])
+            r["force_noise_recovered"] = recovered(r["force_sigma_aleatoric"],
+                                                   c["force_sigma_aleatoric"])
             lines.append(
-                f"| {name} | {test} | {r['energy_rmse']:.2f} / {r['energy_spread']:.3f} / "
-                f"{r['energy_aleatoric']:.2f} | {r['energy_noise_recovered']:.2f} of "
+                f"| {name} | {test} | {r['energy_rmse']:.2f} / {r['energy_sigma_spread']:.3f} / "
+                f"{r['energy_sigma_aleatoric']:.2f} | {r['energy_noise_recovered']:.2f} of "
                 f"{1000 * jobs[name][3] * ENERGY_PER_FORCE:.2f} | {r['force_rmse']:.1f} / "
-                f"{r['force_spread']:.1f} / {r['force_aleatoric']:.1f} | "
+                f"{r['force_sigma_spread']:.1f} / {r['force_sigma_aleatoric']:.1f} | "
                 f"{r['force_noise_recovered']:.1f} of {1000 * jobs[name][3]:.0f} | "
-                f"{r['force_spread'] / r['force_rmse']:.3f} |")
+                f"{r['force_sigma_spread'] / r['force_rmse']:.3f} |")
     (out / "results.json").write_text(json.dumps(
         {"n_train": N_TRAIN, "members": args.members, "epochs": args.epochs, "beta": args.beta,
          "lr_schedule": "cosine", "energy_noise_per_force_noise": ENERGY_PER_FORCE,
