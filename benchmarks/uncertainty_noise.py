@@ -5,20 +5,19 @@
         [--members 4 --epochs 150 --beta 1] [--control-seed 4 --control-levels 0,0.03]
         [--out /tmp/noise]
 
-Every ensemble trains on all 475 training frames of train_300K (4 bpnn members with
-variance heads, β-NLL, 150 epochs, cosine schedule over the epochs; the protocol of
+Every ensemble trains on all 475 training frames of train_300K (4 bpnn members with variance
+heads, β-NLL, 150 epochs, cosine schedule over the epochs; the protocol of
 benchmarks/uncertainty_learning_curve.py, whose ``train`` runs each): once on clean labels
-and once per noise level σ_F (eV/Å) with
-Gaussian noise of that σ on every force component and σ_F / 30 per atom on energies
-(benchmarks/uncertainty_acac.py's ``noisy_copy``; 0.15 eV/Å goes with 5 meV/atom, the
-level of RESULTS' earlier noise runs); the labels of ``--control-levels`` (0: clean) once
-more with member seeds from ``--control-seed`` on (how much the spread moves between two
-draws of members alone). Scored on the clean test sets test_MD_300K and
-test_MD_600K: the ensemble mean's error against the true labels, the members' plain spread
-(epistemic σ before the validation scale) and the variance heads' σ. The head recovers the
-noise when √(σ_head² − σ_head,clean²) equals the added σ (σ_head,clean from the clean run
-with the same member seeds). Writes OUT/results.json and a
-Markdown table. Runs whose metrics.json exists are reused.
+and once per noise level σ_F (eV/Å) with Gaussian noise of that σ on every force component
+and σ_F / 30 per atom on energies (benchmarks/uncertainty_acac.py's ``noisy_copy``; 0.15
+eV/Å goes with 5 meV/atom, the level of RESULTS' earlier noise runs); the labels of
+``--control-levels`` (0: clean) once more with member seeds from ``--control-seed`` on (how
+much the spread moves between two draws of members alone). Scored on the clean test sets
+test_MD_300K and test_MD_600K: the ensemble mean's error against the true labels, the
+members' plain spread (epistemic σ before the validation scale) and the variance heads' σ.
+The head recovers the noise when √(σ_head² − σ_head,clean²) equals the added σ (σ_head,clean
+from the clean run with the same member seeds). Writes OUT/results.json and a Markdown
+table. Runs whose metrics.json exists are reused.
 """
 from __future__ import annotations
 
