@@ -164,10 +164,14 @@ def _md(args) -> int:
               f"force σ {event['force_sigma']:.3f} eV/Å", file=sys.stderr)
     if summary["stopped"]:
         stopped = summary["stopped"]
-        kept = ("the starting structure; the trajectory holds only that frame"
-                if stopped["step"] == 0 else f"of {args.steps}; the trajectory's last frame "
-                f"(of {summary['frames_written']}) is that step's")
-        print(f"error: MD stopped at {stopped['reason']} ({kept})", file=sys.stderr)
+        step, reason = stopped["step"], stopped["reason"].removeprefix(f"step {stopped['step']}: ")
+        if step == 0:
+            print(f"error: MD stopped at step 0, the starting structure: {reason}; the "
+                  "trajectory holds that one frame", file=sys.stderr)
+        else:
+            print(f"error: MD stopped at step {step} of {args.steps}: {reason}; the "
+                  f"trajectory's last frame ({summary['frames_written']} written) is step "
+                  f"{step}", file=sys.stderr)
         return EXIT_CODES[stopped["kind"]]
     return 0
 

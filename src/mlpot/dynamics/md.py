@@ -85,11 +85,11 @@ def _check_fragments(atoms: Atoms, distance: float, start: int, step: int) -> No
     if len(groups) > start:
         piece = groups[-1]
         names = ", ".join(f"{k} ({atoms.symbols[k]})" for k in piece[:5])
-        more = f" and {len(piece) - 5} more" if len(piece) > 5 else ""
+        names += f" and {len(piece) - 5} more" if len(piece) > 5 else ""
+        which = f"atoms {names} are" if len(piece) > 1 else f"atom {names} is"
         raise UnstableDynamics(
             f"step {step}: the structure came apart into {len(groups)} fragments (it started "
-            f"as {start}); atoms {names}{more} are farther than {distance} Å from all others",
-            step)
+            f"as {start}); {which} farther than {distance} Å from all others", step)
 
 
 def default_max_temperature(temperature: float) -> float:
@@ -325,7 +325,8 @@ def run_md(atoms: Atoms, calculator, steps: int, dt: float = 0.5, temperature: f
                mininterval=1.0)
 
     def tick():
-        bar.update(1)
+        if dynamics.nsteps:  # not the starting frame
+            bar.update(1)
         if totals:
             bar.set_postfix_str(f"T {temperatures[-1]:.0f} K, E {totals[-1]:.4f} eV")
 
