@@ -146,8 +146,8 @@ def check_md_settings(steps, dt, temperature, ensemble="nve", friction=0.01, int
 
 class _Log:
     """The energy log: one line per recorded step, MDLogger's columns (time ps, energies eV,
-    T K), then the conserved energy (eV) where the ensemble has one, and for NPT the pressure
-    (GPa), volume (Å³) and cell lengths (Å)."""
+    T K), then for NVT and NPT the conserved energy (eV; with the energy the thermostat and
+    barostat exchanged), and for NPT the pressure (GPa), volume (Å³) and cell lengths (Å)."""
 
     def __init__(self, path, conserved: bool, npt: bool):
         self.handle = open(path, "w")
@@ -253,7 +253,9 @@ def run_md(atoms: Atoms, calculator, steps: int, dt: float = 0.5, temperature: f
     start_fragments = (len(_fragments(atoms, fragment_distance))
                        if fragment_distance and not atoms.pbc.any() else None)
     traj = Trajectory(str(trajectory), "w", atoms) if trajectory is not None else None
-    logger = _Log(log, conserved_energy is not None, npt) if log is not None else None
+    # NVE's conserved energy is the total energy, already a column
+    extended_energy = conserved_energy if ensemble != "nve" else None
+    logger = _Log(log, extended_energy is not None, npt) if log is not None else None
     written = []  # steps whose frame is in the trajectory and the log
 
     def temperature_now() -> float:
@@ -270,7 +272,7 @@ def run_md(atoms: Atoms, calculator, steps: int, dt: float = 0.5, temperature: f
         if logger is not None:
             logger.write(dynamics.get_time() / (1000 * units.fs), atoms.get_potential_energy(),
                          atoms.get_kinetic_energy(), temperature_now(),
-                         conserved_energy() if conserved_energy is not None else None, atoms)
+                         extended_energy() if extended_energy is not None else None, atoms)
 
     def record():
         epot = atoms.get_potential_energy()
@@ -354,7 +356,7 @@ def run_md(atoms: Atoms, calculator, steps: int, dt: float = 0.5, temperature: f
                "times_ps": times, "total_energies_eV": totals,
                "max_force_sigma_eV_per_A": sigmas if has_sigma else None,
                "uncertain": uncertain}
-    if conserved_energy is not None and ensemble != "nve":
+    if extended_energy is not None:
         summary["conserved_energies_eV"] = conserved
     if npt:
         summary.update(volumes_A3=volumes, pressures_GPa=pressures,
