@@ -109,36 +109,70 @@ def _md(args) -> int:
     from ase.io import read
 
     from mlpot.dynamics.calculator import MlpotCalculator
-    from mlpot.dynamics.md import run_md
+    from mlpot.dynamics.md import EXIT_CODES, check_md_settings, run_md
+    from mlpot.serialize import write_json_atomic
 
+    # 0 disables a watchdog; the others must be positive and finite (one-line errors)
+    settings = dict(steps=args.steps, dt=args.dt, temperature=args.temperature,
+                    ensemble=args.ensemble, friction=args.friction, interval=args.interval,
+                    tdamp=args.tdamp, pdamp=args.pdamp, pressure=args.pressure,
+                    min_distance=args.min_distance or None,
+                    max_force_sigma=args.max_force_sigma,
+                    max_temperature="auto" if args.max_temperature is None
+                    else args.max_temperature or None,
+                    max_energy_drift="auto" if args.max_energy_drift is None
+                    else args.max_energy_drift or None,
+                    fragment_distance=args.fragment_distance or None)
+    try:
+        check_md_settings(**{key: value for key, value in settings.items()
+                             if value != "auto"})
+    except ValueError as error:
+        raise MlpotError(f"md: {error}") from error
     try:
         atoms = read(args.structure, index=args.frame)
     except Exception as error:
         raise MlpotError(f"{args.structure}: cannot read frame {args.frame} ({error})") from error
     calculator = MlpotCalculator(args.model, dtype=args.dtype, device=args.device)
+    if args.fragment_distance is None:  # default: the model's cutoff
+        settings["fragment_distance"] = float(calculator.potential.cutoff)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     log = Path(args.log) if args.log else out.with_suffix(".log")
     try:
-        summary = run_md(atoms, calculator, steps=args.steps, dt=args.dt,
-                         temperature=args.temperature, ensemble=args.ensemble,
-                         friction=args.friction, trajectory=out, log=log,
-                         interval=args.interval, seed=args.seed,
-                         min_distance=args.min_distance or None,
-                         max_force_sigma=args.max_force_sigma, on_uncertain=args.on_uncertain)
+        summary = run_md(atoms, calculator, trajectory=out, log=log, seed=args.seed,
+                         on_uncertain=args.on_uncertain, thermostat=args.thermostat,
+                         barostat=args.barostat, **settings)
     except ValueError as error:
-        raise MlpotError(f"{args.model}: {error}") from error
+        raise MlpotError(f"{args.model}, {args.structure}: {error}") from error
     summary_path = out.with_suffix(".json")
-    summary_path.write_text(json.dumps(summary, indent=1))
+    write_json_atomic(summary_path, summary)
     print(f"trajectory: {out}   energy log: {log}   summary: {summary_path}")
-    print(f"  mean T {summary['mean_temperature_K']:.1f} K, total-energy drift "
-          f"{summary['energy_drift_eV_per_atom_per_ps'] * 1000:.3f} meV/atom/ps")
+    line = f"  mean T {summary['mean_temperature_K']:.1f} K"
+    if summary["energy_drift_eV_per_atom_per_ps"] is not None:  # NVE
+        line += (f", total-energy drift "
+                 f"{summary['energy_drift_eV_per_atom_per_ps'] * 1000:.3f} meV/atom/ps")
+    elif summary["conserved_energy_drift_eV_per_atom_per_ps"] is not None:  # NVT, NPT
+        line += (f", conserved-energy drift (thermostat included) "
+                 f"{summary['conserved_energy_drift_eV_per_atom_per_ps'] * 1000:.3f} "
+                 "meV/atom/ps")
+    if args.ensemble == "npt" and summary["volumes_A3"]:
+        line += (f", mean P {sum(summary['pressures_GPa']) / len(summary['pressures_GPa']):.3f}"
+                 f" GPa, V {summary['volumes_A3'][0]:.1f} → {summary['volumes_A3'][-1]:.1f} Å³")
+    print(line)
     for event in summary["uncertain"]:
         print(f"uncertain: step {event['step']}, atom {event['atom']} ({event['symbol']}), "
               f"force σ {event['force_sigma']:.3f} eV/Å", file=sys.stderr)
     if summary["stopped"]:
-        print(f"error: MD stopped early at {summary['stopped']['reason']}", file=sys.stderr)
-        return 4 if summary["stopped"]["uncertain"] else 3
+        stopped = summary["stopped"]
+        step, reason = stopped["step"], stopped["reason"].removeprefix(f"step {stopped['step']}: ")
+        if step == 0:
+            print(f"error: MD stopped at step 0, the starting structure: {reason}; the "
+                  "trajectory holds that one frame", file=sys.stderr)
+        else:
+            print(f"error: MD stopped at step {step} of {args.steps}: {reason}; the "
+                  f"trajectory's last frame ({summary['frames_written']} written) is step "
+                  f"{step}", file=sys.stderr)
+        return EXIT_CODES[stopped["kind"]]
     return 0
 
 
@@ -345,8 +379,19 @@ def parser() -> argparse.ArgumentParser:
     md.add_argument("--steps", type=int, default=1000)
     md.add_argument("--dt", type=float, default=0.5, help="time step, fs")
     md.add_argument("--temperature", type=float, default=300.0, help="K")
-    md.add_argument("--ensemble", choices=["nve", "langevin"], default="nve")
+    md.add_argument("--ensemble", choices=["nve", "langevin", "nvt", "npt"], default="nve",
+                    help="nve: velocity Verlet; langevin; nvt: --thermostat; npt: MTK barostat "
+                         "+ Nosé–Hoover chain (periodic cells)")
     md.add_argument("--friction", type=float, default=0.01, help="Langevin friction, 1/fs")
+    md.add_argument("--thermostat", choices=["bussi", "nose-hoover"], default="bussi",
+                    help="nvt: Bussi velocity rescaling (canonical for any system size) or a "
+                         "Nosé–Hoover chain")
+    md.add_argument("--tdamp", type=float, help="nvt/npt thermostat time, fs (default 100 dt)")
+    md.add_argument("--pressure", type=float, default=1e-4,
+                    help="npt: external pressure, GPa (default 1 bar)")
+    md.add_argument("--pdamp", type=float, help="npt barostat time, fs (default 1000 dt)")
+    md.add_argument("--barostat", choices=["isotropic", "full"], default="isotropic",
+                    help="npt: the volume alone, or the cell's shape too")
     md.add_argument("--interval", type=int, default=10, help="write every N steps")
     md.add_argument("--seed", type=int, default=0)
     md.add_argument("--dtype", choices=["float32", "float64"], default="float64")
@@ -354,6 +399,15 @@ def parser() -> argparse.ArgumentParser:
                     help="where the model runs (auto: cuda when a GPU is present)")
     md.add_argument("--min-distance", type=float, default=0.6,
                     help="stop (exit 3) when two atoms come closer, Å; 0 disables")
+    md.add_argument("--fragment-distance", type=float,
+                    help="molecules: stop (exit 3) when a piece comes farther than this from "
+                         "the rest, Å (default: the model's cutoff); 0 disables")
+    md.add_argument("--max-temperature", type=float,
+                    help="stop (exit 5) above this temperature, K (default max(3 T, "
+                         "T + 5000 K)); 0 disables")
+    md.add_argument("--max-energy-drift", type=float,
+                    help="nve/nvt/npt: stop (exit 5) when the conserved energy moves more "
+                         "than this, eV/atom (default 0.05); 0 disables")
     md.add_argument("--max-force-sigma", type=float,
                     help="ensembles: epistemic force σ threshold, eV/Å (see --on-uncertain)")
     md.add_argument("--on-uncertain", choices=["stop", "flag"], default="stop",

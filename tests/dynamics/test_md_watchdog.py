@@ -1,4 +1,5 @@
-"""MD stops, and says where, when atoms collapse onto each other."""
+"""MD stops, and says where, when atoms collapse onto each other (or, earlier, when the
+collapse heats them past the temperature watchdog)."""
 
 import numpy as np
 from ase import Atoms
@@ -22,11 +23,19 @@ class Collapse(Calculator):
 
 def test_collapse_stops_md_with_step_and_atoms(tmp_path):
     atoms = Atoms("H2", positions=[[0, 0, 0], [1.6, 0, 0]])
+    # the temperature and energy watchdogs off: this is about the distance check
     summary = run_md(atoms, Collapse(), steps=2000, dt=0.5, temperature=10, interval=1,
-                     trajectory=tmp_path / "md.traj", progress=False)
+                     trajectory=tmp_path / "md.traj", progress=False, max_temperature=None,
+                     max_energy_drift=None)
     assert summary["stopped"] is not None
     assert 0 < summary["stopped"]["step"] < 2000
     assert "atoms 0 (H) and 1 (H)" in summary["stopped"]["reason"]
+    assert summary["stopped"]["kind"] == "geometry"
+    # with them on (default: max(3 T, T + 5000 K), 0.05 eV/atom) the run stops earlier
+    heated = run_md(atoms, Collapse(), steps=2000, dt=0.5, temperature=10, interval=1,
+                    progress=False)
+    assert heated["stopped"]["kind"] == "runaway"
+    assert heated["stopped"]["step"] < summary["stopped"]["step"]
 
 
 def test_bound_system_runs_to_the_end(tmp_path):
