@@ -132,9 +132,10 @@ def _eval(args) -> int:
                   f"({metrics['n_structures_with_stress']} structures)")
         if args.write:
             print(f"  predictions: {args.write}")
-        if "energy_sigma_epistemic" in metrics:
-            print(f"  epistemic σ: energy {metrics['energy_sigma_epistemic']:.3f} meV/atom, "
-                  f"force {metrics['force_sigma_epistemic'] or float('nan'):.2f} meV/Å; "
+        if "energy_sigma_epistemic" in metrics:  # a variance head alone has no epistemic σ
+            part = "epistemic" if metrics["energy_sigma_epistemic"] is not None else "aleatoric"
+            print(f"  {part} σ: energy {metrics[f'energy_sigma_{part}']:.3f} meV/atom, "
+                  f"force {metrics[f'force_sigma_{part}'] or float('nan'):.2f} meV/Å; "
                   f"Spearman(σ, |error|) energy {_rounded(metrics['spearman_energy'])} "
                   f"(calibrated: {_rounded(metrics['spearman_energy_reference'])}), force per "
                   f"atom {_rounded(metrics['spearman_force'])}, per structure "
