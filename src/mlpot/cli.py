@@ -43,7 +43,7 @@ def _train(args) -> int:
     if args.config:
         config = load_config(args.config, overrides)
     else:
-        if not args.train:
+        if "data.train" not in overrides:
             raise MlpotError("give a CONFIG.yaml or --train FILE")
         config = config_from_dict({}, overrides, source="command line")
     try:
