@@ -15,7 +15,6 @@ from mlpot.errors import MlpotError
 
 def _train(args) -> int:
     from mlpot.config import config_from_dict, load_config
-    from mlpot.train.run import run_training
 
     overrides = _set_overrides(args.set or [])  # the flags below win over --set
     for flag, key in [("batch_size", "training.batch_size"), ("lr", "training.learning_rate"),
@@ -46,6 +45,8 @@ def _train(args) -> int:
         if "data.train" not in overrides:
             raise MlpotError("give a CONFIG.yaml or --train FILE")
         config = config_from_dict({}, overrides, source="command line")
+    from mlpot.train.run import run_training  # torch: imported once the config is valid
+
     try:
         summary = run_training(config, resume=args.resume)
     except ValueError as error:  # e.g. an init_model that does not fit the data
