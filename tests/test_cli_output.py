@@ -217,7 +217,20 @@ def test_help_shows_defaults():
     assert "frames per forward pass (default: 64)" in evaluate
     assert "MLPOT_energy" in evaluate and "MLPOT_forces" in evaluate
     md = " ".join(mlpot_cli("md", "--help").stdout.split())
-    assert "(default: 1000)" in md
+    assert "(default: 1000)" in md and "(default: 0)" in md  # --steps, --seed
+
+
+def test_prediction_file_is_written_atomically(tmp_path):
+    """An error while predicting leaves an existing file as it was, and no temporary file."""
+    from mlpot.train.predictions import PredictionWriter
+
+    path = tmp_path / "out.xyz"
+    path.write_text("old\n")
+    with pytest.raises(RuntimeError):
+        with PredictionWriter(path) as writer:
+            writer.add([], {"energy": []})
+            raise RuntimeError("model failed")
+    assert path.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["out.xyz"]
 
 
 def test_parity_legends_state_rmse_and_mae(copper_run):
