@@ -95,6 +95,27 @@ def copper_linear_potential(seed: int = 0, n_frames: int = 40) -> tuple[Potentia
     return pot, base
 
 
+def emt_cells(n: int, seed: int) -> list[Atoms]:
+    """``n`` rattled, strained, sheared Cu–Al fcc cells (4 atoms, every neighbour an image)
+    labelled by ASE's EMT: energy, forces and stress (a SinglePointCalculator each)."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    rng = np.random.default_rng(seed)
+    cells = []
+    for k in range(n):
+        atoms = bulk("Cu", "fcc", a=3.7, cubic=True)
+        atoms.numbers[rng.choice(4, size=rng.integers(0, 3), replace=False)] = 13
+        strain = np.eye(3) + rng.uniform(-0.04, 0.04, (3, 3))
+        atoms.set_cell(atoms.cell.array @ (strain + strain.T) / 2, scale_atoms=True)
+        atoms.rattle(0.05, seed=seed * 1000 + k)
+        atoms.calc = EMT()
+        labels = dict(energy=atoms.get_potential_energy(), forces=atoms.get_forces(),
+                      stress=atoms.get_stress())
+        atoms.calc = SinglePointCalculator(atoms, **labels)
+        cells.append(atoms)
+    return cells
+
+
 def assert_save_load_round_trip(potential, frames, tmp_path, names) -> None:
     """A saved and reloaded potential gives the same outputs ``names`` on ``frames``."""
     from mlpot.serialize import load, save

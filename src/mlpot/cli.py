@@ -6,17 +6,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import typing
 from pathlib import Path
 
+from mlpot import __version__
 from mlpot.errors import MlpotError
 
 
 def _train(args) -> int:
     from mlpot.config import config_from_dict, load_config
-    from mlpot.train.run import run_training
 
-    overrides = {}
-    for flag, key in [("train", "data.train"), ("valid", "data.valid"),
+    overrides = _set_overrides(args.set or [])  # the flags below win over --set
+    for flag, key in [("batch_size", "training.batch_size"), ("lr", "training.learning_rate"),
+                      ("train", "data.train"), ("valid", "data.valid"),
                       ("isolated_atoms", "data.isolated_atoms"), ("energy_key", "data.energy_key"),
                       ("forces_key", "data.forces_key"), ("model", "model.kind"),
                       ("size", "model.size"),
@@ -40,9 +42,11 @@ def _train(args) -> int:
     if args.config:
         config = load_config(args.config, overrides)
     else:
-        if not args.train:
+        if "data.train" not in overrides:
             raise MlpotError("give a CONFIG.yaml or --train FILE")
         config = config_from_dict({}, overrides, source="command line")
+    from mlpot.train.run import run_training  # torch: imported once the config is valid
+
     try:
         summary = run_training(config, resume=args.resume)
     except ValueError as error:  # e.g. an init_model that does not fit the data
@@ -56,8 +60,32 @@ def _train(args) -> int:
     for name, m in summary["metrics"].items():
         force = f"{m['force_rmse']:.1f}" if m["force_rmse"] is not None else "n/a"
         print(f"  {name:>16}: energy RMSE {m['energy_rmse']:.2f} meV/atom, "
-              f"force RMSE {force} meV/Å ({m['n_structures']} structures)")
+              f"force RMSE {force} meV/Å{_stress_rmse(m)} ({m['n_structures']} structures)")
     return 0
+
+
+def _stress_rmse(metrics: dict) -> str:
+    """", stress RMSE … eV/Å³ (… GPa)" where the data carry stress, else ""."""
+    if "stress_rmse" not in metrics:
+        return ""
+    return (f", stress RMSE {metrics['stress_rmse']:.2e} eV/Å³ "
+            f"({metrics['stress_rmse_gpa']:.3f} GPa)")
+
+
+def _set_overrides(assignments: list[str]) -> dict:
+    """{"section.key": value} from ``--set section.key=value`` (value read as YAML)."""
+    import yaml
+
+    overrides = {}
+    for assignment in assignments:
+        dotted, equals, text = assignment.partition("=")
+        if not equals or not dotted.strip():
+            raise MlpotError(f"--set {assignment!r}: expected section.key=value")
+        try:
+            overrides[dotted.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise MlpotError(f"--set {assignment!r}: value is not YAML ({error})") from None
+    return overrides
 
 
 def _eval(args) -> int:
@@ -79,8 +107,16 @@ def _eval(args) -> int:
         frames = subtract_baseline(frames, baseline)
     # σ metrics (Spearman, calibration) need every prediction; plain errors are running sums
     with_sigma = not isinstance(potential, Potential) or potential.variance_head is not None
-    metrics, predicted = evaluate(potential, frames, batch_size=args.batch_size,
-                                  progress=not args.json, keep=with_sigma)
+    if args.write:
+        from mlpot.train.predictions import PredictionWriter
+
+        with PredictionWriter(args.write, args.energy_key, args.forces_key) as writer:
+            metrics, predicted = evaluate(potential, frames, batch_size=args.batch_size,
+                                          progress=not args.json, keep=with_sigma, stress=True,
+                                          on_chunk=writer.add)
+    else:
+        metrics, predicted = evaluate(potential, frames, batch_size=args.batch_size,
+                                      progress=not args.json, keep=with_sigma)
     if with_sigma and "energy_std" in predicted:
         metrics.update(uncertainty_metrics(frames, predicted))
     if args.json:
@@ -90,9 +126,17 @@ def _eval(args) -> int:
         print(f"  energy MAE {metrics['energy_mae']:.3f}  RMSE {metrics['energy_rmse']:.3f} meV/atom")
         if metrics["force_rmse"] is not None:
             print(f"  force  MAE {metrics['force_mae']:.2f}  RMSE {metrics['force_rmse']:.2f} meV/Å")
-        if "energy_sigma_epistemic" in metrics:
-            print(f"  epistemic σ: energy {metrics['energy_sigma_epistemic']:.3f} meV/atom, "
-                  f"force {metrics['force_sigma_epistemic'] or float('nan'):.2f} meV/Å; "
+        if "stress_rmse" in metrics:
+            print(f"  stress MAE {metrics['stress_mae']:.2e}  RMSE {metrics['stress_rmse']:.2e} "
+                  f"eV/Å³ = MAE {metrics['stress_mae_gpa']:.3f}  RMSE "
+                  f"{metrics['stress_rmse_gpa']:.3f} GPa "
+                  f"({metrics['n_structures_with_stress']} structures)")
+        if args.write:
+            print(f"  predictions: {args.write}")
+        if "energy_sigma_epistemic" in metrics:  # a variance head alone has no epistemic σ
+            part = "epistemic" if metrics["energy_sigma_epistemic"] is not None else "aleatoric"
+            print(f"  {part} σ: energy {metrics[f'energy_sigma_{part}']:.3f} meV/atom, "
+                  f"force {metrics[f'force_sigma_{part}'] or float('nan'):.2f} meV/Å; "
                   f"Spearman(σ, |error|) energy {_rounded(metrics['spearman_energy'])} "
                   f"(calibrated: {_rounded(metrics['spearman_energy_reference'])}), force per "
                   f"atom {_rounded(metrics['spearman_force'])}, per structure "
@@ -308,49 +352,124 @@ def _export(args) -> int:
     return 0
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: …)" to help texts that do not state a default themselves; flags
+    whose default is None (a config key decides) or off (store_true) get none."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default is None or action.default is False or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser (and its subcommands') whose --help shows the defaults."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _DefaultsFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def _config_field(dotted: str):
+    """The pydantic field of RunConfig's key ``dotted`` ("training.batch_size")."""
+    from mlpot.config import RunConfig
+
+    section, field = RunConfig, None
+    for name in dotted.split("."):
+        field = section.model_fields[name]
+        section = field.annotation
+    return field
+
+
+def _choices(dotted: str) -> list[str]:
+    """The values a Literal config key allows, for a flag's choices."""
+    return list(typing.get_args(_config_field(dotted).annotation))
+
+
+def _key(text: str, dotted: str, default: str | None = None) -> str:
+    """Help text naming the config key a flag sets and that key's default."""
+    if default is None:
+        value = _config_field(dotted).default
+        default = "none" if value is None else str(value)
+    return f"{text} (config {dotted}; default: {default})".replace("%", "%%").lstrip()
+
+
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="mlpot", description=__doc__)
+    top = _Parser(prog="mlpot", description=__doc__)
+    top.add_argument("--version", action="version", version=f"mlpot {__version__}")
     commands = top.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a potential (YAML config and/or flags)")
     train.add_argument("config", nargs="?", help="YAML run config (flags below override it)")
-    train.add_argument("--train", help="training data: extxyz, ASE .db or rMD17 .npz")
-    train.add_argument("--valid", help="validation file (default: 5%% of --train)")
-    train.add_argument("--test", action="append", help="test file (repeatable)")
-    train.add_argument("--isolated-atoms", help="single-atom frames giving E0")
-    train.add_argument("--energy-key")
-    train.add_argument("--forces-key")
-    train.add_argument("--model", choices=["bpnn", "linear", "schnet", "painn", "equivariant"])
-    train.add_argument("--size", choices=["small", "medium", "large"],
-                       help="architecture preset of the model (default medium)")
-    train.add_argument("--cutoff", type=float, help="Å")
-    train.add_argument("--max-minutes", type=float, help="training time budget")
-    train.add_argument("--max-epochs", type=int)
-    train.add_argument("--dtype", choices=["float32", "float64"])
-    train.add_argument("--seed", type=int)
-    train.add_argument("--threads", type=int, help="torch CPU threads")
+    train.add_argument("--train", help=_key("training data: extxyz, ASE .db, rMD17 .npz or "
+                                            "mlpot .h5", "data.train", "required"))
+    train.add_argument("--valid", help=_key("validation file", "data.valid",
+                                            "data.valid_fraction (5%) of --train"))
+    train.add_argument("--test", action="append",
+                       help=_key("test file (repeatable)", "data.test", "none"))
+    train.add_argument("--isolated-atoms", help=_key("single-atom frames giving E0",
+                                                     "data.isolated_atoms",
+                                                     "E0 by least squares on --train"))
+    train.add_argument("--energy-key", help=_key("info key of the reference energy (eV)",
+                                                 "data.energy_key"))
+    train.add_argument("--forces-key", help=_key("arrays key of the reference forces (eV/Å)",
+                                                 "data.forces_key"))
+    train.add_argument("--model", choices=_choices("model.kind"),
+                       help=_key("model kind", "model.kind"))
+    train.add_argument("--size", choices=_choices("model.size"),
+                       help=_key("architecture preset of the model", "model.size"))
+    train.add_argument("--cutoff", type=float, help=_key("Å", "model.cutoff"))
+    train.add_argument("--max-minutes", type=float,
+                       help=_key("training time budget, minutes", "training.max_minutes"))
+    train.add_argument("--max-epochs", type=int, help=_key("at most this many epochs",
+                                                           "training.max_epochs"))
+    train.add_argument("--batch-size", type=int, metavar="N",
+                       help=_key("structures per optimizer step", "training.batch_size"))
+    train.add_argument("--lr", type=float, metavar="RATE",
+                       help=_key("initial learning rate (AdamW)", "training.learning_rate",
+                                 "1e-2 for equivariant, else 2e-3"))
+    train.add_argument("--dtype", choices=_choices("training.dtype"),
+                       help=_key("precision of training", "training.dtype"))
+    train.add_argument("--seed", type=int, help=_key("random seed", "seed"))
+    train.add_argument("--threads", type=int, help=_key("torch CPU threads", "training.threads",
+                                                        "torch's choice"))
     train.add_argument("--ensemble", type=int, metavar="M",
-                       help="train a deep ensemble of M members (epistemic uncertainty)")
+                       help=_key("train a deep ensemble of M members (epistemic uncertainty)",
+                                 "training.ensemble"))
     train.add_argument("--bootstrap", action="store_true",
-                       help="ensemble members train on bootstrap resamples of the data")
+                       help=_key("ensemble members train on bootstrap resamples of the data",
+                                 "training.bootstrap"))
     train.add_argument("--aleatoric", action="store_true",
-                       help="add a variance head that learns the label noise (NLL)")
-    train.add_argument("--long-range", choices=["none", "coulomb", "dispersion", "both"],
-                       help="add to the local model: learned charges and their Coulomb energy, "
-                            "damped C6/r⁶ dispersion from learned atomic volumes, or both")
-    train.add_argument("--dispersion-correction", choices=["none", "d3", "d4"],
-                       help="labels computed without dispersion: add standard DFT-D3(BJ)/D4 "
-                            "(simple-dftd3/dftd4) to the model's predictions (needs --xc)")
+                       help=_key("add a variance head that learns the label noise (NLL)",
+                                 "training.aleatoric"))
+    train.add_argument("--long-range", choices=_choices("model.long_range"),
+                       help=_key("add to the local model: learned charges and their Coulomb "
+                                 "energy, damped C6/r⁶ dispersion from learned atomic volumes, "
+                                 "or both", "model.long_range"))
+    train.add_argument("--dispersion-correction", choices=_choices("model.dispersion_correction"),
+                       help=_key("labels computed without dispersion: add standard "
+                                 "DFT-D3(BJ)/D4 (simple-dftd3/dftd4) to the model's predictions "
+                                 "(needs --xc)", "model.dispersion_correction"))
     train.add_argument("--xc", metavar="FUNCTIONAL",
-                       help="the labels' DFT functional, for --dispersion-correction (pbe, ...)")
-    train.add_argument("--last-layer", choices=["local", "heads"],
-                       help="bpnn: last-layer (LLPR) epistemic σ fitted after training; force σ "
-                            "from sampled last layers (heads) or, cheaper, per atom from its "
-                            "local energy (local)")
-    train.add_argument("--device", choices=["cpu", "cuda", "auto"],
-                       help="where to train (default cpu; auto: the GPU when there is one)")
-    train.add_argument("--out", help="output folder; DIR/model is the trained potential")
+                       help=_key("the labels' DFT functional, for --dispersion-correction "
+                                 "(pbe, ...)", "model.xc_functional"))
+    train.add_argument("--last-layer", choices=[c for c in _choices("training.last_layer")
+                                                if c != "off"],
+                       help=_key("bpnn: last-layer (LLPR) epistemic σ fitted after training; "
+                                 "force σ from sampled last layers (heads) or, cheaper, per atom "
+                                 "from its local energy (local)", "training.last_layer"))
+    train.add_argument("--device", choices=_choices("training.device"),
+                       help=_key("where to train (auto: the GPU when there is one)",
+                                 "training.device"))
+    train.add_argument("--out", help=_key("output folder; DIR/model is the trained potential",
+                                          "out"))
     train.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
+    train.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                       help="set any config key (repeatable), e.g. --set training.patience=50 "
+                            "--set model.hidden=[32,32]; VALUE is read as YAML; keys as in "
+                            "mlpot.config.RunConfig (data, model, training, seed, out); the "
+                            "flags above win over --set")
     train.set_defaults(run=_train)
 
     ensemble = commands.add_parser(
@@ -364,19 +483,28 @@ def parser() -> argparse.ArgumentParser:
     ensemble.set_defaults(run=_ensemble)
 
     evaluate = commands.add_parser("eval", help="errors of a model on a labelled file")
-    evaluate.add_argument("model")
-    evaluate.add_argument("file")
+    evaluate.add_argument("model", help="a model or ensemble folder")
+    evaluate.add_argument("file", help="labelled structures (extxyz, ASE db, npz, mlpot .h5)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
-    evaluate.add_argument("--energy-key", default="energy")
-    evaluate.add_argument("--forces-key", default="forces")
-    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--energy-key", default="energy",
+                          help="info key of the reference energy (eV)")
+    evaluate.add_argument("--forces-key", default="forces",
+                          help="arrays key of the reference forces (eV/Å)")
+    evaluate.add_argument("--batch-size", type=int, default=64, help="frames per forward pass")
+    evaluate.add_argument(
+        "--write", metavar="OUT.xyz",
+        help="also write every frame with its predictions (extxyz, like MACE's eval_configs): "
+             "the reference labels keep their keys; predictions go to info MLPOT_energy (eV), "
+             "MLPOT_stress (Voigt, eV/Å³, periodic frames), MLPOT_energy_std[_epistemic|"
+             "_aleatoric] and arrays MLPOT_forces (eV/Å), MLPOT_forces_std[...] where the model "
+             "predicts σ. A Δ-model's labels and predictions are differences to its baseline")
     evaluate.set_defaults(run=_eval)
 
     md = commands.add_parser("md", help="molecular dynamics with a model (ASE)")
-    md.add_argument("model")
+    md.add_argument("model", help="a model or ensemble folder")
     md.add_argument("structure", help="any file ASE reads")
     md.add_argument("--frame", default="0", help="which frame of STRUCTURE (ASE index)")
-    md.add_argument("--steps", type=int, default=1000)
+    md.add_argument("--steps", type=int, default=1000, help="MD steps")
     md.add_argument("--dt", type=float, default=0.5, help="time step, fs")
     md.add_argument("--temperature", type=float, default=300.0, help="K")
     md.add_argument("--ensemble", choices=["nve", "langevin", "nvt", "npt"], default="nve",
@@ -393,8 +521,9 @@ def parser() -> argparse.ArgumentParser:
     md.add_argument("--barostat", choices=["isotropic", "full"], default="isotropic",
                     help="npt: the volume alone, or the cell's shape too")
     md.add_argument("--interval", type=int, default=10, help="write every N steps")
-    md.add_argument("--seed", type=int, default=0)
-    md.add_argument("--dtype", choices=["float32", "float64"], default="float64")
+    md.add_argument("--seed", type=int, default=0, help="random seed (velocities, noise)")
+    md.add_argument("--dtype", choices=["float32", "float64"], default="float64",
+                    help="precision the model runs in")
     md.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu",
                     help="where the model runs (auto: cuda when a GPU is present)")
     md.add_argument("--min-distance", type=float, default=0.6,
@@ -420,7 +549,8 @@ def parser() -> argparse.ArgumentParser:
                                               "calculator, on Dask workers, into an ASE db")
     label.add_argument("structures", help="structures to label (any format ASE reads; "
                                           "info charge/spin respected)")
-    label.add_argument("--engine", choices=["pyscf", "xtb", "ase"], required=True)
+    label.add_argument("--engine", choices=["pyscf", "xtb", "ase"], required=True,
+                       help="reference engine")
     label.add_argument("--method", help="pyscf: hf, mp2, ccsd, ccsd(t) or a DFT functional; "
                                         "xtb: GFN2-xTB (default) or GFN1-xTB")
     label.add_argument("--basis", help="pyscf basis set (default sto-3g)")
@@ -444,9 +574,9 @@ def parser() -> argparse.ArgumentParser:
     learn.set_defaults(run=_learn)
 
     ledger = commands.add_parser("report", help="cost ledger of a label database (and model)")
-    ledger.add_argument("db")
+    ledger.add_argument("db", help="label database (ASE db of `mlpot label`)")
     ledger.add_argument("--model", help="a model folder: its cost per prediction and speed-up")
-    ledger.add_argument("--json", action="store_true")
+    ledger.add_argument("--json", action="store_true", help="print one JSON object")
     ledger.set_defaults(run=_report)
 
     data = commands.add_parser("data", help="data sets: convert to mlpot's on-disk format")
@@ -457,8 +587,10 @@ def parser() -> argparse.ArgumentParser:
     convert.add_argument("paths", nargs="+", metavar="FILE",
                          help="input files (read, validated and written frame by frame), "
                               "then the output OUT.h5 (or .hdf5)")
-    convert.add_argument("--energy-key", default="energy")
-    convert.add_argument("--forces-key", default="forces")
+    convert.add_argument("--energy-key", default="energy",
+                         help="info key of the reference energy (eV)")
+    convert.add_argument("--forces-key", default="forces",
+                         help="arrays key of the reference forces (eV/Å)")
     convert.add_argument("--db-select", help="ASE databases: an ase.db query choosing rows")
     convert.add_argument("--progress-every", type=int, default=10_000, metavar="N",
                          help="a progress line on stderr every N frames")

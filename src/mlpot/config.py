@@ -386,7 +386,11 @@ def config_from_dict(raw: dict, overrides: dict | None = None, source: str = "co
         node = raw
         *parents, last = dotted.split(".")
         for key in parents:
-            node = node.setdefault(key, {})
+            child = {} if node.get(key) is None else node[key]
+            if not isinstance(child, dict):
+                raise ConfigError(f"{source}: {dotted}: {key} is a setting, not a section")
+            node[key] = dict(child)  # a copy: the caller's dict stays as it was
+            node = node[key]
         node[last] = value
     try:
         return RunConfig.model_validate(raw)

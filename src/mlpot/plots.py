@@ -1,4 +1,5 @@
-"""Figures of a run: parity of energies and forces, learning curves (PNG, matplotlib Agg)."""
+"""Figures of a run: parity of energies, forces and stresses, learning curves (PNG,
+matplotlib Agg)."""
 
 from __future__ import annotations
 
@@ -10,33 +11,71 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from ase import units  # noqa: E402
 
 
 def parity(data: dict, predictions: dict, path: Path) -> Path:
-    """Predicted vs reference energy per atom (meV/atom, centred) and force components (eV/Å)."""
-    fig, (ax_e, ax_f) = plt.subplots(1, 2, figsize=(10, 4.5))
-    for name, predicted in predictions.items():
-        frames = data["valid"] if name == "valid" else data[f"test:{name}"]
+    """Parity figure of :func:`parity_figure`, saved to ``path`` (PNG)."""
+    fig = parity_figure(data, predictions)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def parity_figure(data: dict, predictions: dict):
+    """Predicted vs reference: energy per atom (meV/atom; from reference and prediction alike
+    the mean reference energy per atom of the same set is subtracted, so sets of different
+    composition share the axes), force components (eV/Å) and, where a set's frames carry
+    stress, the 9 stress components (GPa). Each set's legend entry states its RMSE and MAE.
+    ``data``: {"valid": frames, "test:NAME": frames}; ``predictions``: {"valid" or NAME:
+    predictions of :func:`mlpot.train.metrics.evaluate`}."""
+    sets = {name: (data["valid"] if name == "valid" else data[f"test:{name}"], predicted)
+            for name, predicted in predictions.items()}
+    with_stress = any(_stress_pairs(frames, predicted) for frames, predicted in sets.values())
+    fig, axes = plt.subplots(1, 3 if with_stress else 2, figsize=(15 if with_stress else 10, 4.5))
+    for name, (frames, predicted) in sets.items():
         n = np.array([len(f) for f in frames])
         ref = np.array([f.energy for f in frames]) / n
         pred = np.asarray(predicted["energy"]) / n
         offset = ref.mean()
-        ax_e.scatter(1000 * (ref - offset), 1000 * (pred - offset), s=6, label=name, alpha=0.6)
+        axes[0].scatter(1000 * (ref - offset), 1000 * (pred - offset), s=6, alpha=0.6,
+                        label=_errors(name, 1000 * (pred - ref), "meV/atom"))
         with_forces = [k for k, f in enumerate(frames) if f.forces is not None]
         if with_forces and predicted.get("forces"):
             f_ref = np.concatenate([frames[k].forces.ravel() for k in with_forces])
             f_pred = np.concatenate([predicted["forces"][k].ravel() for k in with_forces])
-            ax_f.scatter(f_ref, f_pred, s=2, label=name, alpha=0.4)
-    for ax, title in ((ax_e, "energy − mean (meV/atom)"), (ax_f, "force components (eV/Å)")):
+            axes[1].scatter(f_ref, f_pred, s=2, alpha=0.4,
+                            label=_errors(name, 1000 * (f_pred - f_ref), "meV/Å"))
+        pairs = _stress_pairs(frames, predicted)
+        if pairs:
+            s_ref = np.concatenate([s.ravel() for s, _ in pairs]) / units.GPa
+            s_pred = np.concatenate([p.ravel() for _, p in pairs]) / units.GPa
+            axes[2].scatter(s_ref, s_pred, s=4, alpha=0.5,
+                            label=_errors(name, s_pred - s_ref, "GPa"))
+    titles = ["energy per atom (meV/atom)\nminus the mean reference energy per atom of its set",
+              "force components (eV/Å)", "stress components (GPa)"]
+    for ax, title in zip(axes, titles):
         lo, hi = ax.get_xlim()
         ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-        ax.set_xlabel(f"reference {title}")
-        ax.set_ylabel(f"predicted {title}")
-        ax.legend(fontsize=8)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("reference")
+        ax.set_ylabel("predicted")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, title="set: RMSE, MAE", title_fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return fig
+
+
+def _errors(name: str, error: np.ndarray, unit: str) -> str:
+    """Legend entry: the set's name, RMSE and MAE of ``error`` in ``unit``."""
+    rmse, mae = np.sqrt(np.mean(error**2)), np.mean(np.abs(error))
+    return f"{name}: RMSE {rmse:.3g}, MAE {mae:.3g} {unit}"
+
+
+def _stress_pairs(frames, predicted: dict) -> list:
+    """(reference, predicted) 3×3 stresses (eV/Å³) of the frames that have both."""
+    return [(f.stress, p) for f, p in zip(frames, predicted.get("stress") or [])
+            if f.stress is not None and p is not None]
 
 
 def learning_curve(log_csv: Path, path: Path) -> Path:

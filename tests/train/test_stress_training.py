@@ -4,25 +4,9 @@ EMT's stress on held-out cells, and its stress is the strain derivative of its e
 
 import numpy as np
 import pytest
-from ase.build import bulk
-from ase.calculators.emt import EMT
 from ase.calculators.fd import calculate_numerical_stress
 from ase.io import write
-
-
-def _emt_cells(n: int, seed: int):
-    rng = np.random.default_rng(seed)
-    cells = []
-    for k in range(n):
-        atoms = bulk("Cu", "fcc", a=3.7, cubic=True)  # 4 atoms: every neighbour is an image
-        atoms.numbers[rng.choice(4, size=rng.integers(0, 3), replace=False)] = 13
-        strain = np.eye(3) + rng.uniform(-0.04, 0.04, (3, 3))
-        atoms.set_cell(atoms.cell.array @ (strain + strain.T) / 2, scale_atoms=True)
-        atoms.rattle(0.05, seed=seed * 1000 + k)
-        atoms.calc = EMT()
-        atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()
-        cells.append(atoms)
-    return cells
+from helpers import emt_cells
 
 
 @pytest.mark.slow
@@ -31,8 +15,8 @@ def test_stress_trained_model_reproduces_emt_stress(tmp_path):
     from mlpot.dynamics.calculator import MlpotCalculator
     from mlpot.train.run import run_training
 
-    write(tmp_path / "train.xyz", _emt_cells(60, 1))
-    test = _emt_cells(15, 2)
+    write(tmp_path / "train.xyz", emt_cells(60, 1))
+    test = emt_cells(15, 2)
     errors = {}
     for epochs in (1, 150):
         config = config_from_dict({

@@ -8,9 +8,9 @@ import numpy as np
 from ase import Atoms, units
 from ase.io import Trajectory
 from ase.md.velocitydistribution import Stationary, ZeroRotation
-from tqdm.auto import tqdm
 
 from mlpot.dynamics.integrators import ENSEMBLES, make_dynamics, pressure_gpa
+from mlpot.progress import bar as progress_bar
 
 
 try:  # ASE >= 3.29 renamed MaxwellBoltzmannDistribution
@@ -326,7 +326,7 @@ def run_md(atoms: Atoms, calculator, steps: int, dt: float = 0.5, temperature: f
 
     dynamics.attach(record, interval=interval)
     dynamics.attach(watch, interval=1)
-    bar = tqdm(total=steps, desc=f"md {ensemble}", unit="step", disable=not progress,
+    bar = progress_bar(total=steps, desc=f"md {ensemble}", unit="step", disable=not progress,
                mininterval=1.0)
 
     def tick():

@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 from ase import Atoms
-from tqdm.auto import tqdm
 
 from mlpot.label.engines import Label
 from mlpot.label.store import LabelStore, structure_key
+from mlpot.progress import bar as tqdm
 
 
 def pending(keys: list[str], store: LabelStore, level: str,

@@ -17,11 +17,11 @@ counts the atom pairs (i, j) with j = i or j inside i's cutoff.
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
 
 from mlpot import keys
 from mlpot.data.batch import structure_jacobian
 from mlpot.data.records import Frame
+from mlpot.progress import bar as tqdm
 
 
 def cache_bytes(frames: list[Frame], n_features: int, dtype: torch.dtype) -> int:

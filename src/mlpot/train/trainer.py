@@ -16,13 +16,13 @@ from pathlib import Path
 
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from tqdm.auto import tqdm
 
 from mlpot.config import TrainingConfig, default_learning_rate, default_weight_decay
 from mlpot.data.batch import GraphCache, pick_device, to_device
 from mlpot.data.lazy import is_lazy
 from mlpot.data.records import Frame
 from mlpot.potential import Potential
+from mlpot.progress import bar as tqdm, interactive, log_line
 from mlpot.serialize import save
 from mlpot.train.distributed import context, mean_over_processes, shard
 from mlpot.train.feature_cache import FeatureCache, cache_bytes, predict_cached
@@ -324,9 +324,14 @@ class Trainer:
                 self.bad_epochs += 1
             self.history.append(row)
             bar.update(min(row["minutes"], limit) - bar.n if limit else 1)
-            bar.set_postfix_str(f"epoch {self.epoch}, valid E {row['valid_energy_rmse']:.2f} "
-                                f"meV/atom, F {row['valid_force_rmse'] or float('nan'):.1f} "
-                                f"meV/Å, lr {row['lr']:.1e}")
+            status = (f"epoch {self.epoch}, valid E {row['valid_energy_rmse']:.2f} meV/atom, "
+                      f"F {row['valid_force_rmse'] or float('nan'):.1f} meV/Å, "
+                      f"lr {row['lr']:.1e}")
+            bar.set_postfix_str(status)
+            if self.progress and not interactive():  # a log: one line per epoch, no bar
+                budget = (f"{row['minutes']:.1f}/{limit:g} min" if limit
+                          else f"{self.epoch}/{self.config.max_epochs} epochs")
+                log_line(f"train: {status} ({budget})")
             self._write_log()
             self.elapsed += time.monotonic() - started
             started = time.monotonic()

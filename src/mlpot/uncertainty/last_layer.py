@@ -42,7 +42,6 @@ import numpy as np
 import torch
 from ase.data import chemical_symbols
 from torch import nn
-from tqdm.auto import tqdm
 
 from mlpot import keys
 from mlpot.data.batch import structure_jacobian
@@ -50,6 +49,7 @@ from mlpot.data.records import Frame
 from mlpot.errors import ModelFileError
 from mlpot.models.bpnn import BehlerParrinello
 from mlpot.potential import Potential, attach_strain, derivatives
+from mlpot.progress import bar as tqdm
 from mlpot.serialize import load, replace_folder, save, write_json_atomic
 from mlpot.uncertainty.calibration import fit_sigma_scale, gaussian_nll
 
