@@ -15,6 +15,9 @@ For errors e_k (prediction − reference) and predicted standard deviations σ_k
 
 from __future__ import annotations
 
+import warnings
+from dataclasses import asdict, dataclass, fields
+
 import numpy as np
 from scipy.special import erf
 from scipy.stats import spearmanr
@@ -86,6 +89,107 @@ def fit_sigma_scale(errors: np.ndarray, sigmas: np.ndarray) -> float:
     s² = ⟨e²/σ²⟩ (recalibration, fitted on validation data)."""
     ratio = np.asarray(errors) / np.maximum(np.asarray(sigmas), SIGMA_FLOOR)
     return float(np.sqrt(np.mean(ratio**2)))
+
+
+MIN_OBSERVATIONS = 20  # fewer independent observations: the fitted scale is shrunk, with a warning
+PRIOR_OBSERVATIONS = 5  # shrinkage: log s × n/(n + this) (a prior worth 5 observations at s = 1)
+MIN_FOR_EXPONENT = 100  # observations needed to fit the exponent b (else b = 1)
+FLOOR_QUANTILE = 0.05  # σ floor: this quantile of the validation σ
+
+
+@dataclass
+class SigmaCalibration:
+    """A map from the raw spread σ to a calibrated σ, fitted on validation data:
+
+        σ' = s · σ_ref · (max(σ, σ_min) / σ_ref)^b
+
+    s (scale), b (exponent; b > 1: σ' rises faster than σ), σ_ref (reference, the median
+    validation σ; it only matters where b ≠ 1) and σ_min (floor) are in the units of σ
+    (eV, eV/Å). ``per_atom`` (forces): the three components of an atom share one σ, the RMS of
+    their spreads — a rotation-invariant quantity, never near zero for one component alone.
+    The defaults are the identity; ``SigmaCalibration(scale=s)`` is the old constant scale.
+    """
+
+    scale: float = 1.0
+    exponent: float = 1.0
+    reference: float = 1.0
+    floor: float = 0.0
+    per_atom: bool = False
+
+    def apply(self, sigma):
+        """Calibrated σ of raw ``sigma`` (numpy array or torch tensor, any shape)."""
+        if hasattr(sigma, "clamp_min"):
+            clipped = sigma.clamp_min(self.floor) if self.floor > 0 else sigma
+        else:
+            clipped = np.maximum(sigma, self.floor)
+        if self.exponent != 1.0:
+            clipped = self.reference * (clipped / self.reference) ** self.exponent
+        return self.scale * clipped
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> SigmaCalibration:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def fit_calibration(errors: np.ndarray, sigmas: np.ndarray, per_atom: bool = False,
+                    name: str = "σ") -> tuple[SigmaCalibration, dict]:
+    """Fit σ' = s σ_ref (max(σ, σ_min)/σ_ref)^b to validation errors; returns it and a report.
+
+    ``errors`` (n, k): the k error components of n independent observations that share one
+    raw σ (``sigmas``, (n,)): per atom the 3 force components (eV/Å), per structure the
+    energy (k = 1, eV). Robust where the maximum-likelihood scale s² = ⟨e²/σ²⟩ is not: a few σ
+    near zero (two members that happen to agree) dominate that mean. Here
+    - σ_min is the 5 % quantile of σ: no σ is trusted to be smaller than the typical σ allows;
+    - b is the slope of log RMSE against log RMS σ over ten quantile bins of σ (the
+      calibration curve itself, ENCE-style; Levi et al. 2022), bounded to [0, 3], fitted only
+      with at least 100 observations (else 1);
+    - s makes the mean calibrated variance equal the mean squared error, ⟨e²⟩ = ⟨σ'²⟩
+      (a ratio of means: no single e²/σ² term can dominate);
+    - log s is shrunk toward 0 by n/(n + 5) (a prior worth 5 observations at s = 1), and with
+      fewer than 20 observations a warning says so.
+    """
+    errors = np.asarray(errors, dtype=float).reshape(len(sigmas), -1)
+    sigmas = np.asarray(sigmas, dtype=float)
+    keep = np.isfinite(sigmas) & np.all(np.isfinite(errors), axis=1)
+    errors, sigmas = errors[keep], sigmas[keep]
+    n = len(sigmas)
+    report = {"observations": n, "components": int(errors.size)}
+    if n == 0 or not np.any(sigmas > 0):
+        return SigmaCalibration(per_atom=per_atom), {**report, "warning": f"{name}: no "
+                                                     "validation σ to fit; σ left as it is"}
+    floor = float(np.quantile(sigmas, FLOOR_QUANTILE))
+    clipped = np.maximum(sigmas, floor)
+    reference = float(np.median(clipped))
+    exponent = 1.0
+    if n >= MIN_FOR_EXPONENT:
+        exponent = float(np.clip(_binned_slope(errors, clipped), 0.0, 3.0))
+    shaped = reference * (clipped / reference) ** exponent
+    squared = np.mean(errors**2, axis=1)
+    fitted = float(np.sqrt(np.mean(squared) / np.mean(shaped**2)))
+    weight = n / (n + PRIOR_OBSERVATIONS)
+    scale = float(np.exp(weight * np.log(fitted))) if fitted > 0 else 1.0
+    report.update(scale_fitted=fitted, shrinkage=weight)
+    if n < MIN_OBSERVATIONS:
+        report["warning"] = (f"{name}: only {n} validation observations; σ scale {fitted:.3g} "
+                             f"shrunk toward 1 → {scale:.3g} (give more validation data)")
+        warnings.warn(report["warning"], stacklevel=2)
+    calibration = SigmaCalibration(scale, exponent, reference, floor, per_atom)
+    return calibration, report
+
+
+def _binned_slope(errors: np.ndarray, sigmas: np.ndarray, n_bins: int = 10) -> float:
+    """Least-squares slope of log RMSE over log RMS σ in ``n_bins`` quantile bins of σ."""
+    order = np.argsort(sigmas)
+    bins = np.array_split(order, n_bins)
+    log_sigma = np.log([np.sqrt(np.mean(sigmas[b] ** 2)) for b in bins])
+    log_rmse = np.log([np.sqrt(np.mean(errors[b] ** 2)) + 1e-300 for b in bins])
+    if np.ptp(log_sigma) == 0:
+        return 1.0
+    return float(np.polyfit(log_sigma, log_rmse, 1)[0])
 
 
 def _with_forces(frames: list[Frame]) -> list[int]:
