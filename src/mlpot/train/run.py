@@ -10,6 +10,7 @@ import platform
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -226,8 +227,10 @@ def recalibrate(ensemble: Ensemble, frames: list[Frame]) -> dict:
             np.concatenate([predicted["forces_std"][k][:, 0] for k in with_forces]))
     report = {}
     for name, (error, sigma) in observations.items():
-        calibration, fit = fit_calibration(error, sigma, per_atom=name == "forces",
-                                           name=f"{name} σ")
+        with warnings.catch_warnings():  # a warning is in ``fit``, for the caller to show
+            warnings.simplefilter("ignore")
+            calibration, fit = fit_calibration(error, sigma, per_atom=name == "forces",
+                                               name=f"{name} σ")
         setattr(ensemble, f"calibration_{name}", calibration)
         error = error.reshape(len(sigma), -1)
         raw = np.broadcast_to(sigma[:, None], error.shape)
