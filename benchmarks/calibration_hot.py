@@ -46,21 +46,23 @@ def reference_data(out: Path) -> dict[str, Path]:
     return paths
 
 
-def train(out: Path, paths: dict[str, Path], minutes: float) -> Path:
-    """The default 4-member ensemble; returns its model folder."""
+def train(out: Path, paths: dict[str, Path], minutes: float, bootstrap: bool = False) -> Path:
+    """The default 4-member ensemble (members on bootstrap resamples with ``bootstrap``);
+    returns its model folder."""
     import yaml
 
-    run = out / "ensemble"
+    run = out / ("ensemble_bootstrap" if bootstrap else "ensemble")
     if not (run / "metrics.json").exists():
-        config = out / "ensemble.yaml"
+        config = run.with_suffix(".yaml")
         config.write_text(yaml.safe_dump({
             "data": {"train": str(paths["train"]),
                      "test": [str(paths["test_300K"]), str(paths["test_900K"])],
                      "valid_fraction": 0.1},
             "model": {"kind": "bpnn"},
-            "training": {"ensemble": 4, "max_minutes": minutes, "threads": 1},
+            "training": {"ensemble": 4, "max_minutes": minutes, "threads": 1,
+                         "bootstrap": bootstrap},
             "seed": 0, "out": str(run)}))
-        with open(out / "ensemble.log", "w") as log:
+        with open(run.with_suffix(".log"), "w") as log:
             subprocess.run([sys.executable, "-m", "mlpot", "train", str(config)], check=True,
                            stdout=log, stderr=subprocess.STDOUT,
                            env={**os.environ, "OMP_NUM_THREADS": "1",
@@ -103,14 +105,16 @@ def main() -> None:
     parser.add_argument("--results",
                         default=str(ROOT / "benchmarks" / "results" / "calibration" / "hot.json"))
     parser.add_argument("--data-only", action="store_true", help="only make the xTB data")
+    parser.add_argument("--bootstrap", action="store_true",
+                        help="members train on bootstrap resamples (mlpot train --bootstrap)")
     args = parser.parse_args()
     out = Path(args.out)
     paths = reference_data(out)
     if args.data_only:
         return
     result = {"molecule": "ethanol", "labels": "GFN2-xTB", "members": 4,
-              "minutes_per_member": args.minutes,
-              **analyse(train(out, paths, args.minutes), paths)}
+              "minutes_per_member": args.minutes, "bootstrap": args.bootstrap,
+              **analyse(train(out, paths, args.minutes, args.bootstrap), paths)}
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(json.dumps(result, indent=1) + "\n")
     for name in ("raw_spread", "calibrated"):

@@ -62,7 +62,10 @@ def _train(args) -> int:
                   f"(σ/RMSE {m['force_sigma_over_rmse']:.2f}), NLL {m['nll']:.3g} (constant σ: "
                   f"{m['nll_constant_sigma']:.3g}), miscalibration area "
                   f"{m['miscalibration_area_force']:.3f}")
-    for name, fit in (summary.get("recalibration") or {}).items():
+    calibrations = dict(summary.get("recalibration") or {})
+    if (summary.get("last_layer") or {}).get("calibration_forces"):
+        calibrations["forces"] = summary["last_layer"]["calibration_forces"]
+    for name, fit in calibrations.items():
         print(_calibration_line(name, fit, "validation"))
     return 0
 
