@@ -192,3 +192,54 @@ def test_identity_and_old_scale_calibrations():
     np.testing.assert_allclose(calibration.apply(torch.tensor(sigma)).numpy(), expected,
                                rtol=1e-12)
     assert SigmaCalibration.from_json(calibration.to_json()) == calibration
+
+
+def test_exponent_from_structures_is_not_diluted_by_noisy_atom_sigmas():
+    """Errors of 10-atom structures grow as σ_s^1.5 of a structure-level spread σ_s, but each
+    atom's spread is a noisy 3-component estimate (two members): fitted per atom, the slope
+    is diluted below 1.5 (and would be clipped to 1); from the structures' RMS values it is
+    recovered, as a least-squares fit of log RMSE on log RMS σ over all structures also gives."""
+    rng = np.random.default_rng(8)
+    n_structures, n_atoms = 300, 10
+    structure_sigma = np.exp(rng.normal(-3, 0.5, n_structures))
+    structures = np.repeat(np.arange(n_structures), n_atoms)
+    true_sigma = 0.05 * (structure_sigma / 0.05) ** 1.5
+    errors = rng.normal(size=(n_structures * n_atoms, 3)) * true_sigma[structures, None]
+    spread = np.sqrt(np.mean(rng.normal(size=(len(structures), 3)) ** 2, axis=1))
+    raw = structure_sigma[structures] * spread / 4
+    per_atom, _ = fit_calibration(errors, raw, per_atom=True)
+    by_structure, _ = fit_calibration(errors, raw, per_atom=True, structures=structures)
+    rmse = np.sqrt([np.mean(errors[structures == k] ** 2) for k in range(n_structures)])
+    rms_sigma = np.sqrt([np.mean(raw[structures == k] ** 2) for k in range(n_structures)])
+    direct = np.polyfit(np.log(rms_sigma), np.log(rmse), 1)[0]
+    assert direct == pytest.approx(1.5, abs=0.2)  # RMS over 30 components: a little noise
+    assert by_structure.exponent == pytest.approx(direct, abs=0.15)
+    assert per_atom.exponent < by_structure.exponent - 0.2
+
+
+def test_pooling_keeps_each_structures_mean_variance_and_is_chosen_for_noisy_atoms():
+    """pool(): σ_i² → w σ_i² + (1 − w) ⟨σ²⟩_structure (numpy and torch alike, brute force per
+    structure); where atoms' σ are pure noise around their structure's σ, the fit pools them
+    (w < 1) and the pooled σ have a lower NLL than the atoms' own."""
+    import torch
+
+    rng = np.random.default_rng(9)
+    structures = np.repeat(np.arange(200), 12)
+    sigma = np.exp(rng.normal(-3, 0.5, 200))[structures] * np.sqrt(
+        rng.chisquare(3, len(structures)) / 3)
+    pooled = SigmaCalibration(atom_weight=0.25).pool(sigma, structures)
+    for k in (0, 7, 199):
+        part = sigma[structures == k]
+        np.testing.assert_allclose(pooled[structures == k],
+                                   np.sqrt(0.25 * part**2 + 0.75 * np.mean(part**2)))
+        assert np.mean(pooled[structures == k] ** 2) == pytest.approx(np.mean(part**2))
+    np.testing.assert_allclose(SigmaCalibration(atom_weight=0.25).pool(
+        torch.tensor(sigma), torch.tensor(structures)).numpy(), pooled, rtol=1e-12)
+    truth = np.sqrt(np.bincount(structures, sigma**2) / 12)[structures]
+    errors = rng.normal(size=(len(sigma), 3)) * 3 * truth[:, None]
+    calibration, _ = fit_calibration(errors, sigma, per_atom=True, structures=structures)
+    assert calibration.atom_weight < 0.5
+    own, _ = fit_calibration(errors, sigma, per_atom=True)
+    assert gaussian_nll(errors, np.repeat(calibration.apply(calibration.pool(
+        sigma, structures))[:, None], 3, 1)) < gaussian_nll(
+        errors, np.repeat(own.apply(sigma)[:, None], 3, 1))

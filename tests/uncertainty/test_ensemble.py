@@ -151,11 +151,13 @@ def test_cli_combines_models_of_different_kinds(acac_dir, tmp_path):
     energy_error = np.array(predicted["energy"]) - [f.energy for f in frames]
     force_error = np.concatenate([p - f.forces for p, f in zip(predicted["forces"], frames)])
     per_atom = np.sqrt(np.mean(np.concatenate(predicted["forces_std"]) ** 2, axis=1))
+    structures = np.concatenate([np.full(len(f), k) for k, f in enumerate(frames)])
     for name, (error, sigma) in {"energy": (energy_error, np.array(predicted["energy_std"])),
                                  "forces": (force_error, per_atom)}.items():
         with warnings.catch_warnings():  # 6 energies: too few, shrunk (tested elsewhere)
             warnings.simplefilter("ignore")
-            expected, _ = fit_calibration(error, sigma, per_atom=name == "forces")
+            expected, _ = fit_calibration(error, sigma, per_atom=name == "forces",
+                                          structures=structures if name == "forces" else None)
         assert index["sigma_scale"][name] == pytest.approx(expected.scale, rel=1e-9)
         assert index["sigma_calibration"][name] == pytest.approx(expected.to_json(), rel=1e-9)
     assert "σ calibration (forces) fitted on 90 " in run.stdout  # 6 frames × 15 atoms
@@ -217,14 +219,18 @@ def test_old_ensemble_folders_predict_as_before(ensemble, acac_frames, tmp_path)
 
 def test_calibrated_force_sigma_is_per_atom(ensemble, acac_frames, tmp_path):
     """With a per-atom calibration, an atom's three components share σ' = map(RMS over x, y, z
-    of the members' spread); the map is saved and loaded with the ensemble."""
-    calibration = SigmaCalibration(2.0, 1.5, 0.05, 0.01, per_atom=True)
+    of the members' spread, pooled with its structure's); the map is saved and loaded with the
+    ensemble."""
+    calibration = SigmaCalibration(2.0, 1.5, 0.05, 0.01, per_atom=True, atom_weight=0.3)
     calibrated = Ensemble(list(ensemble.members), calibration_forces=calibration).eval()
     frames = acac_frames[:2]
     forces = np.array([m(m.batch(frames))[keys.FORCES].detach().numpy()
                        for m in ensemble.members])
     spread = np.sqrt(np.mean(forces.std(0) ** 2, axis=1))
-    expected = 2.0 * 0.05 * (np.maximum(spread, 0.01) / 0.05) ** 1.5
+    pooled = []  # each atom's σ² pooled with its structure's mean σ², frame by frame
+    for part in np.split(spread, [len(frames[0])]):
+        pooled.append(np.sqrt(0.3 * part**2 + 0.7 * np.mean(part**2)))
+    expected = 2.0 * 0.05 * (np.maximum(np.concatenate(pooled), 0.01) / 0.05) ** 1.5
     out = calibrated(calibrated.batch(frames))
     np.testing.assert_allclose(out[keys.FORCES_STD].detach(),
                                np.repeat(expected[:, None], 3, 1), rtol=1e-9)

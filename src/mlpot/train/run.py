@@ -225,23 +225,26 @@ def recalibrate(ensemble: Ensemble, frames: list[Frame]) -> dict:
         observations["forces"] = (
             np.concatenate([predicted["forces"][k] - frames[k].forces for k in with_forces]),
             np.concatenate([predicted["forces_std"][k][:, 0] for k in with_forces]))
+    structures = {"forces": np.concatenate([np.full(len(frames[k]), k) for k in with_forces])
+                  if "forces" in observations else None, "energy": None}
     report = {}
     for name, (error, sigma) in observations.items():
         with warnings.catch_warnings():  # a warning is in ``fit``, for the caller to show
             warnings.simplefilter("ignore")
             calibration, fit = fit_calibration(error, sigma, per_atom=name == "forces",
-                                               name=f"{name} σ")
+                                               name=f"{name} σ", structures=structures[name])
         setattr(ensemble, f"calibration_{name}", calibration)
         error = error.reshape(len(sigma), -1)
         raw = np.broadcast_to(sigma[:, None], error.shape)
+        pooled = sigma if structures[name] is None else calibration.pool(sigma, structures[name])
+        after = np.broadcast_to(calibration.apply(pooled)[:, None], error.shape)
         report[name] = {**calibration.to_json(), **fit,
                         "miscalibration_area_before": miscalibration_area(error, raw),
-                        "miscalibration_area_after": miscalibration_area(
-                            error, calibration.apply(raw)),
+                        "miscalibration_area_after": miscalibration_area(error, after),
                         "nll_before": gaussian_nll(error, raw),
-                        "nll_after": gaussian_nll(error, calibration.apply(raw)),
+                        "nll_after": gaussian_nll(error, after),
                         "rmse": float(np.sqrt(np.mean(error**2))),
-                        "mean_sigma_after": float(np.mean(calibration.apply(raw)))}
+                        "mean_sigma_after": float(np.mean(after))}
     return report
 
 

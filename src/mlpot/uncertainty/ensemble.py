@@ -144,7 +144,7 @@ class Ensemble(nn.Module):
             member_forces = stacked[keys.FORCES]  # (M, N, 3)
             result.update({keys.FORCES: member_forces.mean(0), keys.FORCES_MEMBERS: member_forces})
             result.update(_split_sigma(member_forces, stacked.get(keys.FORCES_VAR_ALEATORIC),
-                                       self.calibration_forces, "forces"))
+                                       self.calibration_forces, "forces", batch[keys.BATCH]))
         if stress:
             result[keys.STRESS] = stacked[keys.STRESS].mean(0)
         return result
@@ -171,9 +171,12 @@ class Ensemble(nn.Module):
 
 
 def _split_sigma(values: torch.Tensor, aleatoric_var: torch.Tensor | None,
-                 calibration: SigmaCalibration, name: str) -> dict[str, torch.Tensor]:
+                 calibration: SigmaCalibration, name: str,
+                 structure: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Epistemic σ (spread of ``values`` over members, axis 0; per atom the RMS over x, y, z
-    where ``calibration.per_atom``), aleatoric σ (root of the members' mean predicted variance
+    where ``calibration.per_atom``, pooled with its ``structure``'s (atom → structure index)
+    by :meth:`~mlpot.uncertainty.calibration.SigmaCalibration.pool`), aleatoric σ (root of the
+    members' mean predicted variance
     ``aleatoric_var`` (M, …), if they predict one) and total σ: the total mapped by
     ``calibration``, both parts by the same factor."""
     keys_of = {"energy": (keys.ENERGY_STD, keys.ENERGY_STD_EPISTEMIC, keys.ENERGY_STD_ALEATORIC),
@@ -181,7 +184,8 @@ def _split_sigma(values: torch.Tensor, aleatoric_var: torch.Tensor | None,
     total_key, epistemic_key, aleatoric_key = keys_of[name]
     epistemic = values.std(0, correction=0)
     if name == "forces" and calibration.per_atom:
-        epistemic = epistemic.pow(2).mean(-1, keepdim=True).sqrt().expand_as(epistemic)
+        per_atom = calibration.pool(epistemic.pow(2).mean(-1).sqrt(), structure)
+        epistemic = per_atom[:, None].expand_as(epistemic)
     if aleatoric_var is None:
         calibrated = calibration.apply(epistemic)
         return {epistemic_key: calibrated, total_key: calibrated}

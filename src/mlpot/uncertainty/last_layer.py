@@ -195,12 +195,15 @@ class LastLayerUncertainty(nn.Module):
             if forces and heads is not None:
                 spread = derived[keys.FORCES][1:].detach().double().pow(2).mean(0).sqrt()
                 if self.calibration_forces.per_atom:  # one σ per atom: RMS over x, y, z
-                    spread = spread.pow(2).mean(-1, keepdim=True).sqrt().expand_as(spread)
+                    spread = self.calibration_forces.pool(spread.pow(2).mean(-1).sqrt(),
+                                                          batch[keys.BATCH])
+                    spread = spread[:, None].expand(-1, 3)
                 out[keys.FORCES_STD_EPISTEMIC] = self.calibration_forces.apply(
                     spread.to(phi.dtype))
         if forces and self.force_sigma == "local":
             local_var = torch.einsum("np,pq,nq->n", phi64, self.covariance, phi64)
-            sigma = self.calibration_forces.apply(local_var.clamp_min(0).sqrt().to(phi.dtype))
+            sigma = self.calibration_forces.pool(local_var.clamp_min(0).sqrt(), batch[keys.BATCH])
+            sigma = self.calibration_forces.apply(sigma.to(phi.dtype))
             out[keys.FORCES_STD_EPISTEMIC] = sigma[:, None].expand(-1, 3)
         out.update(_with_aleatoric(out, self.potential.aleatoric(batch), forces))
         return out
@@ -327,11 +330,13 @@ def fit_last_layer(potential: Potential, train: list[Frame], valid: list[Frame],
         with_forces = [k for k, f in enumerate(valid) if f.forces is not None]
         error = np.concatenate([predicted["forces"][k] - valid[k].forces for k in with_forces])
         sigma = np.concatenate([predicted["forces_std_epistemic"][k] for k in with_forces])
+        structures = np.concatenate([np.full(len(valid[k]), k) for k in with_forces])
         with warnings.catch_warnings():  # a warning is in the report
             warnings.simplefilter("ignore")
-            result.calibration_forces, fit = fit_calibration(error, sigma[:, 0], per_atom=True,
-                                                             name="forces σ")
-        calibrated = result.calibration_forces.apply(sigma)
+            result.calibration_forces, fit = fit_calibration(
+                error, sigma[:, 0], per_atom=True, name="forces σ", structures=structures)
+        calibrated = np.repeat(result.calibration_forces.apply(
+            result.calibration_forces.pool(sigma[:, 0], structures))[:, None], 3, 1)
         report["scale"]["forces"] = result.sigma_scale_forces
         report["calibration_forces"] = {
             **result.calibration_forces.to_json(), **fit,
