@@ -11,7 +11,8 @@
    10 % of the training snapshots for validation, where the σ calibration is fitted).
 3. On both test sets: force RMSE (mlpot.train.metrics) and mean epistemic force σ, raw (the
    members' plain spread per component — what a constant σ scale, the old recalibration,
-   gives up to a factor that cancels in the ratio) and as calibrated by the saved ensemble.
+   gives up to a factor that cancels in the ratio) and as calibrated (fitted again on the
+   validation frames with the current method).
    Reported: σ(900 K)/σ(300 K) for both, against RMSE(900 K)/RMSE(300 K).
 Finished steps are reused (delete OUT to start again).
 """
@@ -80,11 +81,18 @@ def sigma_and_error(model, frames) -> dict:
 
 
 def analyse(model_path: Path, paths: dict[str, Path]) -> dict:
+    """Raw and calibrated σ against the error on both test sets. The calibration is fitted
+    again on the run's validation frames (as `mlpot train` does), so that a finished run is
+    scored with the current method."""
+    from mlpot.config import load_config
     from mlpot.data.records import read_frames
+    from mlpot.train.run import load_data, recalibrate
     from mlpot.uncertainty.calibration import SigmaCalibration
     from mlpot.uncertainty.ensemble import load_model
 
     calibrated = load_model(model_path)
+    valid = list(load_data(load_config(model_path.parent.with_suffix(".yaml"), {}))["valid"])
+    recalibrate(calibrated, valid)
     raw = load_model(model_path)
     raw.calibration_energy = raw.calibration_forces = SigmaCalibration()  # plain spread
     result = {"calibration_forces": calibrated.calibration_forces.to_json()}
