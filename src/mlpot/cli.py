@@ -61,7 +61,29 @@ def _train(args) -> int:
         force = f"{m['force_rmse']:.1f}" if m["force_rmse"] is not None else "n/a"
         print(f"  {name:>16}: energy RMSE {m['energy_rmse']:.2f} meV/atom, "
               f"force RMSE {force} meV/Å{_stress_rmse(m)} ({m['n_structures']} structures)")
+        if m.get("force_sigma_over_rmse") is not None:
+            print(f"  {'':>16}  mean force σ {m['force_sigma_epistemic']:.1f} meV/Å "
+                  f"(σ/RMSE {m['force_sigma_over_rmse']:.2f}), NLL {m['nll']:.3g} (constant σ: "
+                  f"{m['nll_constant_sigma']:.3g}), miscalibration area "
+                  f"{m['miscalibration_area_force']:.3f}")
+    calibrations = dict(summary.get("recalibration") or {})
+    if (summary.get("last_layer") or {}).get("calibration_forces"):
+        calibrations["forces"] = summary["last_layer"]["calibration_forces"]
+    for name, fit in calibrations.items():
+        print(_calibration_line(name, fit, "validation"))
     return 0
+
+
+def _calibration_line(name: str, fit: dict, source: str) -> str:
+    """One line on a fitted σ calibration (recalibrate's report of one quantity)."""
+    unit = "eV/Å" if name == "forces" else "eV"
+    return (f"σ calibration ({name}) fitted on {fit['observations']} {source} "
+            f"{'atoms' if name == 'forces' else 'structures'}: scale {fit['scale']:.3g}, exponent "
+            f"{fit['exponent']:.2f}, floor {fit['floor']:.3g} {unit}; miscalibration area "
+            f"{fit['miscalibration_area_before']:.3f} → {fit['miscalibration_area_after']:.3f}, "
+            f"NLL {fit['nll_before']:.3g} → {fit['nll_after']:.3g}, mean σ "
+            f"{fit['mean_sigma_after']:.3g} vs RMSE {fit['rmse']:.3g} {unit}"
+            + (f" — warning: {fit['warning']}" if fit.get("warning") else ""))
 
 
 def _stress_rmse(metrics: dict) -> str:
@@ -322,9 +344,7 @@ def _ensemble(args) -> int:
         report = recalibrate(ensemble, read_frames(args.valid))
         metadata["recalibration"] = {"valid": str(Path(args.valid).resolve()), **report}
         for name, fit in report.items():
-            print(f"σ scale ({name}) fitted on {args.valid}: {fit['scale']:.3g} (miscalibration "
-                  f"area {fit['miscalibration_area_before']:.3f} → "
-                  f"{fit['miscalibration_area_after']:.3f})")
+            print(_calibration_line(name, fit, args.valid))
     path = save_ensemble(ensemble, args.out, metadata)
     kinds = [member.model.kind for member in ensemble.members]
     print(f"{path}: ensemble of {len(kinds)} ({', '.join(kinds)})"

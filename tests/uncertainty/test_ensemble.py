@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from mlpot.errors import ModelFileError
 from mlpot.models import SchNet
 from mlpot.potential import Potential
 from mlpot.serialize import save
-from mlpot.uncertainty.calibration import ensemble_errors, fit_sigma_scale
+from mlpot.uncertainty.calibration import SigmaCalibration, fit_calibration
 from mlpot.uncertainty.ensemble import Ensemble, load_model, save_ensemble
 
 from helpers import random_bpnn
@@ -144,11 +145,23 @@ def test_cli_combines_models_of_different_kinds(acac_dir, tmp_path):
     index = json.loads((out / "ensemble.json").read_text())
     assert index["metadata"]["combined_from"] == [str(tmp_path / "bpnn"),
                                                  str(tmp_path / "schnets")]
-    plain = Ensemble(list(combined.members)).eval()  # σ scales 1
-    errors = ensemble_errors(read_frames(valid), predict(plain, read_frames(valid)))
-    for name in ("energy", "forces"):
-        assert index["sigma_scale"][name] == pytest.approx(fit_sigma_scale(*errors[name]),
-                                                          rel=1e-9)
+    plain = Ensemble(list(combined.members)).eval()  # σ scales 1, per component
+    frames = read_frames(valid)
+    predicted = predict(plain, frames)
+    energy_error = np.array(predicted["energy"]) - [f.energy for f in frames]
+    force_error = np.concatenate([p - f.forces for p, f in zip(predicted["forces"], frames)])
+    per_atom = np.sqrt(np.mean(np.concatenate(predicted["forces_std"]) ** 2, axis=1))
+    structures = np.concatenate([np.full(len(f), k) for k, f in enumerate(frames)])
+    for name, (error, sigma) in {"energy": (energy_error, np.array(predicted["energy_std"])),
+                                 "forces": (force_error, per_atom)}.items():
+        with warnings.catch_warnings():  # 6 energies: too few, shrunk (tested elsewhere)
+            warnings.simplefilter("ignore")
+            expected, _ = fit_calibration(error, sigma, per_atom=name == "forces",
+                                          structures=structures if name == "forces" else None)
+        assert index["sigma_scale"][name] == pytest.approx(expected.scale, rel=1e-9)
+        assert index["sigma_calibration"][name] == pytest.approx(expected.to_json(), rel=1e-9)
+    assert "σ calibration (forces) fitted on 90 " in run.stdout  # 6 frames × 15 atoms
+    assert "warning: energy σ: only 6 validation observations" in run.stdout
     refused = subprocess.run([sys.executable, "-m", "mlpot", "ensemble",
                               str(tmp_path / "bpnn"), str(tmp_path / "short"), "--out",
                               str(tmp_path / "never")], capture_output=True, text=True,
@@ -184,6 +197,46 @@ def test_sigma_scales_apply_and_persist(ensemble, acac_frames, tmp_path):
     assert torch.equal(out[keys.FORCES], plain[keys.FORCES])
     loaded = load_model(save_ensemble(scaled, tmp_path / "scaled"))
     assert (loaded.sigma_scale_energy, loaded.sigma_scale_forces) == (2.0, 3.0)
+
+
+def test_old_ensemble_folders_predict_as_before(ensemble, acac_frames, tmp_path):
+    """A folder written before σ calibrations were stored (only "sigma_scale") loads and
+    predicts σ = scale × the members' spread per component, as it always did."""
+    path = save_ensemble(ensemble, tmp_path / "old")
+    index = json.loads((path / "ensemble.json").read_text())
+    del index["sigma_calibration"]
+    index["sigma_scale"] = {"energy": 2.0, "forces": 3.0}
+    (path / "ensemble.json").write_text(json.dumps(index))
+    loaded = load_model(path)
+    frames = acac_frames[:2]
+    out = loaded(loaded.batch(frames))
+    singles = [member(member.batch(frames)) for member in ensemble.members]
+    energies = np.array([s[keys.ENERGY].detach().numpy() for s in singles])
+    forces = np.array([s[keys.FORCES].detach().numpy() for s in singles])
+    np.testing.assert_allclose(out[keys.ENERGY_STD].detach(), 2.0 * energies.std(0), rtol=1e-9)
+    np.testing.assert_allclose(out[keys.FORCES_STD].detach(), 3.0 * forces.std(0), atol=1e-12)
+
+
+def test_calibrated_force_sigma_is_per_atom(ensemble, acac_frames, tmp_path):
+    """With a per-atom calibration, an atom's three components share σ' = map(RMS over x, y, z
+    of the members' spread, pooled with its structure's); the map is saved and loaded with the
+    ensemble."""
+    calibration = SigmaCalibration(2.0, 1.5, 0.05, 0.01, per_atom=True, atom_weight=0.3)
+    calibrated = Ensemble(list(ensemble.members), calibration_forces=calibration).eval()
+    frames = acac_frames[:2]
+    forces = np.array([m(m.batch(frames))[keys.FORCES].detach().numpy()
+                       for m in ensemble.members])
+    spread = np.sqrt(np.mean(forces.std(0) ** 2, axis=1))
+    pooled = []  # each atom's σ² pooled with its structure's mean σ², frame by frame
+    for part in np.split(spread, [len(frames[0])]):
+        pooled.append(np.sqrt(0.3 * part**2 + 0.7 * np.mean(part**2)))
+    expected = 2.0 * 0.05 * (np.maximum(np.concatenate(pooled), 0.01) / 0.05) ** 1.5
+    out = calibrated(calibrated.batch(frames))
+    np.testing.assert_allclose(out[keys.FORCES_STD].detach(),
+                               np.repeat(expected[:, None], 3, 1), rtol=1e-9)
+    loaded = load_model(save_ensemble(calibrated, tmp_path / "calibrated"))
+    assert loaded.calibration_forces == calibration
+    assert torch.equal(loaded(loaded.batch(frames))[keys.FORCES_STD], out[keys.FORCES_STD])
 
 
 def test_calculator_reports_sigma(ensemble, acac_frames):

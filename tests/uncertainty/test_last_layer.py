@@ -200,6 +200,10 @@ def test_cli_train_last_layer_eval_md(acac_dir, tmp_path):
     description = json.loads((out / "model" / "last_layer.json").read_text())
     summary = json.loads((out / "metrics.json").read_text())
     assert description["sigma_scale"]["forces"] == summary["last_layer"]["scale"]["forces"]
+    fit = summary["last_layer"]["calibration_forces"]  # robust per-atom fit, reported
+    assert description["sigma_calibration"]["forces"]["scale"] == fit["scale"]
+    assert fit["per_atom"] and fit["observations"] == 2 * 15  # 5 % of 30 frames × 15 atoms
+    assert "σ calibration (forces) fitted on 30 validation atoms" in run.stdout
     assert summary["metrics"]["valid"]["force_sigma_epistemic"] > 0
 
     evaluated = subprocess.run([sys.executable, "-m", "mlpot", "eval", str(out / "model"),

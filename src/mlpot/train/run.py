@@ -10,6 +10,7 @@ import platform
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,9 +32,9 @@ from mlpot.train.metrics import evaluate
 from mlpot.train.ridge import fit_linear
 from mlpot.train.distributed import context
 from mlpot.train.trainer import Trainer, training_device
-from mlpot.uncertainty.calibration import (calibration_curve, ensemble_errors,
-                                         fit_sigma_scale, miscalibration_area,
-                                         uncertainty_metrics)
+from mlpot.uncertainty.calibration import (SigmaCalibration, calibration_curve,
+                                           ensemble_errors, fit_calibration, gaussian_nll,
+                                           miscalibration_area, uncertainty_metrics)
 from mlpot.uncertainty.ensemble import Ensemble, load_model, save_ensemble
 from mlpot.uncertainty.last_layer import fit_last_layer, save_last_layer
 
@@ -210,21 +211,52 @@ def bootstrap_sample(frames: Sequence[Frame], seed: int) -> Sequence[Frame]:
 
 
 def recalibrate(ensemble: Ensemble, frames: list[Frame]) -> dict:
-    """Fit the ensemble's σ scale factors on ``frames`` (validation); returns the factors and
-    the miscalibration areas before and after."""
+    """Fit the ensemble's σ calibrations (:func:`~mlpot.uncertainty.calibration.fit_calibration`)
+    on ``frames`` (validation): energies per structure, forces per atom (one σ for its three
+    components). Returns per quantity the fitted map, the fit's report and the validation
+    miscalibration area and NLL of the raw spread (before) and the calibrated σ (after)."""
+    ensemble.calibration_energy = SigmaCalibration()
+    ensemble.calibration_forces = SigmaCalibration(per_atom=True)
     _, predicted = evaluate(ensemble, frames)
-    errors = ensemble_errors(frames, predicted)
+    observations = {"energy": (np.asarray(predicted["energy"]) - [f.energy for f in frames],
+                               np.asarray(predicted["energy_std"]))}
+    with_forces = [k for k, f in enumerate(frames) if f.forces is not None]
+    if with_forces and predicted.get("forces_std"):
+        observations["forces"] = (
+            np.concatenate([predicted["forces"][k] - frames[k].forces for k in with_forces]),
+            np.concatenate([predicted["forces_std"][k][:, 0] for k in with_forces]))
+    structures = {"forces": np.concatenate([np.full(len(frames[k]), k) for k in with_forces])
+                  if "forces" in observations else None, "energy": None}
     report = {}
-    for name, attribute in (("energy", "sigma_scale_energy"), ("forces", "sigma_scale_forces")):
-        if name in errors:
-            error, sigma = errors[name]
-            raw = sigma / getattr(ensemble, attribute)  # the members' plain spread
-            scale = fit_sigma_scale(error, raw)
-            setattr(ensemble, attribute, scale)
-            report[name] = {"scale": scale,
-                            "miscalibration_area_before": miscalibration_area(error, raw),
-                            "miscalibration_area_after": miscalibration_area(error, raw * scale)}
+    for name, (error, sigma) in observations.items():
+        with warnings.catch_warnings():  # a warning is in ``fit``, for the caller to show
+            warnings.simplefilter("ignore")
+            calibration, fit = fit_calibration(error, sigma, per_atom=name == "forces",
+                                               name=f"{name} σ", structures=structures[name])
+        setattr(ensemble, f"calibration_{name}", calibration)
+        error = error.reshape(len(sigma), -1)
+        raw = np.broadcast_to(sigma[:, None], error.shape)
+        pooled = sigma if structures[name] is None else calibration.pool(sigma, structures[name])
+        after = np.broadcast_to(calibration.apply(pooled)[:, None], error.shape)
+        report[name] = {**calibration.to_json(), **fit,
+                        "miscalibration_area_before": miscalibration_area(error, raw),
+                        "miscalibration_area_after": miscalibration_area(error, after),
+                        "nll_before": gaussian_nll(error, raw),
+                        "nll_after": gaussian_nll(error, after),
+                        "rmse": float(np.sqrt(np.mean(error**2))),
+                        "mean_sigma_after": float(np.mean(after))}
     return report
+
+
+def constant_sigma_reference(force_errors: np.ndarray, metrics: dict, valid: dict) -> dict:
+    """What a σ is to be judged against on one data set: the NLL of a constant force σ equal to
+    the validation force RMSE (eV/Å), and the ratio of the mean epistemic force σ to this set's
+    force RMSE (1 where σ is as large as the errors)."""
+    sigma, rmse = metrics.get("force_sigma_epistemic"), metrics.get("force_rmse")
+    constant = valid.get("force_rmse")
+    return {"nll_constant_sigma": gaussian_nll(force_errors, constant / 1000) if constant
+            else None,
+            "force_sigma_over_rmse": sigma / rmse if sigma is not None and rmse else None}
 
 
 def train_member(config: RunConfig, train: list[Frame], valid: list[Frame], elements: list[int],
@@ -371,6 +403,8 @@ def run_training(config: RunConfig, resume: bool = False, progress: bool = True)
                 errors = ensemble_errors(frames, predictions[name])
                 if "forces" in errors:
                     curves[name] = calibration_curve(*errors["forces"])
+                    metrics[name].update(constant_sigma_reference(
+                        errors["forces"][0], metrics[name], metrics.get("valid", {})))
     summary.update(metrics=metrics, wall_seconds=time.time() - started, out=str(out))
     write_json_atomic(out / "metrics.json", summary)
     from mlpot import plots

@@ -15,6 +15,9 @@ For errors e_k (prediction − reference) and predicted standard deviations σ_k
 
 from __future__ import annotations
 
+import warnings
+from dataclasses import asdict, dataclass, fields
+
 import numpy as np
 from scipy.special import erf
 from scipy.stats import spearmanr
@@ -86,6 +89,171 @@ def fit_sigma_scale(errors: np.ndarray, sigmas: np.ndarray) -> float:
     s² = ⟨e²/σ²⟩ (recalibration, fitted on validation data)."""
     ratio = np.asarray(errors) / np.maximum(np.asarray(sigmas), SIGMA_FLOOR)
     return float(np.sqrt(np.mean(ratio**2)))
+
+
+MIN_OBSERVATIONS = 20  # fewer independent observations: the fitted scale is shrunk, with a warning
+PRIOR_OBSERVATIONS = 5  # shrinkage: log s × n/(n + this) (a prior worth 5 observations at s = 1)
+MIN_FOR_EXPONENT = 20  # structures (or observations) needed to fit the exponent b (else 1)
+FLOOR_QUANTILE = 0.05  # σ floor: this quantile of the validation σ
+
+
+@dataclass
+class SigmaCalibration:
+    """A map from the raw spread σ to a calibrated σ, fitted on validation data:
+
+        σ' = s · σ_ref · (max(σ, σ_min) / σ_ref)^b
+
+    s (scale), b (exponent; b > 1: σ' rises faster than σ), σ_ref (reference, the median
+    validation σ; it only matters where b ≠ 1) and σ_min (floor) are in the units of σ
+    (eV, eV/Å). ``per_atom`` (forces): the three components of an atom share one σ, the RMS of
+    their spreads — a rotation-invariant quantity, never near zero for one component alone —
+    and before the map each atom's σ² is pooled with its structure's mean σ²,
+    σ_i² ← w σ_i² + (1 − w) ⟨σ²⟩_structure (w: ``atom_weight``; a few members' spread of one
+    atom is a noisy estimate, the structure's mean much less so, and it is unchanged).
+    The defaults are the identity; ``SigmaCalibration(scale=s)`` is the old constant scale.
+    """
+
+    scale: float = 1.0
+    exponent: float = 1.0
+    reference: float = 1.0
+    floor: float = 0.0
+    per_atom: bool = False
+    atom_weight: float = 1.0
+
+    def pool(self, sigma, structure):
+        """σ per atom (N,) pooled with its structure's RMS σ (``structure`` (N,): the
+        structure index of each atom); numpy arrays or torch tensors."""
+        if self.atom_weight >= 1.0 or len(sigma) == 0:
+            return sigma
+        var = sigma**2
+        if hasattr(var, "index_add"):
+            n = int(structure.max()) + 1
+            sums = var.new_zeros(n).index_add(0, structure, var)
+            counts = var.new_zeros(n).index_add(0, structure, var.new_ones(var.shape))
+        else:
+            sums, counts = np.bincount(structure, var), np.bincount(structure)
+        mean = (sums / counts)[structure]
+        return (self.atom_weight * var + (1.0 - self.atom_weight) * mean) ** 0.5
+
+    def apply(self, sigma):
+        """Calibrated σ of raw ``sigma`` (numpy array or torch tensor, any shape)."""
+        if hasattr(sigma, "clamp_min"):
+            clipped = sigma.clamp_min(self.floor) if self.floor > 0 else sigma
+        else:
+            clipped = np.maximum(sigma, self.floor)
+        if self.exponent != 1.0:
+            clipped = self.reference * (clipped / self.reference) ** self.exponent
+        return self.scale * clipped
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> SigmaCalibration:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def fit_calibration(errors: np.ndarray, sigmas: np.ndarray, per_atom: bool = False,
+                    name: str = "σ", structures: np.ndarray | None = None
+                    ) -> tuple[SigmaCalibration, dict]:
+    """Fit σ' = s σ_ref (max(σ, σ_min)/σ_ref)^b to validation errors; returns it and a report.
+    Per atom with ``structures``, also the weight w of an atom's own σ² against its
+    structure's mean (:meth:`SigmaCalibration.pool`): the w of 0, 0.1, …, 1 whose fitted map
+    gives the smallest validation NLL (pooling removes the near-zero σ of single atoms).
+    """
+    if not (per_atom and structures is not None):
+        return _fit_map(errors, sigmas, per_atom, name, structures)
+    errors = np.asarray(errors, dtype=float).reshape(len(sigmas), -1)
+    sigmas, structures = np.asarray(sigmas, dtype=float), np.asarray(structures)
+    _, structures = np.unique(structures, return_inverse=True)
+    trials = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for weight in np.linspace(0.0, 1.0, 11):
+            pooled = SigmaCalibration(atom_weight=weight).pool(sigmas, structures)
+            calibration, report = _fit_map(errors, pooled, per_atom, name, structures)
+            calibration.atom_weight = float(weight)
+            sigma = np.broadcast_to(calibration.apply(pooled)[:, None], errors.shape)
+            trials.append((gaussian_nll(errors, sigma), -weight, calibration, report))
+    _, _, calibration, report = min(trials, key=lambda t: t[:2])
+    if "warning" in report:
+        warnings.warn(report["warning"], stacklevel=2)
+    return calibration, report
+
+
+def _fit_map(errors: np.ndarray, sigmas: np.ndarray, per_atom: bool, name: str,
+             structures: np.ndarray | None) -> tuple[SigmaCalibration, dict]:
+    """Fit σ' = s σ_ref (max(σ, σ_min)/σ_ref)^b to validation errors; returns it and a report.
+
+    ``errors`` (n, k): the k error components of n independent observations that share one
+    raw σ (``sigmas``, (n,)): per atom the 3 force components (eV/Å), per structure the
+    energy (k = 1, eV); ``structures`` (n,), optional: the structure of each observation.
+    Robust where the maximum-likelihood scale s² = ⟨e²/σ²⟩ is not: a few σ near zero (two
+    members that happen to agree) dominate that mean. Here
+    - σ_min is the 5 % quantile of σ: no σ is trusted to be smaller than the typical σ allows;
+    - b is the slope of log RMSE against log RMS σ over up to ten quantile bins (the
+      calibration curve itself, ENCE-style; Levi et al. 2022) of the structures' RMS values
+      where ``structures`` is given (an atom's σ from a few members is too noisy: its slope is
+      diluted toward 0), fitted with at least 20 of them (else 1) and bounded to [1, 3]: a
+      slope below 1 in validation data reflects that noise, and would damp σ exactly where
+      the error rises out of distribution;
+    - s makes the mean calibrated variance equal the mean squared error, ⟨e²⟩ = ⟨σ'²⟩
+      (a ratio of means: no single e²/σ² term can dominate);
+    - log s is shrunk toward 0 by n/(n + 5) (a prior worth 5 observations at s = 1), and with
+      fewer than 20 observations a warning says so.
+    """
+    errors = np.asarray(errors, dtype=float).reshape(len(sigmas), -1)
+    sigmas = np.asarray(sigmas, dtype=float)
+    keep = np.isfinite(sigmas) & np.all(np.isfinite(errors), axis=1)
+    errors, sigmas = errors[keep], sigmas[keep]
+    n = len(sigmas)
+    report = {"observations": n, "components": int(errors.size)}
+    if n == 0 or not np.any(sigmas > 0):
+        return SigmaCalibration(per_atom=per_atom), {**report, "warning": f"{name}: no "
+                                                     "validation σ to fit; σ left as it is"}
+    floor = float(np.quantile(sigmas, FLOOR_QUANTILE))
+    clipped = np.maximum(sigmas, floor)
+    reference = float(np.median(clipped))
+    exponent = 1.0
+    slope_errors, slope_sigmas = errors, clipped
+    if structures is not None:
+        slope_errors, slope_sigmas = _structure_rms(errors, clipped, np.asarray(structures)[keep])
+    if len(slope_sigmas) >= MIN_FOR_EXPONENT:
+        exponent = float(np.clip(_binned_slope(slope_errors, slope_sigmas,
+                                               min(10, len(slope_sigmas) // 4)), 1.0, 3.0))
+        report["exponent_fitted_on"] = len(slope_sigmas)
+    shaped = reference * (clipped / reference) ** exponent
+    squared = np.mean(errors**2, axis=1)
+    fitted = float(np.sqrt(np.mean(squared) / np.mean(shaped**2)))
+    weight = n / (n + PRIOR_OBSERVATIONS)
+    scale = float(np.exp(weight * np.log(fitted))) if fitted > 0 else 1.0
+    report.update(scale_fitted=fitted, shrinkage=weight)
+    if n < MIN_OBSERVATIONS:
+        report["warning"] = (f"{name}: only {n} validation observations; σ scale {fitted:.3g} "
+                             f"shrunk toward 1 → {scale:.3g} (give more validation data)")
+        warnings.warn(report["warning"], stacklevel=2)
+    calibration = SigmaCalibration(scale, exponent, reference, floor, per_atom)
+    return calibration, report
+
+
+def _structure_rms(errors: np.ndarray, sigmas: np.ndarray, structures: np.ndarray) -> tuple:
+    """Per structure: RMS of its error components (n_s, 1) and RMS of its σ (n_s,)."""
+    _, index = np.unique(structures, return_inverse=True)
+    count = np.bincount(index)
+    squared = np.bincount(index, np.sum(errors**2, axis=1)) / (count * errors.shape[1])
+    return np.sqrt(squared)[:, None], np.sqrt(np.bincount(index, sigmas**2) / count)
+
+
+def _binned_slope(errors: np.ndarray, sigmas: np.ndarray, n_bins: int = 10) -> float:
+    """Least-squares slope of log RMSE over log RMS σ in ``n_bins`` quantile bins of σ."""
+    order = np.argsort(sigmas)
+    bins = np.array_split(order, n_bins)
+    log_sigma = np.log([np.sqrt(np.mean(sigmas[b] ** 2)) for b in bins])
+    log_rmse = np.log([np.sqrt(np.mean(errors[b] ** 2)) + 1e-300 for b in bins])
+    if np.ptp(log_sigma) == 0:
+        return 1.0
+    return float(np.polyfit(log_sigma, log_rmse, 1)[0])
 
 
 def _with_forces(frames: list[Frame]) -> list[int]:

@@ -13,12 +13,16 @@ members' mean, and the total predictive variance is σ²_epistemic + σ²_aleato
 apart under their own keys).
 
 Recalibration: members of a small ensemble tend to agree too much (or too little), so σ is
-multiplied by factors s_E, s_F fitted on validation data (``calibration.fit_sigma_scale``) and
-stored with the ensemble; ``energy_std`` / ``forces_std`` are always the recalibrated values.
+mapped by a :class:`~mlpot.uncertainty.calibration.SigmaCalibration` per quantity (a scale, an
+exponent, a floor; forces: one σ per atom shared by its components) fitted on validation data
+(``calibration.fit_calibration``) and stored with the ensemble; ``energy_std`` / ``forces_std``
+are always the recalibrated values.
 
 Saved as a folder: ``ensemble.json`` ({"format": "mlpot-ensemble", "members": [...],
-"sigma_scale": {"energy": s_E, "forces": s_F}}) beside one ordinary model folder per member
-(``member_0/`` …), so loading never executes code and each member can be used alone.
+"sigma_scale": {"energy": s_E, "forces": s_F}, "sigma_calibration": {"energy": {...},
+"forces": {...}}}) beside one ordinary model folder per member (``member_0/`` …), so loading
+never executes code and each member can be used alone. A folder without
+"sigma_calibration" (older versions) predicts σ = s × the members' spread per component.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from mlpot import keys
 from mlpot.errors import ModelFileError
 from mlpot.potential import Potential
 from mlpot.serialize import load, replace_folder, save, write_json_atomic
+from mlpot.uncertainty.calibration import SigmaCalibration
 from mlpot.uncertainty.stacked import can_stack, stacked_forward
 from mlpot.uncertainty.vmapped import (can_vmap, stacked_state, state_key, vmap_pays,
                                       vmapped_forward)
@@ -59,10 +64,14 @@ class Ensemble(nn.Module):
     """
 
     def __init__(self, members: list[Potential], sigma_scale_energy: float = 1.0,
-                 sigma_scale_forces: float = 1.0):
+                 sigma_scale_forces: float = 1.0,
+                 calibration_energy: SigmaCalibration | None = None,
+                 calibration_forces: SigmaCalibration | None = None):
         super().__init__()
-        self.sigma_scale_energy = float(sigma_scale_energy)
-        self.sigma_scale_forces = float(sigma_scale_forces)
+        self.calibration_energy = calibration_energy or SigmaCalibration(
+            float(sigma_scale_energy))
+        self.calibration_forces = calibration_forces or SigmaCalibration(
+            float(sigma_scale_forces))
         if len(members) < 2:
             raise ValueError("an ensemble needs at least 2 members")
         first = members[0].model
@@ -76,6 +85,16 @@ class Ensemble(nn.Module):
         self._graph_index = next((k for k, m in enumerate(members)
                                   if m.model.angular_cutoff is not None), 0)
         self._vmap_cache = None  # (state_key, stacked_state) of the members' models
+
+    @property
+    def sigma_scale_energy(self) -> float:
+        """s_E, the scale of the energy σ calibration."""
+        return self.calibration_energy.scale
+
+    @property
+    def sigma_scale_forces(self) -> float:
+        """s_F, the scale of the force σ calibration."""
+        return self.calibration_forces.scale
 
     @property
     def model(self):
@@ -120,12 +139,12 @@ class Ensemble(nn.Module):
         result = {keys.ENERGY: energies.mean(0), keys.ENERGY_MEMBERS: energies,
                   keys.ATOMIC_ENERGY: stacked[keys.ATOMIC_ENERGY].mean(0)}
         result.update(_split_sigma(energies, stacked.get(keys.ENERGY_VAR_ALEATORIC),
-                                   self.sigma_scale_energy, "energy"))
+                                   self.calibration_energy, "energy"))
         if forces:
             member_forces = stacked[keys.FORCES]  # (M, N, 3)
             result.update({keys.FORCES: member_forces.mean(0), keys.FORCES_MEMBERS: member_forces})
             result.update(_split_sigma(member_forces, stacked.get(keys.FORCES_VAR_ALEATORIC),
-                                       self.sigma_scale_forces, "forces"))
+                                       self.calibration_forces, "forces", batch[keys.BATCH]))
         if stress:
             result[keys.STRESS] = stacked[keys.STRESS].mean(0)
         return result
@@ -151,24 +170,34 @@ class Ensemble(nn.Module):
             if all(key in out for out in outs)}
 
 
-def _split_sigma(values: torch.Tensor, aleatoric_var: torch.Tensor | None, scale: float,
-                 name: str) -> dict[str, torch.Tensor]:
-    """Epistemic σ (spread of ``values`` over members, axis 0), aleatoric σ (root of the
-    members' mean predicted variance ``aleatoric_var`` (M, …), if they predict one) and
-    total σ, each × ``scale``."""
+def _split_sigma(values: torch.Tensor, aleatoric_var: torch.Tensor | None,
+                 calibration: SigmaCalibration, name: str,
+                 structure: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Epistemic σ (spread of ``values`` over members, axis 0; per atom the RMS over x, y, z
+    where ``calibration.per_atom``, pooled with its ``structure``'s (atom → structure index)
+    by :meth:`~mlpot.uncertainty.calibration.SigmaCalibration.pool`), aleatoric σ (root of the
+    members' mean predicted variance
+    ``aleatoric_var`` (M, …), if they predict one) and total σ: the total mapped by
+    ``calibration``, both parts by the same factor."""
     keys_of = {"energy": (keys.ENERGY_STD, keys.ENERGY_STD_EPISTEMIC, keys.ENERGY_STD_ALEATORIC),
                "forces": (keys.FORCES_STD, keys.FORCES_STD_EPISTEMIC, keys.FORCES_STD_ALEATORIC)}
     total_key, epistemic_key, aleatoric_key = keys_of[name]
     epistemic = values.std(0, correction=0)
-    result = {epistemic_key: epistemic * scale, total_key: epistemic * scale}
-    if aleatoric_var is not None:
-        aleatoric_var = aleatoric_var.mean(0)
-        if name == "forces":
-            aleatoric_var = aleatoric_var[:, None].expand(-1, 3)
-        aleatoric_var = aleatoric_var.to(epistemic.dtype)
-        result[aleatoric_key] = aleatoric_var.sqrt() * scale
-        result[total_key] = (epistemic**2 + aleatoric_var).sqrt() * scale
-    return result
+    if name == "forces" and calibration.per_atom:
+        per_atom = calibration.pool(epistemic.pow(2).mean(-1).sqrt(), structure)
+        epistemic = per_atom[:, None].expand_as(epistemic)
+    if aleatoric_var is None:
+        calibrated = calibration.apply(epistemic)
+        return {epistemic_key: calibrated, total_key: calibrated}
+    aleatoric_var = aleatoric_var.mean(0)
+    if name == "forces":
+        aleatoric_var = aleatoric_var[:, None].expand(-1, 3)
+    aleatoric_var = aleatoric_var.to(epistemic.dtype)
+    total = (epistemic**2 + aleatoric_var).sqrt()
+    calibrated = calibration.apply(total)
+    factor = calibrated / total.clamp_min(torch.finfo(total.dtype).tiny)
+    return {epistemic_key: epistemic * factor, aleatoric_key: aleatoric_var.sqrt() * factor,
+            total_key: calibrated}
 
 
 def save_ensemble(ensemble: Ensemble, path: str | Path, metadata: dict | None = None) -> Path:
@@ -182,7 +211,9 @@ def save_ensemble(ensemble: Ensemble, path: str | Path, metadata: dict | None = 
     write_json_atomic(tmp / "ensemble.json", {
         "format": FORMAT, "members": names, "metadata": metadata or {},
         "sigma_scale": {"energy": ensemble.sigma_scale_energy,
-                        "forces": ensemble.sigma_scale_forces}})
+                        "forces": ensemble.sigma_scale_forces},
+        "sigma_calibration": {"energy": ensemble.calibration_energy.to_json(),
+                              "forces": ensemble.calibration_forces.to_json()}})
     return replace_folder(tmp, path)
 
 
@@ -216,8 +247,11 @@ def load_model(path: str | Path):
         if Path(name).name != name:  # member folders live inside the ensemble folder
             raise ModelFileError(f"{index}: member {name!r} is not a folder name")
     scale = description.get("sigma_scale", {})
+    calibration = {name: SigmaCalibration.from_json(value) for name, value in
+                   description.get("sigma_calibration", {}).items()}
     return Ensemble([load(path / name) for name in members], scale.get("energy", 1.0),
-                    scale.get("forces", 1.0)).eval()
+                    scale.get("forces", 1.0), calibration.get("energy"),
+                    calibration.get("forces")).eval()
 
 
 def combine_models(paths: list[str | Path]) -> tuple[Ensemble, dict]:

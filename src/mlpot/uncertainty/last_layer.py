@@ -36,6 +36,7 @@ from __future__ import annotations
 import copy
 import json
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +52,8 @@ from mlpot.models.bpnn import BehlerParrinello
 from mlpot.potential import Potential, attach_strain, derivatives
 from mlpot.progress import bar as tqdm
 from mlpot.serialize import load, replace_folder, save, write_json_atomic
-from mlpot.uncertainty.calibration import fit_sigma_scale, gaussian_nll
+from mlpot.uncertainty.calibration import (SigmaCalibration, fit_calibration, fit_sigma_scale,
+                                           gaussian_nll)
 
 FORMAT = "mlpot-last-layer"
 FORCE_SIGMA = ("local", "heads")
@@ -101,12 +103,15 @@ class LastLayerUncertainty(nn.Module):
         head_offsets: (K, P) samples of N(0, C) for ``force_sigma="heads"`` (may be empty).
         sigma_scale_energy, sigma_scale_forces: α_E, α_F.  prior: ς² (a record).
         force_sigma: "local" or "heads".
+        calibration_forces: the map of the raw force σ (default: × α_F per component),
+            fitted by :func:`~mlpot.uncertainty.calibration.fit_calibration`.
     """
 
     def __init__(self, potential: Potential, covariance: torch.Tensor,
                  head_offsets: torch.Tensor, sigma_scale_energy: float = 1.0,
                  sigma_scale_forces: float = 1.0, prior: float = 0.0,
-                 force_sigma: str = "local"):
+                 force_sigma: str = "local",
+                 calibration_forces: SigmaCalibration | None = None):
         super().__init__()
         if type(potential.model) is not BehlerParrinello or potential.physics_terms:
             raise ValueError("last-layer uncertainty needs a Behler–Parrinello model without "
@@ -120,9 +125,15 @@ class LastLayerUncertainty(nn.Module):
         self.register_buffer("covariance", covariance.double())
         self.register_buffer("head_offsets", head_offsets.double())
         self.sigma_scale_energy = float(sigma_scale_energy)
-        self.sigma_scale_forces = float(sigma_scale_forces)
+        self.calibration_forces = calibration_forces or SigmaCalibration(
+            float(sigma_scale_forces))
         self.prior = float(prior)
         self.force_sigma = force_sigma
+
+    @property
+    def sigma_scale_forces(self) -> float:
+        """α_F, the scale of the force σ calibration."""
+        return self.calibration_forces.scale
 
     def _apply(self, fn, recurse=True):
         """C and the head offsets stay float64 whatever dtype the model is moved to."""
@@ -183,10 +194,16 @@ class LastLayerUncertainty(nn.Module):
                 out[key] = value[0].detach()
             if forces and heads is not None:
                 spread = derived[keys.FORCES][1:].detach().double().pow(2).mean(0).sqrt()
-                out[keys.FORCES_STD_EPISTEMIC] = spread.to(phi.dtype) * self.sigma_scale_forces
+                if self.calibration_forces.per_atom:  # one σ per atom: RMS over x, y, z
+                    spread = self.calibration_forces.pool(spread.pow(2).mean(-1).sqrt(),
+                                                          batch[keys.BATCH])
+                    spread = spread[:, None].expand(-1, 3)
+                out[keys.FORCES_STD_EPISTEMIC] = self.calibration_forces.apply(
+                    spread.to(phi.dtype))
         if forces and self.force_sigma == "local":
             local_var = torch.einsum("np,pq,nq->n", phi64, self.covariance, phi64)
-            sigma = local_var.clamp_min(0).sqrt().to(phi.dtype) * self.sigma_scale_forces
+            sigma = self.calibration_forces.pool(local_var.clamp_min(0).sqrt(), batch[keys.BATCH])
+            sigma = self.calibration_forces.apply(sigma.to(phi.dtype))
             out[keys.FORCES_STD_EPISTEMIC] = sigma[:, None].expand(-1, 3)
         out.update(_with_aleatoric(out, self.potential.aleatoric(batch), forces))
         return out
@@ -308,14 +325,28 @@ def fit_last_layer(potential: Potential, train: list[Frame], valid: list[Frame],
               "force_sigma": force_sigma, "n_heads": len(offsets),
               "scale": {"energy": energy_scale}}
     if any(f.forces is not None for f in valid):
+        result.calibration_forces = SigmaCalibration(per_atom=True)  # raw σ, one per atom
         _, predicted = evaluate(result, valid)
         with_forces = [k for k, f in enumerate(valid) if f.forces is not None]
         error = np.concatenate([predicted["forces"][k] - valid[k].forces for k in with_forces])
         sigma = np.concatenate([predicted["forces_std_epistemic"][k] for k in with_forces])
-        result.sigma_scale_forces = fit_sigma_scale(error, sigma)
+        structures = np.concatenate([np.full(len(valid[k]), k) for k in with_forces])
+        with warnings.catch_warnings():  # a warning is in the report
+            warnings.simplefilter("ignore")
+            result.calibration_forces, fit = fit_calibration(
+                error, sigma[:, 0], per_atom=True, name="forces σ", structures=structures)
+        calibrated = np.repeat(result.calibration_forces.apply(
+            result.calibration_forces.pool(sigma[:, 0], structures))[:, None], 3, 1)
         report["scale"]["forces"] = result.sigma_scale_forces
-        report["miscalibration_area_forces"] = miscalibration_area(
-            error, sigma * result.sigma_scale_forces)
+        report["calibration_forces"] = {
+            **result.calibration_forces.to_json(), **fit,
+            "miscalibration_area_before": miscalibration_area(error, sigma),
+            "nll_before": gaussian_nll(error, sigma), "nll_after": gaussian_nll(error, calibrated),
+            "rmse": float(np.sqrt(np.mean(error**2))), "mean_sigma_after": float(np.mean(
+                calibrated))}
+        report["miscalibration_area_forces"] = miscalibration_area(error, calibrated)
+        report["calibration_forces"]["miscalibration_area_after"] = report[
+            "miscalibration_area_forces"]
     report["miscalibration_area_energy"] = miscalibration_area(
         energy_error, result.sigma_scale_energy * np.sqrt(
             (projected**2 / (eigenvalues.numpy() + prior)).sum(1)) / n_atoms)
@@ -338,7 +369,8 @@ def save_last_layer(model: LastLayerUncertainty, path: str | Path,
         "format": FORMAT, "model": "model", "force_sigma": model.force_sigma,
         "prior": model.prior, "metadata": metadata or {},
         "sigma_scale": {"energy": model.sigma_scale_energy,
-                        "forces": model.sigma_scale_forces}})
+                        "forces": model.sigma_scale_forces},
+        "sigma_calibration": {"forces": model.calibration_forces.to_json()}})
     return replace_folder(tmp, path)
 
 
@@ -354,10 +386,13 @@ def load_last_layer(path: str | Path) -> LastLayerUncertainty:
     tensors = load_file(str(path / "last_layer.safetensors"))
     potential = load(path / "model")
     scale = description.get("sigma_scale", {})
+    calibration = {name: SigmaCalibration.from_json(value) for name, value in
+                   description.get("sigma_calibration", {}).items()}
     try:
         return LastLayerUncertainty(potential, tensors["covariance"], tensors["head_offsets"],
                                     scale.get("energy", 1.0), scale.get("forces", 1.0),
                                     description.get("prior", 0.0),
-                                    description.get("force_sigma", "local")).eval()
+                                    description.get("force_sigma", "local"),
+                                    calibration.get("forces")).eval()
     except (KeyError, ValueError) as error:
         raise ModelFileError(f"{path}: {error}") from error
