@@ -20,6 +20,7 @@ class DataError(MlpotError, ValueError):
         prefix = ", ".join(where)
         super().__init__(f"{prefix}: {message}" if prefix else message)
         self.source, self.frame, self.field = source, frame, field
+        self.detail = message  # the message without the place
 
 
 class ConfigError(MlpotError, ValueError):

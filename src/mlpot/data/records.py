@@ -270,6 +270,8 @@ def validate_frame(frame: Frame, *, require_energy: bool = True, energy_key: str
         raise DataError("dipole contains NaN or inf", field="dipole", **where)
     if frame.partial_charges is not None and not np.all(np.isfinite(frame.partial_charges)):
         raise DataError("charges contain NaN or inf", field="charges", **where)
+    if not np.all(np.isfinite(frame.cell)) or frame.cell.shape != (3, 3):
+        raise DataError("cell is not a finite 3×3 matrix", field="cell", **where)
     if frame.pbc.any() and abs(np.linalg.det(frame.cell[frame.pbc][:, frame.pbc])
                                if frame.pbc.all() else 1.0) < 1e-12:
         raise DataError("periodic structure has a singular cell", field="cell", **where)
@@ -282,8 +284,11 @@ def _check_min_distance(frame: Frame, where: dict) -> None:
     if len(frame.numbers) < 2:
         return
     # a tiny cutoff makes vesin's cell grid huge: search at 1 Å and filter
-    i, j, _, distances = neighbor_pairs(frame.positions, frame.cell, frame.pbc, 1.0,
-                                        return_distances=True)
+    try:
+        i, j, _, distances = neighbor_pairs(frame.positions, frame.cell, frame.pbc, 1.0,
+                                            return_distances=True)
+    except DataError as error:  # a structure no neighbour search can take (atoms far apart)
+        raise DataError(error.detail, field=error.field, **where) from None
     close = distances < MIN_DISTANCE
     i, j, distances = i[close], j[close], distances[close]
     if len(i):
