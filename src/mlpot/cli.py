@@ -27,7 +27,7 @@ def _train(args) -> int:
                       ("last_layer", "training.last_layer"),
                       ("long_range", "model.long_range"),
                       ("dispersion_correction", "model.dispersion_correction"),
-                      ("xc", "model.xc_functional")]:
+                      ("xc", "model.xc_functional"), ("select", "data.db_select")]:
         value = getattr(args, flag)
         if value is not None:
             overrides[key] = value
@@ -71,7 +71,8 @@ def _eval(args) -> int:
     from mlpot.label.delta import baseline_engine, subtract_baseline
 
     potential = load_model(args.model)
-    frames = read_frames(args.file, energy_key=args.energy_key, forces_key=args.forces_key)
+    frames = read_frames(args.file, energy_key=args.energy_key, forces_key=args.forces_key,
+                         db_select=args.select)
     # isolated atoms are E0 labels, not test structures (an HDF5 file stays a lazy view)
     frames = split_isolated_atoms(frames)[1] or frames
     baseline = baseline_engine(args.model)
@@ -285,6 +286,9 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--test", action="append", help="test file (repeatable)")
     train.add_argument("--isolated-atoms", help="single-atom frames giving E0")
     train.add_argument("--energy-key")
+    train.add_argument("--select", metavar="QUERY",
+                       help="ASE databases: which rows (an ase.db query, e.g. level=xtb/gfn2-xtb "
+                            "for one level of theory of a `mlpot label` database)")
     train.add_argument("--forces-key")
     train.add_argument("--model", choices=["bpnn", "linear", "schnet", "painn", "equivariant"])
     train.add_argument("--size", choices=["small", "medium", "large"],
@@ -335,6 +339,8 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--energy-key", default="energy")
     evaluate.add_argument("--forces-key", default="forces")
+    evaluate.add_argument("--select", metavar="QUERY",
+                          help="ASE databases: which rows (an ase.db query, e.g. one level)")
     evaluate.add_argument("--batch-size", type=int, default=64)
     evaluate.set_defaults(run=_eval)
 

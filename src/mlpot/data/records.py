@@ -131,8 +131,11 @@ def _iter_ase_db(path: Path, select: str | None = None, **keys) -> Iterator[Fram
 
     with ase.db.connect(str(path)) as db:
         try:
+            _check_one_level(db, select, path)
             rows = db.select(select) if select else db.select()
             row = next(rows, None)
+        except DataError:
+            raise
         except Exception as error:  # ASE raises ValueError/KeyError/SyntaxError on bad queries
             raise DataError(f"database selection {select!r} failed ({error})",
                             source=str(path), field="db_select") from error
@@ -142,6 +145,24 @@ def _iter_ase_db(path: Path, select: str | None = None, **keys) -> Iterator[Fram
                 yield _frame_from_row(row, path, index, **keys)
             index += 1
             row = next(rows, None)
+
+
+def _check_one_level(db, select: str | None, path: Path) -> None:
+    """DataError if the selected rows hold labels of more than one level of theory (the
+    ``level`` `mlpot label` records: engine/method/basis), naming the levels and their rows:
+    such labels do not mix in one fit."""
+    from collections import Counter
+
+    rows = db.select(select, include_data=False) if select else db.select(include_data=False)
+    levels = Counter(row.get("level") for row in rows if not row.get("failed"))
+    levels.pop(None, None)  # rows no level was recorded for (not written by `mlpot label`)
+    if len(levels) > 1:
+        found = ", ".join(f"{level} ({count} rows)" for level, count in sorted(levels.items()))
+        first = sorted(levels)[0]
+        raise DataError(f"holds labels of {len(levels)} levels of theory: {found}; they do not "
+                        f"mix in one data set. Choose one with --select level={first} "
+                        f"(data.db_select in a config), or learn the difference to a baseline "
+                        f"on purpose (data.delta_baseline)", source=str(path), field="level")
 
 
 def _frame_from_row(row, path: Path, index: int, **keys) -> Frame:
@@ -199,15 +220,18 @@ def read_frames(path: str | Path, *, energy_key: str = "energy", forces_key: str
     `mlpot label` stored as failed are skipped.
 
     An mlpot HDF5 file (``.h5``/``.hdf5``, written by ``mlpot data convert``) is not read
-    into memory: the result is a lazy :class:`~mlpot.data.ondisk.HDF5Frames`. Its frames
-    were validated when converted, and its labels chosen then (the keys are ignored here);
-    with ``require_energy`` only the energy column is checked.
+    into memory: the result is a lazy :class:`~mlpot.data.ondisk.HDF5Frames`. Its layout
+    is checked when opened and each frame validated when first read (as here); its labels
+    were chosen when converted (the keys are ignored here); with ``require_energy`` the
+    energy column is checked for missing and infinite values.
     """
     path = Path(path)
     if path.suffix.lower() in HDF5_SUFFIXES:
         from mlpot.data.ondisk import HDF5Frames
 
         frames = HDF5Frames(path)
+        if not len(frames):
+            raise DataError("contains no structures", source=str(path))
         if require_energy:
             frames.check_energies(field=energy_key)
         return frames
