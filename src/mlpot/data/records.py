@@ -122,14 +122,92 @@ def _iter_ase_file(path: Path, fmt: str | None, **keys) -> Iterator[Frame]:
     except DataError:
         raise
     except Exception as error:  # ASE raises many kinds on malformed input
+        found = _xyz_layout_problem(path) if fmt == "extxyz" else None
+        if found is not None:  # ASE scans the whole file first: name the frame it fails at
+            frame, problem = found
+            raise DataError(problem, source=str(path), frame=frame, field="atom count") from None
         raise DataError(f"cannot parse ({type(error).__name__}: {error})", source=str(path),
-                        frame=index) from error
+                        frame=index) from None
+
+
+def _xyz_layout_problem(path: Path) -> tuple[int, str] | None:
+    """(frame, what is wrong) for the first frame of an (ext)xyz file whose atom count does
+    not match its lines (a count line that is no number, atom lines too few or too many),
+    or None if the counts fit."""
+    def atom_like(line: str) -> bool:
+        fields = line.split()
+        return len(fields) >= 4 and not fields[0].lstrip("+-").isdigit()
+
+    with open(path, errors="replace") as handle:
+        lines = handle.read().splitlines()
+    position, frame = 0, 0
+    while position < len(lines):
+        head = lines[position].strip()
+        if not head and not any(line.strip() for line in lines[position:]):
+            return None  # blank lines at the end
+        try:
+            count = int(head)
+        except ValueError:
+            if frame and atom_like(head):
+                return frame - 1, (f"line {position + 1} holds an atom after the frame's "
+                                   f"atoms: its atom count is smaller than its atoms")
+            return frame, f"line {position + 1} should be the atom count, found {head[:40]!r}"
+        if count < 0:
+            return frame, f"line {position + 1}: negative atom count {count}"
+        atoms = lines[position + 2:position + 2 + count]
+        for k, line in enumerate(atoms):
+            if not atom_like(line):
+                return frame, (f"its atom count is {count} but line {position + 3 + k} "
+                               f"({line.strip()[:40]!r}) is not atom {k + 1}'s line")
+        if len(atoms) < count:
+            return frame, (f"the file ends inside the frame: its atom count is {count}, "
+                           f"{len(atoms)} atom lines follow")
+        position, frame = position + 2 + count, frame + 1
+    return None
+
+
+def _check_sqlite(path: Path) -> None:
+    """DataError unless ``path`` is an SQLite file holding ASE's table of structures; read
+    only (ASE would otherwise create its tables in an empty or foreign file)."""
+    import sqlite3
+
+    with open(path, "rb") as handle:
+        if handle.read(16) != b"SQLite format 3\x00":
+            raise DataError("not an SQLite database (an ASE .db file)", source=str(path))
+    try:
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {name for (name,) in connection.execute(
+                "SELECT name FROM sqlite_master WHERE type='table'")}
+            problems = connection.execute("PRAGMA quick_check").fetchall()
+        finally:
+            connection.close()
+    except sqlite3.Error as error:
+        raise DataError(f"cannot read the database ({error})", source=str(path)) from None
+    if problems != [("ok",)]:
+        raise DataError(f"the database is damaged ({problems[0][0]})", source=str(path))
+    if "systems" not in tables:
+        raise DataError("an SQLite file but not an ASE database (no table 'systems')",
+                        source=str(path))
 
 
 def _iter_ase_db(path: Path, select: str | None = None, **keys) -> Iterator[Frame]:
+    import sqlite3
+
+    try:
+        yield from _read_ase_db(path, select, **keys)
+    except (sqlite3.Error, ValueError, KeyError, TypeError, AttributeError) as error:
+        if isinstance(error, DataError):
+            raise
+        raise DataError(f"cannot read the database ({type(error).__name__}: {error})",
+                        source=str(path)) from None
+
+
+def _read_ase_db(path: Path, select: str | None = None, **keys) -> Iterator[Frame]:
     import ase.db
 
-    with ase.db.connect(str(path)) as db:
+    _check_sqlite(path)
+    with ase.db.connect(str(path), type="db") as db:
         try:
             _check_one_level(db, select, path)
             rows = db.select(select) if select else db.select()
@@ -180,17 +258,42 @@ def _frame_from_row(row, path: Path, index: int, **keys) -> Frame:
 
 
 def _iter_npz(path: Path) -> Iterator[Frame]:
-    """rMD17-style npz: nuclear_charges, coords (Å), energies (kcal/mol), forces (kcal/mol/Å)."""
-    with np.load(path) as data:
-        missing = [k for k in ("nuclear_charges", "coords", "energies") if k not in data]
-        if missing:
-            raise DataError(f"npz lacks required arrays {missing}", source=str(path),
-                            field=missing[0])
-        numbers = np.asarray(data["nuclear_charges"], dtype=np.int64)
-        coords = np.asarray(data["coords"], dtype=np.float64)
-        energies = np.asarray(data["energies"], dtype=np.float64) * KCAL_PER_MOL
-        forces = (np.asarray(data["forces"], dtype=np.float64) * KCAL_PER_MOL
-                  if "forces" in data else None)
+    """rMD17-style npz: nuclear_charges, coords (Å), energies (kcal/mol), forces (kcal/mol/Å).
+
+    Object arrays are never loaded (no pickle); shapes are checked before frames are made."""
+    field = None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in ("nuclear_charges", "coords", "energies") if k not in data]
+            if missing:
+                raise DataError(f"npz lacks required arrays {missing}", source=str(path),
+                                field=missing[0])
+            arrays = {}
+            for field in ("nuclear_charges", "coords", "energies", "forces"):
+                if field in data:
+                    kind = np.int64 if field == "nuclear_charges" else np.float64
+                    arrays[field] = np.asarray(data[field], dtype=kind)
+    except DataError:
+        raise
+    except Exception as error:  # not a zip, a damaged member, object arrays, wrong types
+        raise DataError(f"cannot read ({type(error).__name__}: {error})", source=str(path),
+                        field=field) from None
+    numbers, coords = arrays["nuclear_charges"], arrays["coords"]
+    energies = arrays["energies"] * KCAL_PER_MOL
+    forces = arrays["forces"] * KCAL_PER_MOL if "forces" in arrays else None
+    if numbers.ndim != 1:
+        raise DataError(f"shape {numbers.shape}, expected (n_atoms,)", source=str(path),
+                        field="nuclear_charges")
+    shape = (len(coords), len(numbers), 3)
+    if coords.shape != shape:
+        raise DataError(f"shape {coords.shape}, expected (n_frames, {len(numbers)}, 3)",
+                        source=str(path), field="coords")
+    if energies.shape != shape[:1]:
+        raise DataError(f"shape {energies.shape}, expected ({len(coords)},)", source=str(path),
+                        field="energies")
+    if forces is not None and forces.shape != shape:
+        raise DataError(f"shape {forces.shape}, expected {shape}", source=str(path),
+                        field="forces")
     for i in range(len(coords)):
         yield Frame(numbers=numbers.copy(), positions=coords[i], cell=np.zeros((3, 3)),
                     pbc=np.zeros(3, dtype=bool), energy=float(energies[i]),
