@@ -358,13 +358,12 @@ def model_dir(tmp_path_factory):
     return save(random_bpnn(0), tmp_path_factory.mktemp("model") / "model")
 
 
+@pytest.mark.slow
 def test_cli_refuses_bad_input_with_one_line(files, model_dir, tmp_path):
     """A handful of real `python -m mlpot` runs, in parallel: exit 2, one `error:` line
     naming the file, no traceback, no signal, inputs untouched, no output left behind."""
     far = _edit_xyz(files, tmp_path, "far.xyz", 1, lambda b: _atom_line(b, 4, ["1e8"]))
-    count = _edit_xyz(files, tmp_path, "count.xyz", 2, lambda b: ["14\n", *b[1:]])
     offsets = _edited_h5(files, tmp_path, "offsets.h5", _set("offsets", 1, 10**12))
-    inf = _edited_h5(files, tmp_path, "inf.h5", _set("energy", 2, np.inf))
     one = tmp_path / "one.xyz"
     one.write_text("".join(files["xyz"].read_text().splitlines(keepends=True)[:LINES]))
     bomb = tmp_path / "bomb.yaml"
@@ -374,9 +373,7 @@ def test_cli_refuses_bad_input_with_one_line(files, model_dir, tmp_path):
                          "energies": np.array([{}, {}, {}], dtype=object)})
     runs = {
         far: ["eval", model_dir, far],
-        count: ["eval", model_dir, count],
         offsets: ["eval", model_dir, offsets],
-        inf: ["train", "--train", inf, "--out", tmp_path / "run_inf"],
         one: ["train", "--train", one, "--out", tmp_path / "run_one"],
         bomb: ["train", bomb],
         pickled: ["data", "convert", pickled, tmp_path / "out.h5"],
@@ -394,3 +391,38 @@ def test_cli_refuses_bad_input_with_one_line(files, model_dir, tmp_path):
         assert str(path) in lines[0] and "Traceback" not in stderr, stderr
         assert digest(path) == before[path]
     assert not (tmp_path / "out.h5").exists()
+
+
+# -- structures vesin cannot search (SIGFPE before) -------------------------------------------
+
+def test_flat_spread_structure_gets_exact_pairs():
+    """A flat molecule 3000 Å across (vesin's cell grid would collapse at a 4 Å cutoff: the
+    process died of SIGFPE) is searched wider and filtered: the brute-force pairs."""
+    from mlpot.neighbors import neighbor_pairs
+
+    rng = np.random.default_rng(3)
+    positions = np.concatenate([rng.uniform(0, 6, (30, 3)), rng.uniform(0, 3000, (30, 3))])
+    positions[:, 2] = 0.0
+    i, j, shifts = neighbor_pairs(positions, np.zeros((3, 3)), [False] * 3, 4.0)
+    distances = np.linalg.norm(positions[:, None] - positions[None], axis=-1)
+    expected = {(a, b) for a, b in zip(*np.nonzero(distances < 4.0)) if a != b}
+    assert set(zip(i.tolist(), j.tolist())) == expected and not shifts.any()
+
+
+@pytest.mark.parametrize("position, cell, pbc, word", [
+    ([1e8, 0, 0], None, False, "positions"),
+    ([np.inf, 0, 0], None, False, "positions"),
+    ([0, 0, 1.0], np.diag([10.0, 10.0, 1e9]), True, "cell"),
+    ([0, 0, 1.0], np.diag([10.0, 10.0, np.nan]), True, "cell"),
+])
+def test_calculator_refuses_structures_vesin_cannot_search(position, cell, pbc, word):
+    from ase import Atoms
+    from helpers import random_bpnn
+
+    from mlpot.dynamics.calculator import MlpotCalculator
+
+    atoms = Atoms("CHO", positions=[[0, 0, 0], [1.1, 0, 0], position],
+                  cell=cell if cell is not None else np.zeros((3, 3)), pbc=pbc)
+    atoms.calc = MlpotCalculator(random_bpnn(0))
+    with pytest.raises(MlpotError, match=word):
+        atoms.get_potential_energy()
