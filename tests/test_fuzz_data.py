@@ -378,7 +378,9 @@ def test_cli_refuses_bad_input_with_one_line(files, model_dir, tmp_path):
         bomb: ["train", bomb],
         pickled: ["data", "convert", pickled, tmp_path / "out.h5"],
     }
-    before = {path: digest(path) for path in runs}
+    kept = tmp_path / "out.h5"  # an earlier conversion: a failed one must leave it be
+    kept.write_bytes(files["h5"].read_bytes())
+    before = {path: digest(path) for path in [*runs, kept]}
     processes = {path: subprocess.Popen([sys.executable, "-m", "mlpot", *map(str, args)],
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                         text=True, env=ENV, cwd=tmp_path)
@@ -390,7 +392,8 @@ def test_cli_refuses_bad_input_with_one_line(files, model_dir, tmp_path):
         assert len(lines) == 1 and lines[0].startswith("error: "), stderr
         assert str(path) in lines[0] and "Traceback" not in stderr, stderr
         assert digest(path) == before[path]
-    assert not (tmp_path / "out.h5").exists()
+    assert digest(kept) == before[kept]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.h5")] == []
 
 
 # -- structures vesin cannot search (SIGFPE before) -------------------------------------------

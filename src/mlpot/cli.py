@@ -411,7 +411,8 @@ def parser() -> argparse.ArgumentParser:
                               "then the output OUT.h5 (or .hdf5)")
     convert.add_argument("--energy-key", default="energy")
     convert.add_argument("--forces-key", default="forces")
-    convert.add_argument("--db-select", help="ASE databases: an ase.db query choosing rows")
+    convert.add_argument("--db-select", "--select", help="ASE databases: an ase.db query "
+                                                         "choosing rows (e.g. one level)")
     convert.add_argument("--progress-every", type=int, default=10_000, metavar="N",
                          help="a progress line on stderr every N frames")
     convert.set_defaults(run=_data_convert)

@@ -291,9 +291,9 @@ def _iter_npz(path: Path) -> Iterator[Frame]:
     if energies.shape != shape[:1]:
         raise DataError(f"shape {energies.shape}, expected ({len(coords)},)", source=str(path),
                         field="energies")
-    if forces is not None and forces.shape != shape:
+    if forces is not None and (forces.ndim != 3 or len(forces) != len(coords)):
         raise DataError(f"shape {forces.shape}, expected {shape}", source=str(path),
-                        field="forces")
+                        field="forces")  # a frame's own wrong shape: validate_frame names it
     for i in range(len(coords)):
         yield Frame(numbers=numbers.copy(), positions=coords[i], cell=np.zeros((3, 3)),
                     pbc=np.zeros(3, dtype=bool), energy=float(energies[i]),
