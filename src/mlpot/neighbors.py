@@ -79,6 +79,8 @@ def search_cutoff(positions: np.ndarray, box: np.ndarray, pbc: np.ndarray,
                         f"{'xyz'[d]} (more than {MAX_SPAN:g} Å); is a coordinate wrong?",
                         field="positions")
     search = float(cutoff)
+    if not 0 < search < np.inf:
+        raise ValueError(f"neighbour cutoff {cutoff} Å: expected a positive number")
     while np.prod(np.clip(np.trunc(lengths / search), 1.0, None)) > 0.9 * VESIN_MAX_CELLS:
         search *= 1.1
     return search

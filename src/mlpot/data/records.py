@@ -133,36 +133,37 @@ def _iter_ase_file(path: Path, fmt: str | None, **keys) -> Iterator[Frame]:
 def _xyz_layout_problem(path: Path) -> tuple[int, str] | None:
     """(frame, what is wrong) for the first frame of an (ext)xyz file whose atom count does
     not match its lines (a count line that is no number, atom lines too few or too many),
-    or None if the counts fit."""
+    or None if the counts fit. Reads line by line (any file size)."""
     def atom_like(line: str) -> bool:
         fields = line.split()
         return len(fields) >= 4 and not fields[0].lstrip("+-").isdigit()
 
+    frame, count, seen, head_line = 0, None, 0, 0  # count None: a count line comes next
     with open(path, errors="replace") as handle:
-        lines = handle.read().splitlines()
-    position, frame = 0, 0
-    while position < len(lines):
-        head = lines[position].strip()
-        if not head and not any(line.strip() for line in lines[position:]):
-            return None  # blank lines at the end
-        try:
-            count = int(head)
-        except ValueError:
-            if frame and atom_like(head):
-                return frame - 1, (f"line {position + 1} holds an atom after the frame's "
-                                   f"atoms: its atom count is smaller than its atoms")
-            return frame, f"line {position + 1} should be the atom count, found {head[:40]!r}"
-        if count < 0:
-            return frame, f"line {position + 1}: negative atom count {count}"
-        atoms = lines[position + 2:position + 2 + count]
-        for k, line in enumerate(atoms):
-            if not atom_like(line):
-                return frame, (f"its atom count is {count} but line {position + 3 + k} "
-                               f"({line.strip()[:40]!r}) is not atom {k + 1}'s line")
-        if len(atoms) < count:
-            return frame, (f"the file ends inside the frame: its atom count is {count}, "
-                           f"{len(atoms)} atom lines follow")
-        position, frame = position + 2 + count, frame + 1
+        for number, line in enumerate(handle, start=1):
+            if count is None:
+                head = line.strip()
+                if not head:
+                    continue  # blank lines between or after frames
+                try:
+                    count, seen, head_line = int(head), -1, number  # -1: the comment line
+                except ValueError:
+                    if frame and atom_like(head):
+                        return frame - 1, (f"line {number} holds an atom after the frame's "
+                                           f"atoms: its atom count is smaller than its atoms")
+                    return frame, f"line {number} should be the atom count, found {head[:40]!r}"
+                if count < 0:
+                    return frame, f"line {number}: negative atom count {count}"
+            elif seen >= 0 and not atom_like(line):
+                return frame, (f"its atom count (line {head_line}) is {count} but line "
+                               f"{number} ({line.strip()[:40]!r}) is not atom {seen + 1}'s line")
+            else:
+                seen += 1
+            if count is not None and seen == count:
+                frame, count = frame + 1, None
+    if count is not None:
+        return frame, (f"the file ends inside the frame: its atom count is {count}, "
+                       f"{max(seen, 0)} atom lines follow")
     return None
 
 
