@@ -429,3 +429,13 @@ def test_calculator_refuses_structures_vesin_cannot_search(position, cell, pbc, 
     atoms.calc = MlpotCalculator(random_bpnn(0))
     with pytest.raises(MlpotError, match=word):
         atoms.get_potential_energy()
+
+
+@pytest.mark.parametrize("suffix", [".xyz", ".db", ".npz", ".h5", ".yaml"])
+def test_a_folder_or_missing_file_is_named(tmp_path, suffix):
+    folder = tmp_path / f"folder{suffix}"
+    folder.mkdir()
+    for path in (folder, tmp_path / f"missing{suffix}"):
+        with pytest.raises(MlpotError) as caught:
+            read_everything(path)
+        assert str(path) in str(caught.value)

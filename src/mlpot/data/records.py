@@ -172,9 +172,13 @@ def _check_sqlite(path: Path) -> None:
     only (ASE would otherwise create its tables in an empty or foreign file)."""
     import sqlite3
 
-    with open(path, "rb") as handle:
-        if handle.read(16) != b"SQLite format 3\x00":
-            raise DataError("not an SQLite database (an ASE .db file)", source=str(path))
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(16)
+    except OSError as error:
+        raise DataError(f"cannot read ({error.strerror})", source=str(path)) from None
+    if magic != b"SQLite format 3\x00":
+        raise DataError("not an SQLite database (an ASE .db file)", source=str(path))
     try:
         connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
         try:
@@ -305,6 +309,8 @@ def _iter_raw(path: Path, db_select: str | None, **keys) -> Iterator[Frame]:
     """Unvalidated frames of an extxyz/xyz file, ASE database or rMD17 npz, in file order."""
     if not path.exists():
         raise DataError("file does not exist", source=str(path))
+    if path.is_dir():
+        raise DataError("is a folder, not a data file", source=str(path))
     suffix = path.suffix.lower()
     if suffix == ".npz":
         return _iter_npz(path)
