@@ -439,3 +439,16 @@ def test_a_folder_or_missing_file_is_named(tmp_path, suffix):
         with pytest.raises(MlpotError) as caught:
             read_everything(path)
         assert str(path) in str(caught.value)
+
+
+@pytest.mark.parametrize("atom, value, frame", [(17, 0, 1), (40, 300, 2), (3, -7, 0)])
+def test_h5_statistics_name_a_frame_with_no_element(files, tmp_path, atom, value, frame):
+    """Training's column statistics (elements, compositions) meet the bad number before any
+    frame is read: they name its frame too."""
+    from mlpot.data.dataset import compositions, elements_of
+
+    path = _edited_h5(files, tmp_path, "z.h5", _set("numbers", atom, value))
+    frames = read_frames(path)
+    with pytest.raises(MlpotError, match=f"frame {frame}, field 'numbers'"):
+        elements_of(frames)
+    assert compositions(frames, [1, 6, 8]).sum() == 45 - 1  # the bad atom counts for none

@@ -403,7 +403,7 @@ class HDF5Frames(FrameSequence):
         n_el = len(elements)
         counts = np.zeros((self._n, n_el), dtype=np.int64)
         for start, stop, local, numbers in self._per_atom_chunks("numbers"):
-            column = lookup[numbers]
+            column = np.where((numbers >= 0) & (numbers < 256), lookup[numbers & 255], -1)
             frame = np.repeat(np.arange(stop - start), np.diff(local))
             known = column >= 0
             counts[start:stop] = np.bincount(frame[known] * n_el + column[known],
@@ -412,9 +412,16 @@ class HDF5Frames(FrameSequence):
         return counts
 
     def elements(self) -> list[int]:
+        """Sorted atomic numbers present; DataError naming the first frame holding one that
+        is no element (a damaged or edited file)."""
         present = set()
-        for *_, numbers in self._per_atom_chunks("numbers"):
+        for start, stop, local, numbers in self._per_atom_chunks("numbers"):
             present.update(np.unique(numbers).tolist())
+            wrong = np.flatnonzero((numbers < 1) | (numbers > 118))
+            if len(wrong):
+                k = start + int(np.searchsorted(local, wrong[0], "right")) - 1
+                raise DataError(f"invalid atomic number {int(numbers[wrong[0]])}",
+                                source=self.path, frame=k, field="numbers")
         return sorted(present)
 
     def isolated_mask(self) -> np.ndarray:
