@@ -29,7 +29,7 @@ def _train(args) -> int:
                       ("last_layer", "training.last_layer"),
                       ("long_range", "model.long_range"),
                       ("dispersion_correction", "model.dispersion_correction"),
-                      ("xc", "model.xc_functional")]:
+                      ("xc", "model.xc_functional"), ("select", "data.db_select")]:
         value = getattr(args, flag)
         if value is not None:
             overrides[key] = value
@@ -121,7 +121,8 @@ def _eval(args) -> int:
     from mlpot.label.delta import baseline_engine, subtract_baseline
 
     potential = load_model(args.model)
-    frames = read_frames(args.file, energy_key=args.energy_key, forces_key=args.forces_key)
+    frames = read_frames(args.file, energy_key=args.energy_key, forces_key=args.forces_key,
+                         db_select=args.select)
     # isolated atoms are E0 labels, not test structures (an HDF5 file stays a lazy view)
     frames = split_isolated_atoms(frames)[1] or frames
     baseline = baseline_engine(args.model)
@@ -435,6 +436,10 @@ def parser() -> argparse.ArgumentParser:
                                                  "data.energy_key"))
     train.add_argument("--forces-key", help=_key("arrays key of the reference forces (eV/Å)",
                                                  "data.forces_key"))
+    train.add_argument("--select", metavar="QUERY",
+                       help=_key("ASE databases: which rows (an ase.db query, e.g. "
+                                 "level=xtb/gfn2-xtb for one level of theory of a `mlpot label` "
+                                 "database)", "data.db_select", "all rows"))
     train.add_argument("--model", choices=_choices("model.kind"),
                        help=_key("model kind", "model.kind"))
     train.add_argument("--size", choices=_choices("model.size"),
@@ -510,6 +515,8 @@ def parser() -> argparse.ArgumentParser:
                           help="info key of the reference energy (eV)")
     evaluate.add_argument("--forces-key", default="forces",
                           help="arrays key of the reference forces (eV/Å)")
+    evaluate.add_argument("--select", metavar="QUERY",
+                          help="ASE databases: which rows (an ase.db query, e.g. one level)")
     evaluate.add_argument("--batch-size", type=int, default=64, help="frames per forward pass")
     evaluate.add_argument(
         "--write", metavar="OUT.xyz",
@@ -611,7 +618,8 @@ def parser() -> argparse.ArgumentParser:
                          help="info key of the reference energy (eV)")
     convert.add_argument("--forces-key", default="forces",
                          help="arrays key of the reference forces (eV/Å)")
-    convert.add_argument("--db-select", help="ASE databases: an ase.db query choosing rows")
+    convert.add_argument("--db-select", "--select", help="ASE databases: an ase.db query "
+                                                         "choosing rows (e.g. one level)")
     convert.add_argument("--progress-every", type=int, default=10_000, metavar="N",
                          help="a progress line on stderr every N frames")
     convert.set_defaults(run=_data_convert)

@@ -330,16 +330,16 @@ class LearnConfig(Strict):
 def load_learn_config(path: str | Path) -> LearnConfig:
     """Read and validate a `mlpot learn` YAML config (paths relative to the file)."""
     path = Path(path)
+    raw = read_yaml(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
         for key in ("start", "test", "db", "out"):
-            if raw.get(key):
+            if isinstance(raw.get(key), str):
                 raw[key] = _relative_to(path.parent, raw[key])
-        if isinstance(raw.get("explore"), dict) and raw["explore"].get("pool"):
+        if isinstance(raw.get("explore"), dict) and isinstance(raw["explore"].get("pool"), str):
             raw["explore"]["pool"] = _relative_to(path.parent, raw["explore"]["pool"])
         return LearnConfig.model_validate(raw)
-    except (OSError, yaml.YAMLError, AttributeError) as error:
-        raise ConfigError(f"{path}: cannot read YAML ({error})") from error
+    except (TypeError, AttributeError) as error:  # e.g. a path that is not a string
+        raise ConfigError(f"{path}: {error}") from None
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
         raise ConfigError(f"{path}: {problems}") from None
@@ -361,22 +361,61 @@ def default_weight_decay(kind: str) -> float:
 def load_config(path: str | Path, overrides: dict | None = None) -> RunConfig:
     """Read a YAML config, apply dotted ``overrides`` ({"training.max_minutes": 5}), validate."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as error:
-        raise ConfigError(f"{path}: cannot read YAML ({error})") from error
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
+    raw = read_yaml(path)
     data = raw.get("data")
-    if isinstance(data, dict):  # paths relative to the config file
+    if isinstance(data, dict):  # paths relative to the config file (others: schema errors)
         for key in ("train", "valid", "isolated_atoms"):
-            if data.get(key):
+            if isinstance(data.get(key), str):
                 data[key] = _relative_to(path.parent, data[key])
         if isinstance(data.get("test"), list):
-            data["test"] = [_relative_to(path.parent, p) for p in data["test"]]
-    if raw.get("out"):
+            data["test"] = [_relative_to(path.parent, p) if isinstance(p, str) else p
+                            for p in data["test"]]
+    if isinstance(raw.get("out"), str):
         raw["out"] = _relative_to(path.parent, raw["out"])
     return config_from_dict(raw, overrides, source=str(path))
+
+
+MAX_YAML_VALUES = 100_000  # a config this large is an alias bomb, not a config
+
+
+def read_yaml(path: Path) -> dict:
+    """The mapping a YAML config file holds (yaml.safe_load: no code runs, no Python tags);
+    ConfigError for a file that cannot be read, is not UTF-8 YAML, is not a mapping, refers
+    to itself or expands (through aliases) to more than MAX_YAML_VALUES values."""
+    try:
+        raw = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as error:
+        reason = "nested too deeply" if isinstance(error, RecursionError) else str(error)
+        raise ConfigError(f"{path}: cannot read YAML ({reason})") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, found {type(raw).__name__}")
+    try:
+        size = _expanded_size(raw, {}, set())
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+    if size > MAX_YAML_VALUES:
+        raise ConfigError(f"{path}: expands to more than {MAX_YAML_VALUES} values "
+                          "(aliases of aliases?)")
+    return raw
+
+
+def _expanded_size(value, sizes: dict, open_ids: set) -> int:
+    """How many values ``value`` holds once its aliases are expanded (memoized by identity,
+    so a bomb is measured without expanding it); ConfigError for one that holds itself."""
+    if not isinstance(value, (dict, list)):
+        return 1
+    key = id(value)
+    if key in sizes:
+        return sizes[key]
+    if key in open_ids:
+        raise ConfigError("the YAML refers to itself (a recursive alias)")
+    open_ids.add(key)
+    children = list(value.keys()) + list(value.values()) if isinstance(value, dict) else value
+    sizes[key] = 1 + sum(_expanded_size(child, sizes, open_ids) for child in children)
+    open_ids.discard(key)
+    return sizes[key]
 
 
 def config_from_dict(raw: dict, overrides: dict | None = None, source: str = "config") -> RunConfig:

@@ -2,7 +2,13 @@
 
 
 class MlpotError(Exception):
-    """Base class of every error mlpot raises on purpose."""
+    """Base class of every error mlpot raises on purpose. Its message is one line (the
+    line breaks of a message quoted from a library, e.g. YAML's, become spaces)."""
+
+    def __init__(self, message: str = "", *args):
+        if isinstance(message, str) and "\n" in message:
+            message = " ".join(message.split())
+        super().__init__(message, *args)
 
 
 class DataError(MlpotError, ValueError):
@@ -20,6 +26,7 @@ class DataError(MlpotError, ValueError):
         prefix = ", ".join(where)
         super().__init__(f"{prefix}: {message}" if prefix else message)
         self.source, self.frame, self.field = source, frame, field
+        self.detail = message  # the message without the place
 
 
 class ConfigError(MlpotError, ValueError):

@@ -11,27 +11,89 @@ import torch
 from vesin import NeighborList
 
 from mlpot import keys
+from mlpot.errors import DataError
+
+VESIN_MAX_CELLS = 1e5  # vesin's cap on its cell grid (MAX_NUMBER_OF_CELLS in cpu_cell_list.cpp)
+MAX_SPAN = 1e5  # Å: a structure (or cell vector) longer than this is taken as a broken one
 
 
 def neighbor_pairs(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float,
                    return_distances: bool = False):
     """Full neighbour list within ``cutoff`` (Å), sorted by centre atom.
 
-    Returns (i, j, S) as int64 arrays, and distances (Å) if asked.
+    Returns (i, j, S) as int64 arrays, and distances (Å) if asked. A structure vesin cannot
+    search (non-finite numbers, atoms or a cell spread too far for its cell grid) raises
+    :class:`~mlpot.errors.DataError` (field ``positions`` or ``cell``) instead.
     """
     positions = np.ascontiguousarray(positions, dtype=np.float64)
     pbc = np.asarray(pbc, dtype=bool)
     box = np.asarray(cell, dtype=np.float64) if pbc.any() else np.zeros((3, 3))
-    calculator = NeighborList(cutoff=float(cutoff), full_list=True)
-    i, j, shifts, distances = calculator.compute(points=positions, box=box,
-                                                 periodic=[bool(p) for p in pbc],
-                                                 quantities="ijSd")
+    search = search_cutoff(positions, box, pbc, cutoff)
+    calculator = NeighborList(cutoff=search, full_list=True)
+    try:
+        i, j, shifts, distances = calculator.compute(points=positions, box=box,
+                                                     periodic=[bool(p) for p in pbc],
+                                                     quantities="ijSd")
+    except RuntimeError as error:  # vesin's own checks, e.g. a singular cell
+        raise DataError(f"neighbour search failed ({error})", field="cell") from None
+    if search > cutoff:  # searched wider to keep vesin's cell grid whole: keep the cutoff's
+        inside = distances < cutoff
+        i, j, shifts, distances = i[inside], j[inside], shifts[inside], distances[inside]
     order = np.lexsort((j, i))
     i, j = i[order].astype(np.int64), j[order].astype(np.int64)
     shifts, distances = shifts[order].astype(np.int64), distances[order]
     if return_distances:
         return i, j, shifts, distances
     return i, j, shifts
+
+
+def search_cutoff(positions: np.ndarray, box: np.ndarray, pbc: np.ndarray,
+                  cutoff: float) -> float:
+    """The cutoff (Å, ≥ ``cutoff``) at which vesin can search this structure; DataError
+    (field ``positions`` or ``cell``) for one it cannot search at all.
+
+    vesin (0.6) divides the bounding box (the cell along periodic directions, the atoms'
+    extent along the others) into cells of about the cutoff; past 1e5 cells it shrinks every
+    direction by one factor, and a direction left with no cell divides by zero: SIGFPE, the
+    process dies (one atom at 1e8 Å, a flat structure of 10³ cutoffs). A larger search
+    cutoff that keeps the grid under the cap avoids that (pairs beyond ``cutoff`` are
+    dropped after the search); structures spanning more than MAX_SPAN, or holding numbers
+    that are not finite, are refused.
+    """
+    if not np.all(np.isfinite(positions)):
+        atom = int(np.flatnonzero(~np.isfinite(positions).all(axis=1))[0])
+        raise DataError(f"atom {atom} has a position that is not a finite number "
+                        f"({positions[atom].tolist()})", field="positions")
+    if not np.all(np.isfinite(box)):
+        raise DataError("the cell holds numbers that are not finite", field="cell")
+    lengths = _bounding_lengths(positions, box, pbc)
+    if lengths.max() > MAX_SPAN:
+        axis = int(np.argmax(lengths))
+        if pbc[axis]:
+            raise DataError(f"cell vector {axis} is {lengths[axis]:.3g} Å long (more than "
+                            f"{MAX_SPAN:g} Å); is the cell wrong?", field="cell")
+        extent = np.ptp(positions, axis=0)
+        d = int(np.argmax(extent))
+        raise DataError(f"atoms {int(np.argmin(positions[:, d]))} and "
+                        f"{int(np.argmax(positions[:, d]))} are {extent[d]:.3g} Å apart along "
+                        f"{'xyz'[d]} (more than {MAX_SPAN:g} Å); is a coordinate wrong?",
+                        field="positions")
+    search = float(cutoff)
+    if not 0 < search < np.inf:
+        raise ValueError(f"neighbour cutoff {cutoff} Å: expected a positive number")
+    while np.prod(np.clip(np.trunc(lengths / search), 1.0, None)) > 0.9 * VESIN_MAX_CELLS:
+        search *= 1.1
+    return search
+
+
+def _bounding_lengths(positions: np.ndarray, box: np.ndarray, pbc: np.ndarray) -> np.ndarray:
+    """(3,) Å, at least vesin's bounding box: the atoms' extent along x, y, z of a molecule;
+    for a (partly) periodic structure the length of each periodic cell vector, and the
+    atoms' whole diameter along every other direction (vesin turns those directions)."""
+    extent = np.ptp(positions, axis=0) if len(positions) else np.zeros(3)
+    if not pbc.any():
+        return extent
+    return np.where(pbc, np.linalg.norm(box, axis=1), np.linalg.norm(extent))
 
 
 def triplets_from_edges(centers, n_atoms: int):

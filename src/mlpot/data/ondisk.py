@@ -35,6 +35,7 @@ one chunk per column. Frames keep their original file and index, so errors name 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import sys
@@ -47,7 +48,8 @@ import h5py
 import numpy as np
 
 from mlpot.data.lazy import FrameSequence, square_sum
-from mlpot.data.records import HDF5_SUFFIXES, ISOLATED_ATOM_TYPES, Frame, iter_frames
+from mlpot.data.records import (HDF5_SUFFIXES, ISOLATED_ATOM_TYPES, Frame, iter_frames,
+                                validate_frame)
 from mlpot.errors import DataError
 
 FORMAT = "mlpot-frames"
@@ -58,6 +60,9 @@ CHUNK_FRAMES = 256  # rows of a per-frame chunk
 CHUNK_ATOMS = 1024  # rows of a per-atom chunk
 WRITE_FRAMES = 1024  # frames buffered per write
 COMPRESSION = dict(compression="gzip", compression_opts=4, shuffle=True)
+# deflate expands at most 1032-fold: no dataset of an honest file holds more bytes than this
+# many times the file's size (checked before anything is read, against edited sizes)
+MAX_EXPANSION = 1100
 
 F8 = np.float64
 PER_ATOM = {"numbers": ((), np.int16), "positions": ((3,), F8), "forces": ((3,), F8),
@@ -224,14 +229,16 @@ class HDF5Frames(FrameSequence):
         self.path = str(path)
         self._handle, self._pid, self._datasets = None, None, {}
         handle = self._h5()
-        self._n = int(handle["energy"].shape[0])
-        self._sources = [s for s in handle["sources"].asstr()[:]]
+        with self._damaged():
+            self._n = _check_layout(handle, self.path)
+            self._sources = [s for s in handle["sources"].asstr()[:]]
         # labels no frame has: their columns are not read (attributes n_with_<label>)
         self._absent = {label for label in LABELS if handle.attrs.get(f"n_with_{label}") == 0}
+        self._valid = np.zeros(self._n, dtype=bool)  # frames validated once read
 
     def __getstate__(self) -> dict:
         return {"path": self.path, "_n": self._n, "_sources": self._sources,
-                "_absent": self._absent}
+                "_absent": self._absent, "_valid": self._valid}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state, _handle=None, _pid=None, _datasets={})
@@ -247,6 +254,17 @@ class HDF5Frames(FrameSequence):
             self._handle, self._pid = _open(self.path), os.getpid()
             self._datasets = {}
         return self._handle
+
+    @contextlib.contextmanager
+    def _damaged(self):
+        """Reads inside turn HDF5's errors (a corrupt chunk, a wrong type) into DataError."""
+        try:
+            yield
+        except (OSError, ValueError, TypeError, KeyError, IndexError) as error:
+            if isinstance(error, DataError):
+                raise
+            raise DataError(f"cannot read ({type(error).__name__}: {error}); a damaged file?",
+                            source=self.path) from None
 
     def _dataset(self, name: str) -> h5py.Dataset:
         """An open dataset (kept open: its chunk cache lives as long as it does)."""
@@ -268,8 +286,21 @@ class HDF5Frames(FrameSequence):
         if len(indices) == 0:
             return []
         wanted, where = np.unique(indices, return_inverse=True)
-        frames = self._read(wanted)
+        with self._damaged():
+            frames = self._read(wanted)
+        for k in np.flatnonzero(~self._valid[wanted]):  # the checks records.py makes on read
+            self._validate(frames[k], int(wanted[k]))
+        self._valid[wanted] = True
         return [frames[k] for k in where.reshape(-1)]
+
+    def _validate(self, frame: Frame, k: int) -> None:
+        """DataError naming this file, its frame ``k`` and the frame's origin, for a frame
+        records.validate_frame refuses (a file edited or damaged after it was written)."""
+        try:
+            validate_frame(frame, require_energy=False)
+        except DataError as error:
+            raise DataError(f"{error.detail} (from {frame.source}, frame {frame.index})",
+                            source=self.path, frame=k, field=error.field) from None
 
     def _read(self, wanted: np.ndarray) -> list[Frame]:
         """Frames at sorted, distinct ``wanted`` indices."""
@@ -312,19 +343,27 @@ class HDF5Frames(FrameSequence):
 
     def origin(self, k: int) -> tuple[str, int]:
         """(source file, index in it) of frame ``k``."""
-        return self._sources[int(self._dataset("source")[k])], int(self._dataset("index")[k])
+        with self._damaged():
+            return (self._sources[int(self._dataset("source")[k])],
+                    int(self._dataset("index")[k]))
 
     def check_energies(self, field: str = "energy") -> None:
         """DataError naming the original file and frame of the first frame without energy."""
-        missing = np.flatnonzero(np.isnan(self.energies()))
+        energies = self.energies()
+        missing = np.flatnonzero(np.isnan(energies))
         if len(missing):
             source, index = self.origin(int(missing[0]))
             raise DataError(f"energy is missing (frame {missing[0]} of {self.path})",
                             source=source, frame=index, field=field)
+        infinite = np.flatnonzero(np.isinf(energies))
+        if len(infinite):
+            k = int(infinite[0])
+            raise DataError(f"energy is {energies[k]}", source=self.path, frame=k, field=field)
 
     # -- columns ---------------------------------------------------------------------------
     def _column(self, name: str) -> np.ndarray:
-        return self._dataset(name)[:]
+        with self._damaged():
+            return self._dataset(name)[:]
 
     def energies(self) -> np.ndarray:
         return self._column("energy")
@@ -345,7 +384,9 @@ class HDF5Frames(FrameSequence):
             stop = int(np.searchsorted(offsets, offsets[start] + 16 * CHUNK_ATOMS, "right"))
             stop = min(max(stop - 1, start + 1), self._n)
             local = offsets[start:stop + 1] - offsets[start]
-            yield start, stop, local, dataset[offsets[start]:offsets[stop]]
+            with self._damaged():
+                values = dataset[offsets[start]:offsets[stop]]
+            yield start, stop, local, values
             start = stop
 
     def force_squares(self) -> np.ndarray:
@@ -362,7 +403,7 @@ class HDF5Frames(FrameSequence):
         n_el = len(elements)
         counts = np.zeros((self._n, n_el), dtype=np.int64)
         for start, stop, local, numbers in self._per_atom_chunks("numbers"):
-            column = lookup[numbers]
+            column = np.where((numbers >= 0) & (numbers < 256), lookup[numbers & 255], -1)
             frame = np.repeat(np.arange(stop - start), np.diff(local))
             known = column >= 0
             counts[start:stop] = np.bincount(frame[known] * n_el + column[known],
@@ -371,16 +412,24 @@ class HDF5Frames(FrameSequence):
         return counts
 
     def elements(self) -> list[int]:
+        """Sorted atomic numbers present; DataError naming the first frame holding one that
+        is no element (a damaged or edited file)."""
         present = set()
-        for *_, numbers in self._per_atom_chunks("numbers"):
+        for start, stop, local, numbers in self._per_atom_chunks("numbers"):
             present.update(np.unique(numbers).tolist())
+            wrong = np.flatnonzero((numbers < 1) | (numbers > 118))
+            if len(wrong):
+                k = start + int(np.searchsorted(local, wrong[0], "right")) - 1
+                raise DataError(f"invalid atomic number {int(numbers[wrong[0]])}",
+                                source=self.path, frame=k, field="numbers")
         return sorted(present)
 
     def isolated_mask(self) -> np.ndarray:
         mask = (self.n_atoms() == 1) & ~self._column("pbc").any(axis=1)
         dataset = self._dataset("config_type").asstr()
         for start in range(0, self._n, CHUNK_FRAMES * 16):
-            names = dataset[start:start + CHUNK_FRAMES * 16]
+            with self._damaged():
+                names = dataset[start:start + CHUNK_FRAMES * 16]
             mask[start:start + len(names)] |= [n.lower() in ISOLATED_ATOM_TYPES for n in names]
         return mask
 
@@ -400,6 +449,48 @@ def _read_ranges(dataset: h5py.Dataset, starts: np.ndarray, stops: np.ndarray) -
                                        op=h5py.h5s.SELECT_OR)
     dataset.id.read(h5py.h5s.create_simple(out.shape), selection, out)
     return out
+
+
+def _check_layout(handle: h5py.File, path: str) -> int:
+    """The number of frames, after checking every dataset's shape and type against the
+    layout, the sizes against the file's size and the offsets and source rows against the
+    datasets they index: DataError (naming the dataset) for a damaged or edited file, before
+    anything large is read."""
+    def bad(name: str, message: str):
+        return DataError(f"{message} (a damaged or edited file?)", source=path, field=name)
+
+    n, n_atoms = handle["energy"].shape[0] if handle["energy"].ndim else -1, None
+    limit = MAX_EXPANSION * Path(path).stat().st_size + 2**20  # bytes
+    expected = {**{name: (None, *shape) for name, (shape, _) in PER_ATOM.items()},
+                **{name: (n, *shape) for name, (shape, _) in PER_FRAME.items()},
+                "offsets": (n + 1,), "sources": (None,)}
+    for name, shape in expected.items():
+        dataset = handle[name]
+        if not isinstance(dataset, h5py.Dataset):
+            raise bad(name, "not a dataset")
+        found = dataset.shape
+        if (found is None or len(found) != len(shape)
+                or any(e is not None and e != f for e, f in zip(shape, found))):
+            raise bad(name, f"dataset has shape {found}, expected "
+                            f"{tuple('N' if e is None else e for e in shape)}")
+        if name in PER_ATOM:
+            if n_atoms is None:
+                n_atoms = found[0]
+            elif found[0] != n_atoms:
+                raise bad(name, f"dataset holds {found[0]} atoms, 'numbers' {n_atoms}")
+        kind = (PER_ATOM.get(name) or PER_FRAME.get(name) or ((), np.int64))[1]
+        if name not in ("config_type", "sources") and dataset.dtype.kind != np.dtype(kind).kind:
+            raise bad(name, f"dataset has type {dataset.dtype}, expected {np.dtype(kind)}")
+        if dataset.size * dataset.dtype.itemsize > limit:
+            raise bad(name, f"dataset claims {dataset.size * dataset.dtype.itemsize} bytes, "
+                            f"more than a file of {Path(path).stat().st_size} bytes can hold")
+    offsets = handle["offsets"][:]
+    if offsets[0] != 0 or offsets[-1] != n_atoms or np.any(np.diff(offsets) < 0):
+        raise bad("offsets", f"offsets must rise from 0 to the {n_atoms} atoms stored")
+    rows = handle["source"][:]
+    if n and (rows.min() < 0 or rows.max() >= handle["sources"].shape[0]):
+        raise bad("source", f"source rows outside the {handle['sources'].shape[0]} sources")
+    return int(n)
 
 
 def _open(path: str) -> h5py.File:

@@ -122,17 +122,103 @@ def _iter_ase_file(path: Path, fmt: str | None, **keys) -> Iterator[Frame]:
     except DataError:
         raise
     except Exception as error:  # ASE raises many kinds on malformed input
+        found = _xyz_layout_problem(path) if fmt == "extxyz" else None
+        if found is not None:  # ASE scans the whole file first: name the frame it fails at
+            frame, problem = found
+            raise DataError(problem, source=str(path), frame=frame, field="atom count") from None
         raise DataError(f"cannot parse ({type(error).__name__}: {error})", source=str(path),
-                        frame=index) from error
+                        frame=index) from None
+
+
+def _xyz_layout_problem(path: Path) -> tuple[int, str] | None:
+    """(frame, what is wrong) for the first frame of an (ext)xyz file whose atom count does
+    not match its lines (a count line that is no number, atom lines too few or too many),
+    or None if the counts fit. Reads line by line (any file size)."""
+    def atom_like(line: str) -> bool:
+        fields = line.split()
+        return len(fields) >= 4 and not fields[0].lstrip("+-").isdigit()
+
+    frame, count, seen, head_line = 0, None, 0, 0  # count None: a count line comes next
+    with open(path, errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            if count is None:
+                head = line.strip()
+                if not head:
+                    continue  # blank lines between or after frames
+                try:
+                    count, seen, head_line = int(head), -1, number  # -1: the comment line
+                except ValueError:
+                    if frame and atom_like(head):
+                        return frame - 1, (f"line {number} holds an atom after the frame's "
+                                           f"atoms: its atom count is smaller than its atoms")
+                    return frame, f"line {number} should be the atom count, found {head[:40]!r}"
+                if count < 0:
+                    return frame, f"line {number}: negative atom count {count}"
+            elif seen >= 0 and not atom_like(line):
+                return frame, (f"its atom count (line {head_line}) is {count} but line "
+                               f"{number} ({line.strip()[:40]!r}) is not atom {seen + 1}'s line")
+            else:
+                seen += 1
+            if count is not None and seen == count:
+                frame, count = frame + 1, None
+    if count is not None:
+        return frame, (f"the file ends inside the frame: its atom count is {count}, "
+                       f"{max(seen, 0)} atom lines follow")
+    return None
+
+
+def _check_sqlite(path: Path) -> None:
+    """DataError unless ``path`` is an SQLite file holding ASE's table of structures; read
+    only (ASE would otherwise create its tables in an empty or foreign file)."""
+    import sqlite3
+
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(16)
+    except OSError as error:
+        raise DataError(f"cannot read ({error.strerror})", source=str(path)) from None
+    if magic != b"SQLite format 3\x00":
+        raise DataError("not an SQLite database (an ASE .db file)", source=str(path))
+    try:
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {name for (name,) in connection.execute(
+                "SELECT name FROM sqlite_master WHERE type='table'")}
+            problems = connection.execute("PRAGMA quick_check").fetchall()
+        finally:
+            connection.close()
+    except sqlite3.Error as error:
+        raise DataError(f"cannot read the database ({error})", source=str(path)) from None
+    if problems != [("ok",)]:
+        raise DataError(f"the database is damaged ({problems[0][0]})", source=str(path))
+    if "systems" not in tables:
+        raise DataError("an SQLite file but not an ASE database (no table 'systems')",
+                        source=str(path))
 
 
 def _iter_ase_db(path: Path, select: str | None = None, **keys) -> Iterator[Frame]:
+    import sqlite3
+
+    try:
+        yield from _read_ase_db(path, select, **keys)
+    except (sqlite3.Error, ValueError, KeyError, TypeError, AttributeError) as error:
+        if isinstance(error, DataError):
+            raise
+        raise DataError(f"cannot read the database ({type(error).__name__}: {error})",
+                        source=str(path)) from None
+
+
+def _read_ase_db(path: Path, select: str | None = None, **keys) -> Iterator[Frame]:
     import ase.db
 
-    with ase.db.connect(str(path)) as db:
+    _check_sqlite(path)
+    with ase.db.connect(str(path), type="db") as db:
         try:
+            _check_one_level(db, select, path)
             rows = db.select(select) if select else db.select()
             row = next(rows, None)
+        except DataError:
+            raise
         except Exception as error:  # ASE raises ValueError/KeyError/SyntaxError on bad queries
             raise DataError(f"database selection {select!r} failed ({error})",
                             source=str(path), field="db_select") from error
@@ -142,6 +228,24 @@ def _iter_ase_db(path: Path, select: str | None = None, **keys) -> Iterator[Fram
                 yield _frame_from_row(row, path, index, **keys)
             index += 1
             row = next(rows, None)
+
+
+def _check_one_level(db, select: str | None, path: Path) -> None:
+    """DataError if the selected rows hold labels of more than one level of theory (the
+    ``level`` `mlpot label` records: engine/method/basis), naming the levels and their rows:
+    such labels do not mix in one fit."""
+    from collections import Counter
+
+    rows = db.select(select, include_data=False) if select else db.select(include_data=False)
+    levels = Counter(row.get("level") for row in rows if not row.get("failed"))
+    levels.pop(None, None)  # rows no level was recorded for (not written by `mlpot label`)
+    if len(levels) > 1:
+        found = ", ".join(f"{level} ({count} rows)" for level, count in sorted(levels.items()))
+        first = sorted(levels)[0]
+        raise DataError(f"holds labels of {len(levels)} levels of theory: {found}; they do not "
+                        f"mix in one data set. Choose one with --select level={first} "
+                        f"(data.db_select in a config), or learn the difference to a baseline "
+                        f"on purpose (data.delta_baseline)", source=str(path), field="level")
 
 
 def _frame_from_row(row, path: Path, index: int, **keys) -> Frame:
@@ -159,17 +263,42 @@ def _frame_from_row(row, path: Path, index: int, **keys) -> Frame:
 
 
 def _iter_npz(path: Path) -> Iterator[Frame]:
-    """rMD17-style npz: nuclear_charges, coords (Å), energies (kcal/mol), forces (kcal/mol/Å)."""
-    with np.load(path) as data:
-        missing = [k for k in ("nuclear_charges", "coords", "energies") if k not in data]
-        if missing:
-            raise DataError(f"npz lacks required arrays {missing}", source=str(path),
-                            field=missing[0])
-        numbers = np.asarray(data["nuclear_charges"], dtype=np.int64)
-        coords = np.asarray(data["coords"], dtype=np.float64)
-        energies = np.asarray(data["energies"], dtype=np.float64) * KCAL_PER_MOL
-        forces = (np.asarray(data["forces"], dtype=np.float64) * KCAL_PER_MOL
-                  if "forces" in data else None)
+    """rMD17-style npz: nuclear_charges, coords (Å), energies (kcal/mol), forces (kcal/mol/Å).
+
+    Object arrays are never loaded (no pickle); shapes are checked before frames are made."""
+    field = None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in ("nuclear_charges", "coords", "energies") if k not in data]
+            if missing:
+                raise DataError(f"npz lacks required arrays {missing}", source=str(path),
+                                field=missing[0])
+            arrays = {}
+            for field in ("nuclear_charges", "coords", "energies", "forces"):
+                if field in data:
+                    kind = np.int64 if field == "nuclear_charges" else np.float64
+                    arrays[field] = np.asarray(data[field], dtype=kind)
+    except DataError:
+        raise
+    except Exception as error:  # not a zip, a damaged member, object arrays, wrong types
+        raise DataError(f"cannot read ({type(error).__name__}: {error})", source=str(path),
+                        field=field) from None
+    numbers, coords = arrays["nuclear_charges"], arrays["coords"]
+    energies = arrays["energies"] * KCAL_PER_MOL
+    forces = arrays["forces"] * KCAL_PER_MOL if "forces" in arrays else None
+    if numbers.ndim != 1:
+        raise DataError(f"shape {numbers.shape}, expected (n_atoms,)", source=str(path),
+                        field="nuclear_charges")
+    shape = (len(coords), len(numbers), 3)
+    if coords.shape != shape:
+        raise DataError(f"shape {coords.shape}, expected (n_frames, {len(numbers)}, 3)",
+                        source=str(path), field="coords")
+    if energies.shape != shape[:1]:
+        raise DataError(f"shape {energies.shape}, expected ({len(coords)},)", source=str(path),
+                        field="energies")
+    if forces is not None and (forces.ndim != 3 or len(forces) != len(coords)):
+        raise DataError(f"shape {forces.shape}, expected {shape}", source=str(path),
+                        field="forces")  # a frame's own wrong shape: validate_frame names it
     for i in range(len(coords)):
         yield Frame(numbers=numbers.copy(), positions=coords[i], cell=np.zeros((3, 3)),
                     pbc=np.zeros(3, dtype=bool), energy=float(energies[i]),
@@ -180,6 +309,8 @@ def _iter_raw(path: Path, db_select: str | None, **keys) -> Iterator[Frame]:
     """Unvalidated frames of an extxyz/xyz file, ASE database or rMD17 npz, in file order."""
     if not path.exists():
         raise DataError("file does not exist", source=str(path))
+    if path.is_dir():
+        raise DataError("is a folder, not a data file", source=str(path))
     suffix = path.suffix.lower()
     if suffix == ".npz":
         return _iter_npz(path)
@@ -199,15 +330,18 @@ def read_frames(path: str | Path, *, energy_key: str = "energy", forces_key: str
     `mlpot label` stored as failed are skipped.
 
     An mlpot HDF5 file (``.h5``/``.hdf5``, written by ``mlpot data convert``) is not read
-    into memory: the result is a lazy :class:`~mlpot.data.ondisk.HDF5Frames`. Its frames
-    were validated when converted, and its labels chosen then (the keys are ignored here);
-    with ``require_energy`` only the energy column is checked.
+    into memory: the result is a lazy :class:`~mlpot.data.ondisk.HDF5Frames`. Its layout
+    is checked when opened and each frame validated when first read (as here); its labels
+    were chosen when converted (the keys are ignored here); with ``require_energy`` the
+    energy column is checked for missing and infinite values.
     """
     path = Path(path)
     if path.suffix.lower() in HDF5_SUFFIXES:
         from mlpot.data.ondisk import HDF5Frames
 
         frames = HDF5Frames(path)
+        if not len(frames):
+            raise DataError("contains no structures", source=str(path))
         if require_energy:
             frames.check_energies(field=energy_key)
         return frames
@@ -270,6 +404,8 @@ def validate_frame(frame: Frame, *, require_energy: bool = True, energy_key: str
         raise DataError("dipole contains NaN or inf", field="dipole", **where)
     if frame.partial_charges is not None and not np.all(np.isfinite(frame.partial_charges)):
         raise DataError("charges contain NaN or inf", field="charges", **where)
+    if not np.all(np.isfinite(frame.cell)) or frame.cell.shape != (3, 3):
+        raise DataError("cell is not a finite 3×3 matrix", field="cell", **where)
     if frame.pbc.any() and abs(np.linalg.det(frame.cell[frame.pbc][:, frame.pbc])
                                if frame.pbc.all() else 1.0) < 1e-12:
         raise DataError("periodic structure has a singular cell", field="cell", **where)
@@ -282,8 +418,11 @@ def _check_min_distance(frame: Frame, where: dict) -> None:
     if len(frame.numbers) < 2:
         return
     # a tiny cutoff makes vesin's cell grid huge: search at 1 Å and filter
-    i, j, _, distances = neighbor_pairs(frame.positions, frame.cell, frame.pbc, 1.0,
-                                        return_distances=True)
+    try:
+        i, j, _, distances = neighbor_pairs(frame.positions, frame.cell, frame.pbc, 1.0,
+                                            return_distances=True)
+    except DataError as error:  # a structure no neighbour search can take (atoms far apart)
+        raise DataError(error.detail, field=error.field, **where) from None
     close = distances < MIN_DISTANCE
     i, j, distances = i[close], j[close], distances[close]
     if len(i):

@@ -22,6 +22,7 @@ from mlpot.config import RunConfig
 from mlpot.data.dataset import (elements_of, force_rms, reference_energies, split_indices,
                                 split_isolated_atoms, take)
 from mlpot.data.records import Frame, check_elements, read_frames
+from mlpot.errors import DataError
 from mlpot.descriptors.symmetry import SymmetryFunctions, default_angular, default_radial
 from mlpot.models import BehlerParrinello, LinearModel, build_model
 from mlpot.models.moments import ElementMoments
@@ -74,11 +75,22 @@ def load_data(config: RunConfig) -> dict[str, Sequence[Frame]]:
                 db_select=data.db_select)
     reader = _delta_reader(data) or read_frames
     isolated, train = split_isolated_atoms(reader(data.train, **read))
+    if not len(train):
+        raise DataError(f"holds only isolated atoms ({len(isolated)} single-atom frames): "
+                        "nothing to train on", source=data.train)
     if data.isolated_atoms:
         isolated += read_frames(data.isolated_atoms, **read)
     if data.valid:
         valid = split_isolated_atoms(reader(data.valid, **read))[1]
+        if not len(valid):
+            raise DataError("holds only isolated atoms: nothing to validate on",
+                            source=data.valid)
     else:
+        if len(train) < 2 and data.valid_fraction > 0:
+            raise DataError(f"holds {len(train)} structure: too few to split into training "
+                            f"and validation (data.valid_fraction); give more structures or "
+                            f"a separate validation file (--valid, data.valid)",
+                            source=data.train)
         valid_index, train_index = split_indices(len(train), (data.valid_fraction,), config.seed)
         valid, train = take(train, valid_index), take(train, train_index)
     if data.max_train is not None:
