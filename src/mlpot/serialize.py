@@ -110,6 +110,16 @@ def finite_number(file: Path, field: str, value, minimum: float | None = None) -
     return float(value)
 
 
+def sigma_scales(file: Path, description: dict) -> dict[str, float]:
+    """The σ scale factors {"energy", "forces"} of an ensemble or last-layer description
+    (1 where absent), checked to be finite and ≥ 0."""
+    scale = description.get("sigma_scale", {})
+    if not isinstance(scale, dict):
+        raise ModelFileError(f"{file}: field 'sigma_scale' must be an object, not {scale!r}")
+    return {name: finite_number(file, f"sigma_scale.{name}", scale.get(name, 1.0), minimum=0.0)
+            for name in ("energy", "forces")}
+
+
 def check_config(config: dict, file: Path) -> dict:
     """``config`` (config.json) if every field has the right type, else ModelFileError."""
     if config.get("format") != FORMAT:

@@ -273,12 +273,11 @@ def member_init(init_model: str | None, k: int) -> Path | None:
     if init_model is None:
         return None
     path = Path(init_model)
-    index = path / "ensemble.json"
-    if index.exists():
-        import json
+    if (path / "ensemble.json").exists():
+        from mlpot.uncertainty.ensemble import member_folders
 
-        names = json.loads(index.read_text())["members"]
-        return path / names[k % len(names)]
+        members = member_folders(path)
+        return members[k % len(members)]
     return path
 
 

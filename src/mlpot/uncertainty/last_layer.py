@@ -34,13 +34,12 @@ offsets) beside ``model/`` (the ordinary model folder).
 from __future__ import annotations
 
 import copy
-import json
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from ase.data import chemical_symbols
+from safetensors import safe_open
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -50,7 +49,9 @@ from mlpot.data.records import Frame
 from mlpot.errors import ModelFileError
 from mlpot.models.bpnn import BehlerParrinello
 from mlpot.potential import Potential, attach_strain, derivatives
-from mlpot.serialize import load, replace_folder, save, write_json_atomic
+from mlpot.files import atomic_folder, write_json_atomic
+from mlpot.serialize import (check_finite, check_safetensors, finite_number, load,
+                             read_json_object, save, sigma_scales)
 from mlpot.uncertainty.calibration import fit_sigma_scale, gaussian_nll
 
 FORMAT = "mlpot-last-layer"
@@ -327,37 +328,62 @@ def save_last_layer(model: LastLayerUncertainty, path: str | Path,
     """Save to folder ``path`` atomically: last_layer.json, last_layer.safetensors, model/."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    save(model.potential, tmp / "model", metadata)
-    save_file({"covariance": model.covariance.contiguous().cpu(),
-               "head_offsets": model.head_offsets.contiguous().cpu()},
-              str(tmp / "last_layer.safetensors"))
-    write_json_atomic(tmp / "last_layer.json", {
-        "format": FORMAT, "model": "model", "force_sigma": model.force_sigma,
-        "prior": model.prior, "metadata": metadata or {},
-        "sigma_scale": {"energy": model.sigma_scale_energy,
-                        "forces": model.sigma_scale_forces}})
-    return replace_folder(tmp, path)
+    with atomic_folder(path) as tmp:
+        save(model.potential, tmp / "model", metadata)
+        save_file({"covariance": model.covariance.contiguous().cpu(),
+                   "head_offsets": model.head_offsets.contiguous().cpu()},
+                  str(tmp / "last_layer.safetensors"))
+        write_json_atomic(tmp / "last_layer.json", {
+            "format": FORMAT, "model": "model", "force_sigma": model.force_sigma,
+            "prior": model.prior, "metadata": metadata or {},
+            "sigma_scale": {"energy": model.sigma_scale_energy,
+                            "forces": model.sigma_scale_forces}})
+    return Path(path)
 
 
 def load_last_layer(path: str | Path) -> LastLayerUncertainty:
-    """Load a folder written by :func:`save_last_layer` (no code is executed)."""
+    """Load a folder written by :func:`save_last_layer` (no code is executed). Every field
+    and tensor shape is checked; problems raise ModelFileError naming file and field."""
     from safetensors.torch import load_file
 
     path = Path(path)
-    description = json.loads((path / "last_layer.json").read_text())
+    index, tensors_file = path / "last_layer.json", path / "last_layer.safetensors"
+    description = read_json_object(index)
     if description.get("format") != FORMAT:
-        raise ModelFileError(f"{path / 'last_layer.json'}: format is "
-                             f"{description.get('format')!r}, not {FORMAT!r}")
-    tensors = load_file(str(path / "last_layer.safetensors"))
+        raise ModelFileError(f"{index}: format is {description.get('format')!r}, not {FORMAT!r}")
+    if description.get("model", "model") != "model":
+        raise ModelFileError(f"{index}: field 'model' must be \"model\", not "
+                             f"{description.get('model')!r}")
+    force_sigma = description.get("force_sigma", "local")
+    if force_sigma not in FORCE_SIGMA:
+        raise ModelFileError(f"{index}: field 'force_sigma' must be one of {FORCE_SIGMA}, not "
+                             f"{force_sigma!r}")
+    prior = finite_number(index, "prior", description.get("prior", 0.0), minimum=0.0)
+    scale = sigma_scales(index, description)
     potential = load(path / "model")
-    scale = description.get("sigma_scale", {})
+    if type(potential.model) is not BehlerParrinello or potential.physics_terms:
+        raise ModelFileError(f"{path / 'model'}: a {potential.model.kind!r} model; last-layer "
+                             "uncertainty needs a Behler–Parrinello model without long-range terms")
+    n = last_layer_weights(potential.model).numel()
+    n_heads = None  # any number of sampled heads
+    try:
+        with safe_open(str(tensors_file), framework="pt") as handle:
+            n_heads = handle.get_slice("head_offsets").get_shape()[0] \
+                if "head_offsets" in handle.keys() else 0
+    except Exception as error:  # noqa: BLE001 (safetensors raises several kinds)
+        raise ModelFileError(f"{tensors_file}: not a readable safetensors file ({error})") \
+            from error
+    check_safetensors(tensors_file, {"covariance": ((n, n), torch.float64),
+                                     "head_offsets": ((n_heads, n), torch.float64)},
+                      config_file=f"{path / 'model'} (last layer of {n} weights)")
+    try:
+        tensors = load_file(str(tensors_file))
+    except Exception as error:  # noqa: BLE001
+        raise ModelFileError(f"{tensors_file}: not a readable safetensors file ({error})") \
+            from error
+    check_finite(tensors_file, tensors)
     try:
         return LastLayerUncertainty(potential, tensors["covariance"], tensors["head_offsets"],
-                                    scale.get("energy", 1.0), scale.get("forces", 1.0),
-                                    description.get("prior", 0.0),
-                                    description.get("force_sigma", "local")).eval()
+                                    scale["energy"], scale["forces"], prior, force_sigma).eval()
     except (KeyError, ValueError) as error:
-        raise ModelFileError(f"{path}: {error}") from error
+        raise ModelFileError(f"{index}: {error}") from error
