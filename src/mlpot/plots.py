@@ -11,6 +11,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from mlpot.files import atomic_path  # noqa: E402
+
+
+def save_figure(fig, path) -> None:
+    """``fig.savefig`` (120 dpi, format from the suffix) written atomically."""
+    path = Path(path)
+    with atomic_path(path, suffix=path.suffix) as tmp:
+        fig.savefig(tmp, dpi=120)
+
 
 def parity(data: dict, predictions: dict, path: Path) -> Path:
     """Predicted vs reference energy per atom (meV/atom, centred) and force components (eV/Å)."""
@@ -34,7 +43,7 @@ def parity(data: dict, predictions: dict, path: Path) -> Path:
         ax.set_ylabel(f"predicted {title}")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
     return Path(path)
 
@@ -53,7 +62,7 @@ def learning_curve(log_csv: Path, path: Path) -> Path:
     ax.set_ylabel("validation RMSE")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
     return Path(path)
 
@@ -70,6 +79,6 @@ def calibration(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) ->
            xlim=(0, 1), ylim=(0, 1), title="force uncertainty calibration")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
     return Path(path)

@@ -26,7 +26,7 @@ import numpy as np
 from ase.io import read, write
 
 from mlpot.config import LearnConfig, RunConfig
-from mlpot.serialize import write_json_atomic
+from mlpot.files import atomic_path, write_json_atomic
 
 
 def _state(out: Path) -> dict:
@@ -140,8 +140,8 @@ def _explore_and_select(config: LearnConfig, previous: Path, folder: Path, db: P
                     s.strategy, rng)
     selected = [candidates[k] for k in chosen]
     if selected:
-        write(folder / "selected.tmp.xyz", selected, format="extxyz")
-        (folder / "selected.tmp.xyz").replace(chosen_file)
+        with atomic_path(chosen_file, suffix=".xyz") as tmp:
+            write(tmp, selected, format="extxyz")
     found = {"candidates": len(candidates), "selected": len(chosen),
              "candidate_sigma_mean": float(np.mean(sigmas)) if len(sigmas) else None,
              "selected_sigma_mean": float(np.mean(sigmas[chosen])) if chosen else None}
@@ -163,11 +163,13 @@ def _plot(state: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from mlpot.plots import save_figure
+
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot(*zip(*points), "o-")
     ax.set_xlabel("labelled structures")
     ax.set_ylabel("test force RMSE (meV/Å)")
     ax.set_yscale("log")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
