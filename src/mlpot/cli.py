@@ -129,7 +129,9 @@ def _md(args) -> int:
     except ValueError as error:
         raise MlpotError(f"{args.model}: {error}") from error
     summary_path = out.with_suffix(".json")
-    summary_path.write_text(json.dumps(summary, indent=1))
+    from mlpot.files import write_text_atomic
+
+    write_text_atomic(summary_path, json.dumps(summary, indent=1))
     print(f"trajectory: {out}   energy log: {log}   summary: {summary_path}")
     print(f"  mean T {summary['mean_temperature_K']:.1f} K, total-energy drift "
           f"{summary['energy_drift_eV_per_atom_per_ps'] * 1000:.3f} meV/atom/ps")
@@ -274,6 +276,17 @@ def _export(args) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 1, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be ≥ 1, not {value}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="mlpot", description=__doc__)
     commands = top.add_subparsers(dest="command", required=True)
@@ -335,7 +348,8 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--energy-key", default="energy")
     evaluate.add_argument("--forces-key", default="forces")
-    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--batch-size", type=_positive_int, default=64,
+                          help="structures per batch (≥ 1)")
     evaluate.set_defaults(run=_eval)
 
     md = commands.add_parser("md", help="molecular dynamics with a model (ASE)")
@@ -377,7 +391,7 @@ def parser() -> argparse.ArgumentParser:
     label.add_argument("--db", required=True, help="ASE database the labels go into")
     label.add_argument("--scheduler", help="address of a running Dask scheduler "
                                            "(default: a local cluster)")
-    label.add_argument("--workers", type=int, help="local cluster worker processes")
+    label.add_argument("--workers", type=_positive_int, help="local cluster worker processes")
     label.add_argument("--threads", type=int, default=1, help="pyscf threads per label")
     label.add_argument("--retry-failed", action="store_true",
                        help="label again what is stored as failed")
@@ -406,7 +420,7 @@ def parser() -> argparse.ArgumentParser:
     convert.add_argument("--energy-key", default="energy")
     convert.add_argument("--forces-key", default="forces")
     convert.add_argument("--db-select", help="ASE databases: an ase.db query choosing rows")
-    convert.add_argument("--progress-every", type=int, default=10_000, metavar="N",
+    convert.add_argument("--progress-every", type=_positive_int, default=10_000, metavar="N",
                          help="a progress line on stderr every N frames")
     convert.set_defaults(run=_data_convert)
 
@@ -432,6 +446,18 @@ def main(argv=None) -> int:
     except MlpotError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # full disk, read-only file system, permissions, ...
+        print(f"error: {_os_error_message(error)}", file=sys.stderr)
+        return 2
+
+
+def _os_error_message(error: OSError) -> str:
+    """One line naming the file and the system's reason (``path: No space left on device``)."""
+    reason = error.strerror or str(error) or type(error).__name__
+    if error.filename is None:
+        return reason
+    names = str(error.filename) + (f" → {error.filename2}" if error.filename2 else "")
+    return f"{names}: {reason}"
 
 
 if __name__ == "__main__":

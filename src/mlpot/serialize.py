@@ -19,7 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from mlpot.errors import ModelFileError
-from mlpot.files import atomic_folder, replace_folder, write_json_atomic  # noqa: F401 (API)
+from mlpot.files import atomic_folder, atomic_path, write_json_atomic  # noqa: F401 (older imports)
 from mlpot.models import build_model
 from mlpot.models.variance import VarianceHead
 from mlpot.physics.dispersion import Dispersion
@@ -72,7 +72,8 @@ def save(potential: Potential, path: str | Path, metadata: dict | None = None) -
     """Save to folder ``path`` atomically (a finished folder replaces any old one)."""
     state = {k: v.detach().cpu().contiguous().clone() for k, v in potential.state_dict().items()}
     with atomic_folder(path) as tmp:
-        save_file(state, str(tmp / "model.safetensors"))
+        with atomic_path(tmp / "model.safetensors") as weights:
+            save_file(state, str(weights))
         write_json_atomic(tmp / "config.json", potential_config(potential))
         write_json_atomic(tmp / "metadata.json", metadata or {})
     return Path(path)

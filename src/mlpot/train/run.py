@@ -6,6 +6,8 @@ versions, commit, data), ``log.csv``, ``metrics.json``, ``parity.png``, ``learni
 
 from __future__ import annotations
 
+import contextlib
+import os
 import platform
 import subprocess
 import sys
@@ -26,7 +28,8 @@ from mlpot.models import BehlerParrinello, LinearModel, build_model
 from mlpot.models.moments import ElementMoments
 from mlpot.models.variance import VarianceHead
 from mlpot.potential import Potential
-from mlpot.serialize import load, save, write_json_atomic
+from mlpot.files import locked_folder, write_json_atomic
+from mlpot.serialize import load, save
 from mlpot.train.metrics import evaluate
 from mlpot.train.ridge import fit_linear
 from mlpot.train.distributed import context
@@ -282,7 +285,18 @@ def member_init(init_model: str | None, k: int) -> Path | None:
 
 
 def run_training(config: RunConfig, resume: bool = False, progress: bool = True) -> dict:
-    """Train (or fit) the configured potential and evaluate it; returns the summary dict."""
+    """Train (or fit) the configured potential and evaluate it; returns the summary dict.
+
+    The output folder is locked for the run (:func:`mlpot.files.locked_folder`): a second
+    run into the same folder fails at once instead of overwriting this one's files. Under
+    torchrun only the first process (rank 0) holds the lock."""
+    out = Path(config.out)
+    first_process = int(os.environ.get("RANK", "0")) == 0
+    with locked_folder(out) if first_process else contextlib.nullcontext():
+        return _run_training(config, resume, progress)
+
+
+def _run_training(config: RunConfig, resume: bool, progress: bool) -> dict:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)

@@ -49,7 +49,7 @@ from mlpot.data.records import Frame
 from mlpot.errors import ModelFileError
 from mlpot.models.bpnn import BehlerParrinello
 from mlpot.potential import Potential, attach_strain, derivatives
-from mlpot.files import atomic_folder, write_json_atomic
+from mlpot.files import atomic_folder, atomic_path, write_json_atomic
 from mlpot.serialize import (check_finite, check_safetensors, finite_number, load,
                              read_json_object, save, sigma_scales)
 from mlpot.uncertainty.calibration import fit_sigma_scale, gaussian_nll
@@ -330,9 +330,9 @@ def save_last_layer(model: LastLayerUncertainty, path: str | Path,
 
     with atomic_folder(path) as tmp:
         save(model.potential, tmp / "model", metadata)
-        save_file({"covariance": model.covariance.contiguous().cpu(),
-                   "head_offsets": model.head_offsets.contiguous().cpu()},
-                  str(tmp / "last_layer.safetensors"))
+        with atomic_path(tmp / "last_layer.safetensors") as tensors:
+            save_file({"covariance": model.covariance.contiguous().cpu(),
+                       "head_offsets": model.head_offsets.contiguous().cpu()}, str(tensors))
         write_json_atomic(tmp / "last_layer.json", {
             "format": FORMAT, "model": "model", "force_sigma": model.force_sigma,
             "prior": model.prior, "metadata": metadata or {},
