@@ -167,6 +167,10 @@ def check_no_pickle(path: str | Path) -> list[str]:
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
+            damaged = archive.testzip()  # every member's CRC-32
+            if damaged is not None:
+                raise ModelFileError(f"{path}: archive member {damaged} is damaged (CRC "
+                                     "mismatch)")
             inner = {name.split("/", 1)[1]: name for name in names if "/" in name}
             for name, full in inner.items():
                 if name.startswith(("data/weights/", "data/constants/")) and name.endswith(".pt"):

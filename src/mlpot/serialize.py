@@ -9,6 +9,7 @@ Loading reads JSON and raw tensors only; it never executes code from the file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -27,6 +28,7 @@ from mlpot.physics.electrostatics import Electrostatics
 from mlpot.potential import Potential
 
 FORMAT = "mlpot-model"
+CHECKSUM = "weights_sha256"  # config.json: SHA-256 of model.safetensors (absent before)
 VERSION = 6  # 2: models record their "baseline" (version 1 used the linear one);
 #              3: optional "variance_head" (aleatoric uncertainty);
 #              4: optional "long_range" (learned charges + Coulomb);
@@ -68,13 +70,39 @@ def build_potential(config: dict) -> Potential:
     return potential.to(getattr(torch, config.get("dtype", "float64")))
 
 
+def sha256(file: Path) -> str:
+    """Hex SHA-256 of a file's bytes (recorded beside tensors so that damage is found)."""
+    digest = hashlib.sha256()
+    with open(file, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_checksum(file: Path, recorded, where: str) -> None:
+    """ModelFileError unless ``file``'s SHA-256 is ``recorded`` (None: nothing recorded,
+    as in files of older versions)."""
+    if recorded is None:
+        return
+    if not isinstance(recorded, str):
+        raise ModelFileError(f"{where}: field '{CHECKSUM}' must be a hex string")
+    try:
+        found = sha256(file)
+    except FileNotFoundError as error:
+        raise ModelFileError(f"{file}: missing") from error
+    if found != recorded:
+        raise ModelFileError(f"{file}: contents differ from the checksum in {where} (the file "
+                             "is damaged or was changed)")
+
+
 def save(potential: Potential, path: str | Path, metadata: dict | None = None) -> Path:
     """Save to folder ``path`` atomically (a finished folder replaces any old one)."""
     state = {k: v.detach().cpu().contiguous().clone() for k, v in potential.state_dict().items()}
     with atomic_folder(path) as tmp:
         with atomic_path(tmp / "model.safetensors") as weights:
             save_file(state, str(weights))
-        write_json_atomic(tmp / "config.json", potential_config(potential))
+        write_json_atomic(tmp / "config.json", {**potential_config(potential),
+                                                CHECKSUM: sha256(tmp / "model.safetensors")})
         write_json_atomic(tmp / "metadata.json", metadata or {})
     return Path(path)
 
@@ -223,6 +251,7 @@ def load(path: str | Path) -> Potential:
         raise ModelFileError(f"{path} is not an mlpot model folder "
                              "(expected config.json and model.safetensors)")
     config = check_config(read_json_object(config_file), config_file)
+    check_checksum(weights_file, config.get(CHECKSUM), str(config_file))
     check_safetensors(weights_file, _expected_tensors(config, config_file))
     try:
         state = load_file(str(weights_file))

@@ -50,8 +50,8 @@ from mlpot.errors import ModelFileError
 from mlpot.models.bpnn import BehlerParrinello
 from mlpot.potential import Potential, attach_strain, derivatives
 from mlpot.files import atomic_folder, atomic_path, write_json_atomic
-from mlpot.serialize import (check_finite, check_safetensors, finite_number, load,
-                             read_json_object, save, sigma_scales)
+from mlpot.serialize import (CHECKSUM, check_checksum, check_finite, check_safetensors,
+                             finite_number, load, read_json_object, save, sha256, sigma_scales)
 from mlpot.uncertainty.calibration import fit_sigma_scale, gaussian_nll
 
 FORMAT = "mlpot-last-layer"
@@ -334,6 +334,7 @@ def save_last_layer(model: LastLayerUncertainty, path: str | Path,
             save_file({"covariance": model.covariance.contiguous().cpu(),
                        "head_offsets": model.head_offsets.contiguous().cpu()}, str(tensors))
         write_json_atomic(tmp / "last_layer.json", {
+            CHECKSUM: sha256(tmp / "last_layer.safetensors"),
             "format": FORMAT, "model": "model", "force_sigma": model.force_sigma,
             "prior": model.prior, "metadata": metadata or {},
             "sigma_scale": {"energy": model.sigma_scale_energy,
@@ -359,6 +360,7 @@ def load_last_layer(path: str | Path) -> LastLayerUncertainty:
         raise ModelFileError(f"{index}: field 'force_sigma' must be one of {FORCE_SIGMA}, not "
                              f"{force_sigma!r}")
     prior = finite_number(index, "prior", description.get("prior", 0.0), minimum=0.0)
+    check_checksum(tensors_file, description.get(CHECKSUM), str(index))
     scale = sigma_scales(index, description)
     potential = load(path / "model")
     if type(potential.model) is not BehlerParrinello or potential.physics_terms:
