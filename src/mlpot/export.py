@@ -31,6 +31,7 @@ member before handing a file to torch and refuses archives that would need it.
 
 from __future__ import annotations
 
+import io
 import json
 import zipfile
 from pathlib import Path
@@ -43,7 +44,7 @@ from torch import nn
 from mlpot import keys
 from mlpot.data.records import Frame
 from mlpot.errors import ModelFileError
-from mlpot.files import atomic_path
+from mlpot.files import atomic_path, write_bytes_atomic
 from mlpot.neighbors import SkinNeighborList, graph_arrays
 from mlpot.potential import Potential
 from mlpot.serialize import DTYPES, finite_number
@@ -138,14 +139,16 @@ def export_potential(potential: Potential, path: str | Path, stress: bool = Fals
                 "outputs": ["energy", "forces"] + ["stress"] * stress,
                 "units": {"length": "Å", "energy": "eV"}}
     path = Path(path)
-    with atomic_path(path, suffix=".pt2") as tmp:  # torch wants the .pt2 suffix
-        if aoti:
-            metadata["aoti"] = True
+    if aoti:
+        metadata["aoti"] = True
+        with atomic_path(path, suffix=".pt2") as tmp:  # torch wants the .pt2 suffix
             torch._inductor.aoti_compile_and_package(
                 exported, package_path=str(tmp),
                 inductor_configs={"aot_inductor.metadata": {METADATA_FILE: json.dumps(metadata)}})
-        else:
-            torch.export.save(exported, tmp, extra_files={METADATA_FILE: json.dumps(metadata)})
+    else:  # in memory first: torch's writer reports a full disk as a RuntimeError
+        buffer = io.BytesIO()
+        torch.export.save(exported, buffer, extra_files={METADATA_FILE: json.dumps(metadata)})
+        write_bytes_atomic(path, buffer.getvalue())
     return path
 
 
@@ -162,8 +165,6 @@ def check_no_pickle(path: str | Path) -> list[str]:
     ``.pt`` weight files, custom and opaque objects, and sample inputs that the restricted
     unpickler refuses. mlpot's exports hold none of these, so an archive that does is refused
     before torch sees it."""
-    import io
-
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()

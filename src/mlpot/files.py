@@ -133,10 +133,26 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
         _fsync(tmp)
         os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, path)
+    except OSError as error:
+        _remove(tmp)
+        raise _naming(error, tmp, path) from error
     except BaseException:
         _remove(tmp)
         raise
     _fsync(path.parent)
+
+
+def _naming(error: OSError, tmp: Path, path: Path) -> OSError:
+    """``error`` naming the destination ``path`` (or the file in it) where it named the
+    temporary or nothing (a failed write, e.g. on a full disk, names no file)."""
+    name = None if error.filename is None else str(error.filename)
+    if name is None or name == str(tmp):
+        name = str(path)
+    elif name.startswith(f"{tmp}{os.sep}"):  # a file inside a temporary folder
+        name = str(path / os.path.relpath(name, tmp))
+    else:
+        return error
+    return type(error)(error.errno, error.strerror or str(error), name)
 
 
 @contextlib.contextmanager
@@ -152,6 +168,12 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_write(path) as handle:
         handle.write(text)
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_write(path, "wb") as handle:
+        handle.write(data)
 
 
 def write_json_atomic(path: str | Path, data) -> None:
@@ -172,6 +194,9 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
         yield tmp
         os.chmod(tmp, 0o777 & ~umask())
         replace_folder(tmp, path)
+    except OSError as error:
+        _remove(tmp)
+        raise _naming(error, tmp, path) from error
     except BaseException:
         _remove(tmp)
         raise

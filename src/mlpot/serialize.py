@@ -17,10 +17,11 @@ from pathlib import Path
 import torch
 from ase.data import chemical_symbols
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_tensors
 
 from mlpot.errors import ModelFileError
-from mlpot.files import atomic_folder, atomic_path, write_json_atomic  # noqa: F401 (older imports)
+from mlpot.files import atomic_folder, write_bytes_atomic, write_json_atomic  # noqa: F401 (older imports)
 from mlpot.models import build_model
 from mlpot.models.variance import VarianceHead
 from mlpot.physics.dispersion import Dispersion
@@ -99,8 +100,7 @@ def save(potential: Potential, path: str | Path, metadata: dict | None = None) -
     """Save to folder ``path`` atomically (a finished folder replaces any old one)."""
     state = {k: v.detach().cpu().contiguous().clone() for k, v in potential.state_dict().items()}
     with atomic_folder(path) as tmp:
-        with atomic_path(tmp / "model.safetensors") as weights:
-            save_file(state, str(weights))
+        write_bytes_atomic(tmp / "model.safetensors", save_tensors(state))
         write_json_atomic(tmp / "config.json", {**potential_config(potential),
                                                 CHECKSUM: sha256(tmp / "model.safetensors")})
         write_json_atomic(tmp / "metadata.json", metadata or {})

@@ -21,7 +21,7 @@ from mlpot.data.batch import GraphCache, pick_device, to_device
 from mlpot.data.lazy import is_lazy
 from mlpot.data.records import Frame
 from mlpot.errors import ModelFileError
-from mlpot.files import atomic_folder, atomic_write, write_text_atomic
+from mlpot.files import atomic_folder, write_bytes_atomic, write_text_atomic
 from mlpot.potential import Potential
 from mlpot.serialize import check_finite, save
 from mlpot.train.distributed import context, mean_over_processes, shard
@@ -34,8 +34,9 @@ LOG = "log.csv"
 
 def save_checkpoint_atomic(state: dict, path: Path) -> None:
     """torch.save to a temporary file in the same folder, then rename over ``path``."""
-    with atomic_write(path, "wb") as handle:
-        torch.save(state, handle)
+    buffer = io.BytesIO()  # torch.save reports a full disk as a RuntimeError; a plain
+    torch.save(state, buffer)  # write reports it as OSError naming the file
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def read_checkpoint(path: Path, device: torch.device) -> dict:

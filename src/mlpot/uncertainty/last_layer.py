@@ -49,7 +49,7 @@ from mlpot.data.records import Frame
 from mlpot.errors import ModelFileError
 from mlpot.models.bpnn import BehlerParrinello
 from mlpot.potential import Potential, attach_strain, derivatives
-from mlpot.files import atomic_folder, atomic_path, write_json_atomic
+from mlpot.files import atomic_folder, write_bytes_atomic, write_json_atomic
 from mlpot.serialize import (CHECKSUM, check_checksum, check_finite, check_safetensors,
                              finite_number, load, read_json_object, save, sha256, sigma_scales)
 from mlpot.uncertainty.calibration import fit_sigma_scale, gaussian_nll
@@ -326,13 +326,13 @@ def fit_last_layer(potential: Potential, train: list[Frame], valid: list[Frame],
 def save_last_layer(model: LastLayerUncertainty, path: str | Path,
                     metadata: dict | None = None) -> Path:
     """Save to folder ``path`` atomically: last_layer.json, last_layer.safetensors, model/."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save as save_tensors
 
     with atomic_folder(path) as tmp:
         save(model.potential, tmp / "model", metadata)
-        with atomic_path(tmp / "last_layer.safetensors") as tensors:
-            save_file({"covariance": model.covariance.contiguous().cpu(),
-                       "head_offsets": model.head_offsets.contiguous().cpu()}, str(tensors))
+        write_bytes_atomic(tmp / "last_layer.safetensors", save_tensors(
+            {"covariance": model.covariance.contiguous().cpu(),
+             "head_offsets": model.head_offsets.contiguous().cpu()}))
         write_json_atomic(tmp / "last_layer.json", {
             CHECKSUM: sha256(tmp / "last_layer.safetensors"),
             "format": FORMAT, "model": "model", "force_sigma": model.force_sigma,
