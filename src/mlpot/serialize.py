@@ -110,6 +110,8 @@ def save(potential: Potential, path: str | Path, metadata: dict | None = None) -
 # -- loading: every field checked, sizes checked before anything is allocated ------------
 
 DTYPES = ("float32", "float64")
+MIN_SIZE_BOUND = 10_000  # any whole number in config.json up to this is allowed
+MAX_CUTOFF = 100.0  # Å: any cutoff in a model file beyond this is damage, not a model
 _CONFIG_FIELDS = {"model_kind": str, "model": dict, "reference_energies": dict}
 _OPTIONAL_PARTS = ("variance_head", "long_range", "dispersion")
 
@@ -174,9 +176,25 @@ def check_config(config: dict, file: Path) -> dict:
             raise ModelFileError(f"{file}: field 'reference_energies' names {symbol!r}, not "
                                  "an element")
         finite_number(file, f"reference_energies.{symbol}", value)
+    for field, value in _numbers(config):
+        finite_number(file, field, value)
+        if field.rsplit(".", 1)[-1].endswith("cutoff") and not 0 < value <= MAX_CUTOFF:
+            raise ModelFileError(f"{file}: field '{field}' must be in (0, {MAX_CUTOFF}] Å, "
+                                 f"not {value!r}")
     if version < 2 and config["model_kind"] != "linear":
         config["model"].setdefault("baseline", "linear")
     return config
+
+
+def _numbers(data, prefix: str = ""):
+    """(dotted field name, value) of every number in nested JSON ``data``."""
+    items = data.items() if isinstance(data, dict) else enumerate(data)
+    for key, value in items:
+        name = f"{prefix}{key}" if isinstance(data, dict) else f"{prefix[:-1]}[{key}]"
+        if isinstance(value, (dict, list)):
+            yield from _numbers(value, f"{name}.")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield name, value
 
 
 _BUILD_ERRORS = (TypeError, ValueError, KeyError, AttributeError, IndexError, RuntimeError,
@@ -205,31 +223,51 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def check_safetensors(file: Path, expected: dict[str, tuple[tuple, torch.dtype]],
-                      config_file: str = "config.json") -> None:
-    """Raise ModelFileError unless the safetensors ``file`` holds exactly the tensors
-    ``expected`` (name → shape, dtype). Reads the header only; safetensors itself checks
-    that the header's offsets fit the file's size."""
+def read_header(file: Path) -> dict[str, tuple[tuple, str]]:
+    """Name → (shape, safetensors dtype name) of every tensor in a safetensors file, from its
+    header only; safetensors itself checks that the header's offsets fit the file's size."""
     try:
         with safe_open(str(file), framework="pt") as handle:
-            found = {name: (tuple(handle.get_slice(name).get_shape()),
-                            handle.get_slice(name).get_dtype()) for name in handle.keys()}
+            return {name: (tuple(handle.get_slice(name).get_shape()),
+                           handle.get_slice(name).get_dtype()) for name in handle.keys()}
     except FileNotFoundError as error:
         raise ModelFileError(f"{file}: missing") from error
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-        raise ModelFileError(f"{file}: not a readable safetensors file ({error})") from error
+        message = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+        raise ModelFileError(f"{file}: not a readable safetensors file ({message})") from error
+
+
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+                       "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
+                       "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                       "BOOL": torch.bool}
+
+
+def check_safetensors(file: Path, expected: dict[str, tuple[tuple, torch.dtype]],
+                      config_file: str = "config.json", found: dict | None = None) -> None:
+    """Raise ModelFileError unless the safetensors ``file`` holds exactly the tensors
+    ``expected`` (name → shape, dtype); ``found``: its header if already read."""
+    found = read_header(file) if found is None else found
     missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
     if missing or extra:
         raise ModelFileError(f"{file}: tensors do not fit the architecture in {config_file} "
                              f"(missing {missing[:5]}, unexpected {extra[:5]})")
-    names = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
-             "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
-             "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
     for name, (shape, dtype) in expected.items():
         shape_found, dtype_found = found[name]
-        if shape_found != shape or names.get(dtype_found) != dtype:
+        if shape_found != shape or _SAFETENSORS_DTYPES.get(dtype_found) != dtype:
             raise ModelFileError(f"{file}: tensor '{name}' is {dtype_found} {list(shape_found)}; "
                                  f"{config_file} describes {_dtype_name(dtype)} {list(shape)}")
+
+
+def check_sizes(config: dict, file: Path, header: dict[str, tuple[tuple, str]]) -> None:
+    """Every whole number in ``config`` (widths, layer counts, grid sizes) must be at most
+    the number of values the weights file holds (10 000 at least): a larger one cannot fit
+    those weights, and building it could take unbounded time and memory."""
+    bound = max(sum(math.prod(shape) for shape, _ in header.values()), MIN_SIZE_BOUND)
+    for field, value in _numbers(config):
+        if field != "version" and isinstance(value, int) and abs(value) > bound:
+            raise ModelFileError(f"{file}: field '{field}' = {value} is larger than the "
+                                 f"weights file allows ({bound} values)")
 
 
 def check_finite(file: Path, tensors: dict[str, torch.Tensor]) -> None:
@@ -252,7 +290,9 @@ def load(path: str | Path) -> Potential:
                              "(expected config.json and model.safetensors)")
     config = check_config(read_json_object(config_file), config_file)
     check_checksum(weights_file, config.get(CHECKSUM), str(config_file))
-    check_safetensors(weights_file, _expected_tensors(config, config_file))
+    header = read_header(weights_file)
+    check_sizes(config, config_file, header)
+    check_safetensors(weights_file, _expected_tensors(config, config_file), found=header)
     try:
         state = load_file(str(weights_file))
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:

@@ -33,7 +33,7 @@ from mlpot.serialize import load, save
 from mlpot.train.metrics import evaluate
 from mlpot.train.ridge import fit_linear
 from mlpot.train.distributed import context
-from mlpot.train.trainer import Trainer, training_device
+from mlpot.train.trainer import CHECKPOINT, Trainer, read_checkpoint, training_device
 from mlpot.uncertainty.calibration import (calibration_curve, ensemble_errors,
                                          fit_sigma_scale, miscalibration_area,
                                          uncertainty_metrics)
@@ -324,6 +324,10 @@ def _run_training(config: RunConfig, resume: bool, progress: bool) -> dict:
             "reference_energies": e0, "n_train": len(train), "n_valid": len(valid),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if ctx.is_main:
+        if resume:  # a damaged checkpoint is reported before anything is written
+            for checkpoint in [out / CHECKPOINT, *sorted(out.glob(f"members/*/{CHECKPOINT}"))]:
+                if checkpoint.exists():
+                    read_checkpoint(checkpoint, torch.device("cpu"))
         write_json_atomic(out / "run.json", info)
     metadata = {"seed": config.seed, "git_commit": info["git_commit"],
                 "versions": info["versions"], "training_config": config.model_dump()}

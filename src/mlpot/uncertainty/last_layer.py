@@ -39,7 +39,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from ase.data import chemical_symbols
-from safetensors import safe_open
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -51,7 +50,8 @@ from mlpot.models.bpnn import BehlerParrinello
 from mlpot.potential import Potential, attach_strain, derivatives
 from mlpot.files import atomic_folder, write_bytes_atomic, write_json_atomic
 from mlpot.serialize import (CHECKSUM, check_checksum, check_finite, check_safetensors,
-                             finite_number, load, read_json_object, save, sha256, sigma_scales)
+                             finite_number, load, read_header, read_json_object, save, sha256,
+                             sigma_scales)
 from mlpot.uncertainty.calibration import fit_sigma_scale, gaussian_nll
 
 FORMAT = "mlpot-last-layer"
@@ -367,17 +367,11 @@ def load_last_layer(path: str | Path) -> LastLayerUncertainty:
         raise ModelFileError(f"{path / 'model'}: a {potential.model.kind!r} model; last-layer "
                              "uncertainty needs a Behler–Parrinello model without long-range terms")
     n = last_layer_weights(potential.model).numel()
-    n_heads = None  # any number of sampled heads
-    try:
-        with safe_open(str(tensors_file), framework="pt") as handle:
-            n_heads = handle.get_slice("head_offsets").get_shape()[0] \
-                if "head_offsets" in handle.keys() else 0
-    except Exception as error:  # noqa: BLE001 (safetensors raises several kinds)
-        raise ModelFileError(f"{tensors_file}: not a readable safetensors file ({error})") \
-            from error
+    header = read_header(tensors_file)
+    n_heads = header.get("head_offsets", ((0,), ""))[0][0]  # any number of sampled heads
     check_safetensors(tensors_file, {"covariance": ((n, n), torch.float64),
                                      "head_offsets": ((n_heads, n), torch.float64)},
-                      config_file=f"{path / 'model'} (last layer of {n} weights)")
+                      config_file=f"{path / 'model'} (last layer of {n} weights)", found=header)
     try:
         tensors = load_file(str(tensors_file))
     except Exception as error:  # noqa: BLE001
