@@ -279,6 +279,28 @@ def test_damaged_model_folders_raise_one_line_errors(kind, originals, tmp_path):
     assert cases > 60 and failures > cases // 2
 
 
+@pytest.mark.parametrize("method", ["subprocess:run", "ase.calculators.lammpslib:LAMMPSlib",
+                                    "builtins:eval", "no-colon", None])
+def test_a_baseline_in_a_model_file_cannot_run_code(method, originals, tmp_path, monkeypatch):
+    """A Δ-model's metadata names an ASE calculator (module:Class) that eval and md import
+    and call; a tampered one that would run a program is refused unless the user trusts it."""
+    from mlpot.label.delta import baseline_engine
+
+    marker = tmp_path / "baseline-was-executed"
+    folder = tmp_path / "delta"
+    shutil.copytree(originals / "delta", folder)
+    metadata = json.loads((folder / "metadata.json").read_text())
+    metadata["baseline"] = {**BASELINE, "method": method,
+                            "arguments": {"args": ["touch", str(marker)]}}
+    (folder / "metadata.json").write_text(json.dumps(metadata))
+    with pytest.raises(MlpotError, match=f"{folder}.*baseline"):
+        load_everything(folder)
+    assert not marker.exists()
+    if method == "subprocess:run":  # named by the user: used
+        monkeypatch.setenv("MLPOT_TRUSTED_CALCULATORS", method)
+        assert baseline_engine(folder).calculator == method
+
+
 # -- checkpoints --------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
