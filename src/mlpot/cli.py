@@ -416,6 +416,17 @@ def _key(text: str, dotted: str, default: str | None = None) -> str:
     return f"{text} (config {dotted}; default: {default})".replace("%", "%%").lstrip()
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 1, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be ≥ 1, not {value}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     top = _Parser(prog="mlpot", description=__doc__)
     top.add_argument("--version", action="version", version=f"mlpot {__version__}")
@@ -517,7 +528,7 @@ def parser() -> argparse.ArgumentParser:
                           help="arrays key of the reference forces (eV/Å)")
     evaluate.add_argument("--select", metavar="QUERY",
                           help="ASE databases: which rows (an ase.db query, e.g. one level)")
-    evaluate.add_argument("--batch-size", type=int, default=64, help="frames per forward pass")
+    evaluate.add_argument("--batch-size", type=_positive_int, default=64, help="frames per forward pass")
     evaluate.add_argument(
         "--write", metavar="OUT.xyz",
         help="also write every frame with its predictions (extxyz, like MACE's eval_configs): "
@@ -588,7 +599,7 @@ def parser() -> argparse.ArgumentParser:
     label.add_argument("--db", required=True, help="ASE database the labels go into")
     label.add_argument("--scheduler", help="address of a running Dask scheduler "
                                            "(default: a local cluster)")
-    label.add_argument("--workers", type=int, help="local cluster worker processes")
+    label.add_argument("--workers", type=_positive_int, help="local cluster worker processes")
     label.add_argument("--threads", type=int, default=1, help="pyscf threads per label")
     label.add_argument("--retry-failed", action="store_true",
                        help="label again what is stored as failed")
@@ -620,7 +631,7 @@ def parser() -> argparse.ArgumentParser:
                          help="arrays key of the reference forces (eV/Å)")
     convert.add_argument("--db-select", "--select", help="ASE databases: an ase.db query "
                                                          "choosing rows (e.g. one level)")
-    convert.add_argument("--progress-every", type=int, default=10_000, metavar="N",
+    convert.add_argument("--progress-every", type=_positive_int, default=10_000, metavar="N",
                          help="a progress line on stderr every N frames")
     convert.set_defaults(run=_data_convert)
 
@@ -646,6 +657,18 @@ def main(argv=None) -> int:
     except MlpotError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # full disk, read-only file system, permissions, ...
+        print(f"error: {_os_error_message(error)}", file=sys.stderr)
+        return 2
+
+
+def _os_error_message(error: OSError) -> str:
+    """One line naming the file and the system's reason (``path: No space left on device``)."""
+    reason = error.strerror or str(error) or type(error).__name__
+    if error.filename is None:
+        return reason
+    names = str(error.filename) + (f" → {error.filename2}" if error.filename2 else "")
+    return f"{names}: {reason}"
 
 
 if __name__ == "__main__":

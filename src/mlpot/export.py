@@ -16,17 +16,22 @@ Forces are −∂E/∂r inside the program. torch.export cannot trace ``torch.au
 (torch 2.13: saved tensors of the backward become fake constants, pytorch issue 146719), so
 the energy-and-gradient function is first traced into one graph of aten operations by
 ``make_fx`` with symbolic shapes, and that graph is exported (the route NequIP takes). N, E
-and T stay dynamic. Loading (``torch.export.load``) reads JSON and raw tensor bytes: no
-pickle, no mlpot model code.
+and T stay dynamic. Loading an mlpot export reads JSON and raw tensor bytes (no mlpot model
+code); see below for what is checked first.
 
 ``aoti=True`` compiles the program ahead of time with AOTInductor into a package holding a
 C++ shared library for this kind of CPU (or GPU), loadable from Python or C++ (an MD code's
 pair style): many times faster per call than the interpreted program (benchmarks/RESULTS.md),
 but it is native code — load only packages you built.
+
+``torch.export.load`` itself can execute code: it unpickles some archive members without
+torch's weights-only restriction (see :func:`check_no_pickle`); mlpot checks every such
+member before handing a file to torch and refuses archives that would need it.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import zipfile
 from pathlib import Path
@@ -38,8 +43,11 @@ from torch import nn
 
 from mlpot import keys
 from mlpot.data.records import Frame
+from mlpot.errors import ModelFileError
+from mlpot.files import atomic_path, write_bytes_atomic
 from mlpot.neighbors import SkinNeighborList, graph_arrays
 from mlpot.potential import Potential
+from mlpot.serialize import DTYPES, finite_number
 
 FORMAT = "mlpot-exported"
 METADATA_FILE = "mlpot.json"
@@ -131,37 +139,123 @@ def export_potential(potential: Potential, path: str | Path, stress: bool = Fals
                 "outputs": ["energy", "forces"] + ["stress"] * stress,
                 "units": {"length": "Å", "energy": "eV"}}
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.partial.pt2")  # torch wants the .pt2 suffix
     if aoti:
         metadata["aoti"] = True
-        torch._inductor.aoti_compile_and_package(
-            exported, package_path=str(tmp),
-            inductor_configs={"aot_inductor.metadata": {METADATA_FILE: json.dumps(metadata)}})
-    else:
-        torch.export.save(exported, tmp, extra_files={METADATA_FILE: json.dumps(metadata)})
-    tmp.replace(path)
+        with atomic_path(path, suffix=".pt2") as tmp:  # torch wants the .pt2 suffix
+            torch._inductor.aoti_compile_and_package(
+                exported, package_path=str(tmp),
+                inductor_configs={"aot_inductor.metadata": {METADATA_FILE: json.dumps(metadata)}})
+    else:  # in memory first: torch's writer reports a full disk as a RuntimeError
+        buffer = io.BytesIO()
+        torch.export.save(exported, buffer, extra_files={METADATA_FILE: json.dumps(metadata)})
+        write_bytes_atomic(path, buffer.getvalue())
     return path
 
 
-def _is_aoti_package(path: str | Path) -> bool:
-    with zipfile.ZipFile(path) as archive:
-        return any("/data/aotinductor/" in name for name in archive.namelist())
+def _is_aoti_package(names: list[str]) -> bool:
+    return any("/data/aotinductor/" in name for name in names)
+
+
+def check_no_pickle(path: str | Path) -> list[str]:
+    """Raise ModelFileError if loading the ``.pt2`` archive ``path`` could unpickle anything
+    beyond tensors; returns the archive's member names.
+
+    ``torch.export.load`` (torch 2.13) unpickles with ``weights_only=False`` — which runs
+    code named in the file — for weights and constants marked ``use_pickle``, legacy
+    ``.pt`` weight files, custom and opaque objects, and sample inputs that the restricted
+    unpickler refuses. mlpot's exports hold none of these, so an archive that does is refused
+    before torch sees it."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            damaged = archive.testzip()  # every member's CRC-32
+            if damaged is not None:
+                raise ModelFileError(f"{path}: archive member {damaged} is damaged (CRC "
+                                     "mismatch)")
+            inner = {name.split("/", 1)[1]: name for name in names if "/" in name}
+            for name, full in inner.items():
+                if name.startswith(("data/weights/", "data/constants/")) and name.endswith(".pt"):
+                    raise ModelFileError(f"{path}: archive member {full} is a pickled "
+                                         "(legacy) payload; refused")
+                if name.endswith(("_weights_config.json", "_constants_config.json")):
+                    _check_payload_config(path, full, json.loads(archive.read(full)))
+                if name.startswith("data/sample_inputs/"):
+                    sample = archive.read(full)
+                    if sample:
+                        torch.load(io.BytesIO(sample), weights_only=True)
+    except ModelFileError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile) as error:
+        raise ModelFileError(f"{path}: not a .pt2 archive ({error})") from error
+    except pickle_errors() as error:
+        raise ModelFileError(f"{path}: an archive member holds more than tensors, or is "
+                             f"damaged ({type(error).__name__}); refused") from error
+    return names
+
+
+def pickle_errors() -> tuple[type[Exception], ...]:
+    """What reading a damaged or hostile archive member raises."""
+    import pickle
+
+    return (pickle.UnpicklingError, json.JSONDecodeError, UnicodeDecodeError, RuntimeError,
+            ValueError, KeyError, TypeError, AttributeError, EOFError, OSError,
+            zipfile.BadZipFile, NotImplementedError, IndexError)
+
+
+def _check_payload_config(path, member: str, config) -> None:
+    entries = config.get("config") if isinstance(config, dict) else None
+    if not isinstance(entries, dict):
+        raise ModelFileError(f"{path}: archive member {member} is not a payload config")
+    for name, entry in entries.items():
+        file_name = str(entry.get("path_name", "")) if isinstance(entry, dict) else ""
+        if (not isinstance(entry, dict) or entry.get("use_pickle") is not False
+                or file_name.startswith(("custom_obj_", "opaque_obj_"))):
+            raise ModelFileError(f"{path}: {member}: '{name}' is a pickled payload; refused")
+
+
+def _checked_metadata(path, metadata) -> dict:
+    """The archive's mlpot.json, every field the loader uses checked."""
+    file = f"{path} ({METADATA_FILE})"
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+        raise ModelFileError(f"{path}: not an mlpot exported program (no {METADATA_FILE} with "
+                             f"format {FORMAT!r})")
+    if metadata.get("dtype") not in DTYPES:
+        raise ModelFileError(f"{file}: field 'dtype' must be one of {DTYPES}")
+    finite_number(file, "cutoff", metadata.get("cutoff"), minimum=0.0)
+    if metadata.get("angular_cutoff") is not None:
+        finite_number(file, "angular_cutoff", metadata["angular_cutoff"], minimum=0.0)
+    outputs = metadata.get("outputs")
+    if not isinstance(outputs, list) or not set(outputs) <= {"energy", "forces", "stress"} \
+            or outputs[:2] != ["energy", "forces"]:
+        raise ModelFileError(f"{file}: field 'outputs' must list energy, forces (and stress)")
+    if metadata.get("stress") is not ("stress" in outputs):
+        raise ModelFileError(f"{file}: field 'stress' must be {'stress' in outputs}")
+    return metadata
 
 
 class ExportedPotential:
-    """An exported program with its neighbour-list settings: call it on a structure."""
+    """An exported program with its neighbour-list settings: call it on a structure.
+
+    Loading a plain ``.pt2`` program reads JSON and raw tensors only: archives that would make
+    torch unpickle anything else are refused (:func:`check_no_pickle`). An AOTInductor
+    package (``--aoti``) holds a compiled shared library that is loaded and run as native
+    code: load only packages you built yourself. Damaged files raise ModelFileError."""
 
     def __init__(self, path: str | Path):
-        if _is_aoti_package(path):
-            self.program = torch._inductor.aoti_load_package(str(path))
-            self.metadata = json.loads(self.program.get_metadata().get(METADATA_FILE, "{}"))
-        else:
-            extra = {METADATA_FILE: ""}
-            self.program = torch.export.load(path, extra_files=extra).module()
-            self.metadata = json.loads(extra[METADATA_FILE])
-        if self.metadata.get("format") != FORMAT:
-            raise ValueError(f"{path}: not an mlpot exported program")
+        names = check_no_pickle(path)
+        try:
+            if _is_aoti_package(names):
+                self.program = torch._inductor.aoti_load_package(str(path))
+                self.metadata = json.loads(self.program.get_metadata().get(METADATA_FILE, "{}"))
+            else:
+                extra = {METADATA_FILE: ""}
+                self.program = torch.export.load(path, extra_files=extra).module()
+                self.metadata = json.loads(extra[METADATA_FILE] or "{}")
+        except pickle_errors() + (AssertionError,) as error:
+            message = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+            raise ModelFileError(f"{path}: not a loadable exported program "
+                                 f"({type(error).__name__}: {message})") from error
+        self.metadata = _checked_metadata(path, self.metadata)
         self.dtype = getattr(torch, self.metadata["dtype"])
         self.triplets = self.metadata["angular_cutoff"] is not None
 

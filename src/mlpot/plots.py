@@ -13,11 +13,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from ase import units  # noqa: E402
 
+from mlpot.files import atomic_path  # noqa: E402
+
+
+def save_figure(fig, path) -> None:
+    """``fig.savefig`` (120 dpi, format from the suffix) written atomically."""
+    path = Path(path)
+    with atomic_path(path, suffix=path.suffix) as tmp:
+        fig.savefig(tmp, dpi=120)
+
 
 def parity(data: dict, predictions: dict, path: Path) -> Path:
     """Parity figure of :func:`parity_figure`, saved to ``path`` (PNG)."""
     fig = parity_figure(data, predictions)
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
     return Path(path)
 
@@ -92,7 +101,7 @@ def learning_curve(log_csv: Path, path: Path) -> Path:
     ax.set_ylabel("validation RMSE")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
     return Path(path)
 
@@ -109,6 +118,6 @@ def calibration(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) ->
            xlim=(0, 1), ylim=(0, 1), title="force uncertainty calibration")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
     return Path(path)

@@ -18,7 +18,6 @@ unfinished step (a half-trained iteration trains again). The loop stops after
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -26,12 +25,21 @@ import numpy as np
 from ase.io import read, write
 
 from mlpot.config import LearnConfig, RunConfig
-from mlpot.serialize import write_json_atomic
+from mlpot.errors import ModelFileError
+from mlpot.files import atomic_path, locked_folder, write_json_atomic
+from mlpot.serialize import read_json_object
 
 
 def _state(out: Path) -> dict:
     path = out / "state.json"
-    return json.loads(path.read_text()) if path.exists() else {"finished": 0, "history": []}
+    if not path.exists():
+        return {"finished": 0, "history": []}
+    state = read_json_object(path)
+    if (isinstance(state.get("finished"), bool) or not isinstance(state.get("finished"), int)
+            or state["finished"] < 0 or not isinstance(state.get("history"), list)):
+        raise ModelFileError(f"{path}: fields 'finished' (a whole number ≥ 0) and 'history' "
+                             "(a list) expected")
+    return state
 
 
 def _run_config(config: LearnConfig, db: Path, level: str, out: Path, init: Path | None,
@@ -45,8 +53,22 @@ def _run_config(config: LearnConfig, db: Path, level: str, out: Path, init: Path
                                      "training": training, "seed": seed, "out": str(out)})
 
 
+def _metrics(path: Path) -> dict:
+    """The "metrics" object of a training run's metrics.json, checked."""
+    metrics = read_json_object(path).get("metrics")
+    if not isinstance(metrics, dict) or not all(isinstance(v, dict) for v in metrics.values()):
+        raise ModelFileError(f"{path}: field 'metrics' must be an object of objects")
+    return metrics
+
+
 def run_learning(config: LearnConfig, progress: bool = True) -> dict:
-    """Run (or resume) the loop; returns the state (history of every iteration)."""
+    """Run (or resume) the loop; returns the state (history of every iteration). The output
+    folder is locked for the run (a second run into it fails at once)."""
+    with locked_folder(config.out):
+        return _run_learning(config, progress)
+
+
+def _run_learning(config: LearnConfig, progress: bool) -> dict:
     from mlpot.label.runner import label_structures
     from mlpot.label.store import LabelStore
     from mlpot.train.run import run_training
@@ -82,7 +104,7 @@ def run_learning(config: LearnConfig, progress: bool = True) -> dict:
             init = out / f"iter_{iteration - 1:02d}" / "train" / "model" if iteration else None
             run_training(_run_config(config, db, engine.level, train_out, init,
                                      config.seed + iteration), progress=progress)
-        metrics = json.loads((train_out / "metrics.json").read_text())["metrics"]
+        metrics = _metrics(train_out / "metrics.json")
         store = LabelStore(db)
         n_labels = store.db.count(level=engine.level, failed=False)
         test_name = Path(config.test).stem if config.test else None
@@ -120,7 +142,9 @@ def _explore_and_select(config: LearnConfig, previous: Path, folder: Path, db: P
     chosen_file = folder / "selected.xyz"
     summary_file = folder / "selection.json"
     if summary_file.exists():
-        found = json.loads(summary_file.read_text())
+        found = read_json_object(summary_file)
+        if not isinstance(found.get("selected"), int):
+            raise ModelFileError(f"{summary_file}: field 'selected' must be a whole number")
         return (read(chosen_file, index=":") if found["selected"] else []), found
     known = [row.toatoms() for row in LabelStore(db).rows(level=level, failed=False)]
     model = load_model(previous / "train" / "model")
@@ -140,8 +164,8 @@ def _explore_and_select(config: LearnConfig, previous: Path, folder: Path, db: P
                     s.strategy, rng)
     selected = [candidates[k] for k in chosen]
     if selected:
-        write(folder / "selected.tmp.xyz", selected, format="extxyz")
-        (folder / "selected.tmp.xyz").replace(chosen_file)
+        with atomic_path(chosen_file, suffix=".xyz") as tmp:
+            write(tmp, selected, format="extxyz")
     found = {"candidates": len(candidates), "selected": len(chosen),
              "candidate_sigma_mean": float(np.mean(sigmas)) if len(sigmas) else None,
              "selected_sigma_mean": float(np.mean(sigmas[chosen])) if chosen else None}
@@ -163,11 +187,13 @@ def _plot(state: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from mlpot.plots import save_figure
+
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot(*zip(*points), "o-")
     ax.set_xlabel("labelled structures")
     ax.set_ylabel("test force RMSE (meV/Å)")
     ax.set_yscale("log")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)

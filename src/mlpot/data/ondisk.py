@@ -39,7 +39,6 @@ import contextlib
 import itertools
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -51,6 +50,7 @@ from mlpot.data.lazy import FrameSequence, square_sum
 from mlpot.data.records import (HDF5_SUFFIXES, ISOLATED_ATOM_TYPES, Frame, iter_frames,
                                 validate_frame)
 from mlpot.errors import DataError
+from mlpot.files import atomic_path
 
 FORMAT = "mlpot-frames"
 VERSION = 1
@@ -90,26 +90,13 @@ def write_hdf5(frames: Iterable[Frame], path: str | Path, *, source_note: str = 
     Returns {"path", "frames", "atoms", "bytes"}.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".tmp") as tmp:
         with h5py.File(tmp, "w") as handle:
             n_frames, n_atoms = _write(handle, frames, source_note, chunk, progress)
         if n_frames == 0:
             raise DataError("no frames to write", source=str(path))
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return {"path": str(path), "frames": n_frames, "atoms": n_atoms,
             "bytes": path.stat().st_size}
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _write(handle: h5py.File, frames: Iterable[Frame], source_note: str, chunk: int,

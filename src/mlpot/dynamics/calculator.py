@@ -12,6 +12,22 @@ from mlpot.data.batch import pick_device, to_device
 from mlpot.data.records import frame_from_atoms
 
 
+def _checked_correction(recorded, model_path):
+    """The dispersion correction a model folder's metadata records (None if none), checked."""
+    from mlpot.errors import ModelFileError
+
+    if recorded is None:
+        return None
+    from mlpot.physics.correction import KINDS
+
+    if (not isinstance(recorded, dict) or recorded.get("kind") not in KINDS
+            or not isinstance(recorded.get("functional"), str)):
+        raise ModelFileError(f"{model_path}: metadata field 'dispersion_correction' must be "
+                             f"{{'kind': one of {KINDS}, 'functional': name}}, not "
+                             f"{recorded!r}"[:300])
+    return recorded
+
+
 class MlpotCalculator(Calculator):
     """Energy, free energy, forces and (for periodic cells) stress from an mlpot potential.
 
@@ -56,7 +72,8 @@ class MlpotCalculator(Calculator):
             from mlpot.uncertainty.ensemble import load_model, saved_metadata
 
             baseline = baseline or baseline_engine(model)
-            correction = correction or saved_metadata(model).get("dispersion_correction")
+            recorded = saved_metadata(model).get("dispersion_correction")
+            correction = correction or _checked_correction(recorded, model)
             model = load_model(model)
         self.baseline = baseline
         self.correction = None

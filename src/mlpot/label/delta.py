@@ -72,12 +72,53 @@ def baseline_description(db: str | Path, baseline: str) -> dict:
             "arguments": json.loads(row.get("arguments", "{}"))}
 
 
+TRUSTED_CALCULATORS_VARIABLE = "MLPOT_TRUSTED_CALCULATORS"
+# ASE calculators that run in-process, start no program and take no commands
+SAFE_ASE_CALCULATORS = frozenset({
+    "ase.calculators.emt:EMT", "ase.calculators.lj:LennardJones",
+    "ase.calculators.morse:MorsePotential", "ase.calculators.tip3p:TIP3P",
+    "ase.calculators.tip4p:TIP4P"})
+
+
 def baseline_engine(model_path: str | Path):
-    """The baseline engine a saved Δ-model (or Δ-ensemble) needs, or None."""
+    """The baseline engine a saved Δ-model (or Δ-ensemble) needs, or None.
+
+    A model folder must not make mlpot import arbitrary code: an ASE baseline it names is
+    used only if it is one of :data:`SAFE_ASE_CALCULATORS`, or is
+    listed (``module:Class``, comma-separated) in the environment variable
+    ``MLPOT_TRUSTED_CALCULATORS``. Anything else raises ModelFileError."""
+    from mlpot.errors import ModelFileError
     from mlpot.uncertainty.ensemble import saved_metadata
 
     baseline = saved_metadata(model_path).get("baseline")
-    return None if baseline is None else engine_for(baseline)
+    if baseline is None:
+        return None
+    where = f"{model_path}: metadata field 'baseline'"
+    if not isinstance(baseline, dict):
+        raise ModelFileError(f"{where} must be an object, not {baseline!r}"[:300])
+    if baseline.get("engine") == "ase":
+        _check_trusted_calculator(baseline.get("method"), where)
+        if not isinstance(baseline.get("arguments", {}), dict):
+            raise ModelFileError(f"{where}: 'arguments' must be an object")
+    try:
+        return engine_for(baseline)
+    except (KeyError, TypeError, ValueError) as error:
+        raise ModelFileError(f"{where}: {error}") from error
+
+
+def _check_trusted_calculator(name, where: str) -> None:
+    """Raise ModelFileError unless ``name`` (module:Class) may be imported for a model file."""
+    import os
+
+    from mlpot.errors import ModelFileError
+
+    trusted = {entry.strip() for entry in os.environ.get(TRUSTED_CALCULATORS_VARIABLE,
+                                                         "").split(",") if entry.strip()}
+    if name not in SAFE_ASE_CALCULATORS and name not in trusted:
+        raise ModelFileError(
+            f"{where}: calculator {name!r} is not one of ASE's in-process calculators "
+            f"{sorted(SAFE_ASE_CALCULATORS)}; a model file cannot make mlpot import other code "
+            f"(if you trust it, add it to {TRUSTED_CALCULATORS_VARIABLE})"[:500])
 
 
 def engine_for(baseline: dict):

@@ -131,7 +131,10 @@ class ChannelwiseProduct(nn.Module):
         path_of_column = []
         column = 0
         for p, (l1, l2, l3) in enumerate(paths):
-            cg = o3.wigner_3j(l1, l2, l3, dtype=torch.float64) * math.sqrt(dims[l3] / fan_in[l3])
+            with torch.device("cpu"):  # e3nn checks values: real numbers even when the
+                #                        module is built on the meta device (size checks)
+                cg = o3.wigner_3j(l1, l2, l3, dtype=torch.float64)
+            cg = cg * math.sqrt(dims[l3] / fan_in[l3])
             coupling[offsets[l1]:offsets[l1] + dims[l1], offsets[l2]:offsets[l2] + dims[l2],
                      column:column + dims[l3]] = cg
             gather[column:column + dims[l3], offsets[l3]:offsets[l3] + dims[l3]] = torch.eye(

@@ -6,6 +6,8 @@ versions, commit, data), ``log.csv``, ``metrics.json``, ``parity.png``, ``learni
 
 from __future__ import annotations
 
+import contextlib
+import os
 import platform
 import subprocess
 import sys
@@ -28,11 +30,12 @@ from mlpot.models import BehlerParrinello, LinearModel, build_model
 from mlpot.models.moments import ElementMoments
 from mlpot.models.variance import VarianceHead
 from mlpot.potential import Potential
-from mlpot.serialize import load, save, write_json_atomic
+from mlpot.files import locked_folder, write_json_atomic
+from mlpot.serialize import load, save
 from mlpot.train.metrics import evaluate
 from mlpot.train.ridge import fit_linear
 from mlpot.train.distributed import context
-from mlpot.train.trainer import Trainer, training_device
+from mlpot.train.trainer import CHECKPOINT, Trainer, read_checkpoint, training_device
 from mlpot.uncertainty.calibration import (SigmaCalibration, calibration_curve,
                                            ensemble_errors, fit_calibration, gaussian_nll,
                                            miscalibration_area, uncertainty_metrics)
@@ -317,17 +320,27 @@ def member_init(init_model: str | None, k: int) -> Path | None:
     if init_model is None:
         return None
     path = Path(init_model)
-    index = path / "ensemble.json"
-    if index.exists():
-        import json
+    if (path / "ensemble.json").exists():
+        from mlpot.uncertainty.ensemble import member_folders
 
-        names = json.loads(index.read_text())["members"]
-        return path / names[k % len(names)]
+        members = member_folders(path)
+        return members[k % len(members)]
     return path
 
 
 def run_training(config: RunConfig, resume: bool = False, progress: bool = True) -> dict:
-    """Train (or fit) the configured potential and evaluate it; returns the summary dict."""
+    """Train (or fit) the configured potential and evaluate it; returns the summary dict.
+
+    The output folder is locked for the run (:func:`mlpot.files.locked_folder`): a second
+    run into the same folder fails at once instead of overwriting this one's files. Under
+    torchrun only the first process (rank 0) holds the lock."""
+    out = Path(config.out)
+    first_process = int(os.environ.get("RANK", "0")) == 0
+    with locked_folder(out) if first_process else contextlib.nullcontext():
+        return _run_training(config, resume, progress)
+
+
+def _run_training(config: RunConfig, resume: bool, progress: bool) -> dict:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
@@ -355,6 +368,10 @@ def run_training(config: RunConfig, resume: bool = False, progress: bool = True)
             "reference_energies": e0, "n_train": len(train), "n_valid": len(valid),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if ctx.is_main:
+        if resume:  # a damaged checkpoint is reported before anything is written
+            for checkpoint in [out / CHECKPOINT, *sorted(out.glob(f"members/*/{CHECKPOINT}"))]:
+                if checkpoint.exists():
+                    read_checkpoint(checkpoint, torch.device("cpu"))
         write_json_atomic(out / "run.json", info)
     metadata = {"seed": config.seed, "git_commit": info["git_commit"],
                 "versions": info["versions"], "training_config": config.model_dump()}

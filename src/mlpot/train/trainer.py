@@ -7,9 +7,7 @@ import csv
 import io
 import json
 import math
-import os
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,9 +19,11 @@ from mlpot.config import TrainingConfig, default_learning_rate, default_weight_d
 from mlpot.data.batch import GraphCache, pick_device, to_device
 from mlpot.data.lazy import is_lazy
 from mlpot.data.records import Frame
+from mlpot.errors import ModelFileError
+from mlpot.files import atomic_folder, write_bytes_atomic, write_text_atomic
 from mlpot.potential import Potential
 from mlpot.progress import bar as tqdm, interactive, log_line
-from mlpot.serialize import save
+from mlpot.serialize import check_finite, save
 from mlpot.train.distributed import context, mean_over_processes, shard
 from mlpot.train.feature_cache import FeatureCache, cache_bytes, predict_cached
 from mlpot.train.loss import EnergyForceLoss
@@ -34,10 +34,23 @@ LOG = "log.csv"
 
 def save_checkpoint_atomic(state: dict, path: Path) -> None:
     """torch.save to a temporary file in the same folder, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as handle:
-        torch.save(state, handle)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()  # torch.save reports a full disk as a RuntimeError; a plain
+    torch.save(state, buffer)  # write reports it as OSError naming the file
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def read_checkpoint(path: Path, device: torch.device) -> dict:
+    """The state dict in checkpoint ``path``, unpickled weights-only (tensors, numbers,
+    strings and containers; never code). ModelFileError naming the file if it is damaged."""
+    try:
+        state = torch.load(path, weights_only=True, map_location=device, mmap=True)
+    except Exception as error:  # noqa: BLE001 (zip, unpickling and storage errors alike)
+        message = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+        raise ModelFileError(f"{path}: not a readable mlpot checkpoint ({type(error).__name__}"
+                             f"{': ' + message if message else ''})") from error
+    if not isinstance(state, dict):
+        raise ModelFileError(f"{path}: not a checkpoint (holds a {type(state).__name__})")
+    return state
 
 
 def training_device(name: str) -> torch.device:
@@ -171,7 +184,17 @@ class Trainer:
         path = self.out / CHECKPOINT
         if not path.exists():
             return False
-        self.load_state(torch.load(path, weights_only=True, map_location=self.device))
+        state = read_checkpoint(path, self.device)
+        try:
+            check_finite(path, {f"model.{k}": v for k, v in state["model"].items()})
+            self.load_state(state)
+        except ModelFileError:
+            raise
+        except KeyError as error:
+            raise ModelFileError(f"{path}: field {error} missing") from error
+        except (RuntimeError, ValueError, TypeError, AttributeError, IndexError) as error:
+            raise ModelFileError(f"{path}: does not fit this run's model and optimiser "
+                                 f"({str(error).strip().splitlines()[0][:300]})") from error
         return True
 
     @property
@@ -283,9 +306,8 @@ class Trainer:
         for mark in self.config.snapshot_minutes:
             if mark not in self.snapshots_done and minutes >= mark and (self.out / "model").exists():
                 target = self.out / "snapshots" / f"model_{mark:g}min"
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.rmtree(target, ignore_errors=True)
-                shutil.copytree(self.out / "model", target)
+                with atomic_folder(target) as tmp:
+                    shutil.copytree(self.out / "model", tmp, dirs_exist_ok=True)
                 self.snapshots_done.append(mark)
 
     def run(self, resume: bool = False) -> dict:
@@ -350,8 +372,4 @@ class Trainer:
         writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(self.history)
-        path = self.out / LOG
-        fd, tmp = tempfile.mkstemp(dir=self.out, prefix=f".{LOG}.")
-        with os.fdopen(fd, "w") as handle:
-            handle.write(buffer.getvalue())
-        os.replace(tmp, path)
+        write_text_atomic(self.out / LOG, buffer.getvalue())

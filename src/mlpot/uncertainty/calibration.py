@@ -149,10 +149,47 @@ class SigmaCalibration:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict) -> SigmaCalibration:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+    def from_json(cls, data: dict, file=None, field: str = "sigma_calibration"
+                  ) -> SigmaCalibration:
+        """The calibration stored by :meth:`to_json`; with ``file``, every field is checked
+        (finite numbers, scale and reference > 0, floor ≥ 0, atom weight in [0, 1]) and a
+        ModelFileError names the file and field."""
+        if file is None:
+            names = {f.name for f in fields(cls)}
+            return cls(**{k: v for k, v in data.items() if k in names})
+        from mlpot.errors import ModelFileError
+        from mlpot.serialize import finite_number
 
+        if not isinstance(data, dict):
+            raise ModelFileError(f"{file}: field '{field}' must be an object, not {data!r}")
+        values = {}
+        for name, low, positive in (("scale", 0.0, True), ("exponent", 0.0, True),
+                                    ("reference", 0.0, True), ("floor", 0.0, False),
+                                    ("atom_weight", 0.0, False)):
+            if name in data:
+                values[name] = finite_number(file, f"{field}.{name}", data[name], minimum=low)
+                if positive and values[name] == 0:
+                    raise ModelFileError(f"{file}: field '{field}.{name}' must be > 0")
+        if values.get("atom_weight", 1.0) > 1:
+            raise ModelFileError(f"{file}: field '{field}.atom_weight' must be ≤ 1")
+        per_atom = data.get("per_atom", False)
+        if not isinstance(per_atom, bool):
+            raise ModelFileError(f"{file}: field '{field}.per_atom' must be true or false")
+        return cls(per_atom=per_atom, **values)
+
+
+
+def stored_calibrations(file, description: dict) -> dict[str, SigmaCalibration]:
+    """The checked ``sigma_calibration`` entries ({"energy"?, "forces"?}) of an ensemble or
+    last-layer description read from ``file`` ({} for folders saved before them)."""
+    from mlpot.errors import ModelFileError
+
+    stored = description.get("sigma_calibration", {})
+    if not isinstance(stored, dict) or not set(stored) <= {"energy", "forces"}:
+        raise ModelFileError(f"{file}: field 'sigma_calibration' must be an object with "
+                             f"'energy' and/or 'forces', not {stored!r}"[:300])
+    return {name: SigmaCalibration.from_json(value, file, f"sigma_calibration.{name}")
+            for name, value in stored.items()}
 
 def fit_calibration(errors: np.ndarray, sigmas: np.ndarray, per_atom: bool = False,
                     name: str = "σ", structures: np.ndarray | None = None

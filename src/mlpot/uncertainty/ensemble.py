@@ -27,8 +27,6 @@ never executes code and each member can be used alone. A folder without
 
 from __future__ import annotations
 
-import json
-import tempfile
 from pathlib import Path
 
 import torch
@@ -37,8 +35,9 @@ from torch import nn
 from mlpot import keys
 from mlpot.errors import ModelFileError
 from mlpot.potential import Potential
-from mlpot.serialize import load, replace_folder, save, write_json_atomic
-from mlpot.uncertainty.calibration import SigmaCalibration
+from mlpot.files import atomic_folder, write_json_atomic
+from mlpot.serialize import load, read_json_object, save, sigma_scales
+from mlpot.uncertainty.calibration import SigmaCalibration, stored_calibrations
 from mlpot.uncertainty.stacked import can_stack, stacked_forward
 from mlpot.uncertainty.vmapped import (can_vmap, stacked_state, state_key, vmap_pays,
                                       vmapped_forward)
@@ -202,19 +201,17 @@ def _split_sigma(values: torch.Tensor, aleatoric_var: torch.Tensor | None,
 
 def save_ensemble(ensemble: Ensemble, path: str | Path, metadata: dict | None = None) -> Path:
     """Save to folder ``path`` atomically: ensemble.json + member_k/ model folders."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     names = [f"member_{k}" for k in range(len(ensemble.members))]
-    for name, member in zip(names, ensemble.members):
-        save(member, tmp / name, metadata)
-    write_json_atomic(tmp / "ensemble.json", {
-        "format": FORMAT, "members": names, "metadata": metadata or {},
-        "sigma_scale": {"energy": ensemble.sigma_scale_energy,
-                        "forces": ensemble.sigma_scale_forces},
-        "sigma_calibration": {"energy": ensemble.calibration_energy.to_json(),
-                              "forces": ensemble.calibration_forces.to_json()}})
-    return replace_folder(tmp, path)
+    with atomic_folder(path) as tmp:
+        for name, member in zip(names, ensemble.members):
+            save(member, tmp / name, metadata)
+        write_json_atomic(tmp / "ensemble.json", {
+            "format": FORMAT, "members": names, "metadata": metadata or {},
+            "sigma_scale": {"energy": ensemble.sigma_scale_energy,
+                            "forces": ensemble.sigma_scale_forces},
+            "sigma_calibration": {"energy": ensemble.calibration_energy.to_json(),
+                                  "forces": ensemble.calibration_forces.to_json()}})
+    return Path(path)
 
 
 def saved_metadata(path: str | Path) -> dict:
@@ -223,14 +220,38 @@ def saved_metadata(path: str | Path) -> dict:
     for name in ("metadata.json", "ensemble.json", "last_layer.json"):
         file = path / name
         if file.exists():
-            data = json.loads(file.read_text())
-            return data if name == "metadata.json" else data.get("metadata", {})
+            data = read_json_object(file)
+            metadata = data if name == "metadata.json" else data.get("metadata", {})
+            if not isinstance(metadata, dict):
+                raise ModelFileError(f"{file}: field 'metadata' must be an object, not "
+                                     f"{metadata!r}"[:300])
+            return metadata
     return {}
+
+
+def member_folders(path: str | Path) -> list[Path]:
+    """The member folders an ensemble folder's ensemble.json lists (checked: a non-empty
+    list of folder names inside ``path``)."""
+    index = Path(path) / "ensemble.json"
+    description = read_json_object(index)
+    if description.get("format") != FORMAT:
+        raise ModelFileError(f"{index}: format is {description.get('format')!r}, not {FORMAT!r}")
+    members = description.get("members")
+    if not isinstance(members, list) or not members:
+        raise ModelFileError(f"{index}: field 'members' must be a non-empty list of folder "
+                             f"names, not {members!r}"[:300])
+    for name in members:
+        # member folders live inside the ensemble folder
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+            raise ModelFileError(f"{index}: field 'members': {name!r} is not a folder name")
+    return [Path(path) / name for name in members]
 
 
 def load_model(path: str | Path):
     """A saved potential, an :class:`Ensemble` if ``path`` holds ensemble.json, or a
-    :class:`~mlpot.uncertainty.last_layer.LastLayerUncertainty` if it holds last_layer.json."""
+    :class:`~mlpot.uncertainty.last_layer.LastLayerUncertainty` if it holds last_layer.json.
+    Files are checked field by field (ModelFileError naming file and field); nothing in
+    them is executed."""
     path = Path(path)
     index = path / "ensemble.json"
     if (path / "last_layer.json").exists():
@@ -239,19 +260,18 @@ def load_model(path: str | Path):
         return load_last_layer(path)
     if not index.exists():
         return load(path)
-    description = json.loads(index.read_text())
-    if description.get("format") != FORMAT:
-        raise ModelFileError(f"{index}: format is {description.get('format')!r}, not {FORMAT!r}")
-    members = description.get("members") or []
-    for name in members:
-        if Path(name).name != name:  # member folders live inside the ensemble folder
-            raise ModelFileError(f"{index}: member {name!r} is not a folder name")
-    scale = description.get("sigma_scale", {})
-    calibration = {name: SigmaCalibration.from_json(value) for name, value in
-                   description.get("sigma_calibration", {}).items()}
-    return Ensemble([load(path / name) for name in members], scale.get("energy", 1.0),
-                    scale.get("forces", 1.0), calibration.get("energy"),
-                    calibration.get("forces")).eval()
+    members = member_folders(path)
+    description = read_json_object(index)
+    scale = sigma_scales(index, description)
+    calibration = stored_calibrations(index, description)
+    try:
+        return Ensemble([load(folder) for folder in members], scale["energy"],
+                        scale["forces"], calibration.get("energy"),
+                        calibration.get("forces")).eval()
+    except ValueError as error:
+        if isinstance(error, ModelFileError):
+            raise
+        raise ModelFileError(f"{index}: members do not form an ensemble ({error})") from error
 
 
 def combine_models(paths: list[str | Path]) -> tuple[Ensemble, dict]:

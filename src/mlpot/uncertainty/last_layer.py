@@ -34,8 +34,6 @@ offsets) beside ``model/`` (the ordinary model folder).
 from __future__ import annotations
 
 import copy
-import json
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -50,10 +48,13 @@ from mlpot.data.records import Frame
 from mlpot.errors import ModelFileError
 from mlpot.models.bpnn import BehlerParrinello
 from mlpot.potential import Potential, attach_strain, derivatives
+from mlpot.files import atomic_folder, write_bytes_atomic, write_json_atomic
 from mlpot.progress import bar as tqdm
-from mlpot.serialize import load, replace_folder, save, write_json_atomic
+from mlpot.serialize import (CHECKSUM, check_checksum, check_finite, check_safetensors,
+                             finite_number, load, read_header, read_json_object, save, sha256,
+                             sigma_scales)
 from mlpot.uncertainty.calibration import (SigmaCalibration, fit_calibration, fit_sigma_scale,
-                                           gaussian_nll)
+                                           gaussian_nll, stored_calibrations)
 
 FORMAT = "mlpot-last-layer"
 FORCE_SIGMA = ("local", "heads")
@@ -356,43 +357,63 @@ def fit_last_layer(potential: Potential, train: list[Frame], valid: list[Frame],
 def save_last_layer(model: LastLayerUncertainty, path: str | Path,
                     metadata: dict | None = None) -> Path:
     """Save to folder ``path`` atomically: last_layer.json, last_layer.safetensors, model/."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save as save_tensors
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    save(model.potential, tmp / "model", metadata)
-    save_file({"covariance": model.covariance.contiguous().cpu(),
-               "head_offsets": model.head_offsets.contiguous().cpu()},
-              str(tmp / "last_layer.safetensors"))
-    write_json_atomic(tmp / "last_layer.json", {
-        "format": FORMAT, "model": "model", "force_sigma": model.force_sigma,
-        "prior": model.prior, "metadata": metadata or {},
-        "sigma_scale": {"energy": model.sigma_scale_energy,
-                        "forces": model.sigma_scale_forces},
-        "sigma_calibration": {"forces": model.calibration_forces.to_json()}})
-    return replace_folder(tmp, path)
+    with atomic_folder(path) as tmp:
+        save(model.potential, tmp / "model", metadata)
+        write_bytes_atomic(tmp / "last_layer.safetensors", save_tensors(
+            {"covariance": model.covariance.contiguous().cpu(),
+             "head_offsets": model.head_offsets.contiguous().cpu()}))
+        write_json_atomic(tmp / "last_layer.json", {
+            CHECKSUM: sha256(tmp / "last_layer.safetensors"),
+            "format": FORMAT, "model": "model", "force_sigma": model.force_sigma,
+            "prior": model.prior, "metadata": metadata or {},
+            "sigma_scale": {"energy": model.sigma_scale_energy,
+                            "forces": model.sigma_scale_forces},
+            "sigma_calibration": {"forces": model.calibration_forces.to_json()}})
+    return Path(path)
 
 
 def load_last_layer(path: str | Path) -> LastLayerUncertainty:
-    """Load a folder written by :func:`save_last_layer` (no code is executed)."""
+    """Load a folder written by :func:`save_last_layer` (no code is executed). Every field
+    and tensor shape is checked; problems raise ModelFileError naming file and field."""
     from safetensors.torch import load_file
 
     path = Path(path)
-    description = json.loads((path / "last_layer.json").read_text())
+    index, tensors_file = path / "last_layer.json", path / "last_layer.safetensors"
+    description = read_json_object(index)
     if description.get("format") != FORMAT:
-        raise ModelFileError(f"{path / 'last_layer.json'}: format is "
-                             f"{description.get('format')!r}, not {FORMAT!r}")
-    tensors = load_file(str(path / "last_layer.safetensors"))
+        raise ModelFileError(f"{index}: format is {description.get('format')!r}, not {FORMAT!r}")
+    if description.get("model", "model") != "model":
+        raise ModelFileError(f"{index}: field 'model' must be \"model\", not "
+                             f"{description.get('model')!r}")
+    force_sigma = description.get("force_sigma", "local")
+    if force_sigma not in FORCE_SIGMA:
+        raise ModelFileError(f"{index}: field 'force_sigma' must be one of {FORCE_SIGMA}, not "
+                             f"{force_sigma!r}")
+    prior = finite_number(index, "prior", description.get("prior", 0.0), minimum=0.0)
+    check_checksum(tensors_file, description.get(CHECKSUM), str(index))
+    scale = sigma_scales(index, description)
     potential = load(path / "model")
-    scale = description.get("sigma_scale", {})
-    calibration = {name: SigmaCalibration.from_json(value) for name, value in
-                   description.get("sigma_calibration", {}).items()}
+    if type(potential.model) is not BehlerParrinello or potential.physics_terms:
+        raise ModelFileError(f"{path / 'model'}: a {potential.model.kind!r} model; last-layer "
+                             "uncertainty needs a Behler–Parrinello model without long-range terms")
+    n = last_layer_weights(potential.model).numel()
+    header = read_header(tensors_file)
+    n_heads = header.get("head_offsets", ((0,), ""))[0][0]  # any number of sampled heads
+    check_safetensors(tensors_file, {"covariance": ((n, n), torch.float64),
+                                     "head_offsets": ((n_heads, n), torch.float64)},
+                      config_file=f"{path / 'model'} (last layer of {n} weights)", found=header)
+    try:
+        tensors = load_file(str(tensors_file))
+    except Exception as error:  # noqa: BLE001
+        raise ModelFileError(f"{tensors_file}: not a readable safetensors file ({error})") \
+            from error
+    check_finite(tensors_file, tensors)
+    calibration = stored_calibrations(index, description)
     try:
         return LastLayerUncertainty(potential, tensors["covariance"], tensors["head_offsets"],
-                                    scale.get("energy", 1.0), scale.get("forces", 1.0),
-                                    description.get("prior", 0.0),
-                                    description.get("force_sigma", "local"),
+                                    scale["energy"], scale["forces"], prior, force_sigma,
                                     calibration.get("forces")).eval()
     except (KeyError, ValueError) as error:
-        raise ModelFileError(f"{path}: {error}") from error
+        raise ModelFileError(f"{index}: {error}") from error
