@@ -239,6 +239,20 @@ def test_calibrated_force_sigma_is_per_atom(ensemble, acac_frames, tmp_path):
     assert torch.equal(loaded(loaded.batch(frames))[keys.FORCES_STD], out[keys.FORCES_STD])
 
 
+
+@pytest.mark.parametrize("field, value", [("scale", float("nan")), ("exponent", -1.0),
+                                          ("floor", "0.1"), ("atom_weight", 2.0),
+                                          ("per_atom", 1), ("reference", 0.0)])
+def test_a_damaged_stored_calibration_is_refused(ensemble, tmp_path, field, value):
+    """Each field of a stored σ calibration is checked on load: one ModelFileError naming
+    ensemble.json and the field, never a model that reports NaN or negative σ."""
+    path = save_ensemble(ensemble, tmp_path / "damaged")
+    index = json.loads((path / "ensemble.json").read_text())
+    index["sigma_calibration"]["forces"][field] = value
+    (path / "ensemble.json").write_text(json.dumps(index))
+    with pytest.raises(ModelFileError, match=rf"ensemble\.json.*sigma_calibration\.forces\.{field}"):
+        load_model(path)
+
 def test_calculator_reports_sigma(ensemble, acac_frames):
     atoms = acac_frames[4].to_atoms()
     atoms.calc = MlpotCalculator(ensemble)
