@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from mlpot.errors import MlpotError
+from mlpot.threads import atoms_per_batch, check_threads, use_threads
 
 
 def _train(args) -> int:
@@ -70,10 +71,12 @@ def _eval(args) -> int:
 
     from mlpot.label.delta import baseline_engine, subtract_baseline
 
+    check_threads(args.threads)
     potential = load_model(args.model)
     frames = read_frames(args.file, energy_key=args.energy_key, forces_key=args.forces_key)
     # isolated atoms are E0 labels, not test structures (an HDF5 file stays a lazy view)
     frames = split_isolated_atoms(frames)[1] or frames
+    use_threads(atoms_per_batch(frames, args.batch_size), args.threads)
     baseline = baseline_engine(args.model)
     if baseline is not None:  # a Δ-model: compare ΔE with reference − baseline (same errors)
         frames = subtract_baseline(frames, baseline)
@@ -111,10 +114,12 @@ def _md(args) -> int:
     from mlpot.dynamics.calculator import MlpotCalculator
     from mlpot.dynamics.md import run_md
 
+    check_threads(args.threads)
     try:
         atoms = read(args.structure, index=args.frame)
     except Exception as error:
         raise MlpotError(f"{args.structure}: cannot read frame {args.frame} ({error})") from error
+    use_threads(len(atoms), args.threads)
     calculator = MlpotCalculator(args.model, dtype=args.dtype, device=args.device)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -290,11 +295,15 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--size", choices=["small", "medium", "large"],
                        help="architecture preset of the model (default medium)")
     train.add_argument("--cutoff", type=float, help="Å")
-    train.add_argument("--max-minutes", type=float, help="training time budget")
+    train.add_argument("--max-minutes", type=float,
+                       help="time budget of the whole run, minutes (with --ensemble M the "
+                            "members share it, each in turn; descriptor caching counts, "
+                            "once even across --resume)")
     train.add_argument("--max-epochs", type=int)
     train.add_argument("--dtype", choices=["float32", "float64"])
     train.add_argument("--seed", type=int)
-    train.add_argument("--threads", type=int, help="torch CPU threads")
+    train.add_argument("--threads", type=int, help="torch CPU threads (default: "
+                                                    "OMP_NUM_THREADS, else by the batch's atoms)")
     train.add_argument("--ensemble", type=int, metavar="M",
                        help="train a deep ensemble of M members (epistemic uncertainty)")
     train.add_argument("--bootstrap", action="store_true",
@@ -336,6 +345,8 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--energy-key", default="energy")
     evaluate.add_argument("--forces-key", default="forces")
     evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--threads", type=int, help="torch CPU threads (default: "
+                                                       "OMP_NUM_THREADS, else by the batch's atoms)")
     evaluate.set_defaults(run=_eval)
 
     md = commands.add_parser("md", help="molecular dynamics with a model (ASE)")
@@ -358,6 +369,8 @@ def parser() -> argparse.ArgumentParser:
                     help="ensembles: epistemic force σ threshold, eV/Å (see --on-uncertain)")
     md.add_argument("--on-uncertain", choices=["stop", "flag"], default="stop",
                     help="stop (exit 4) or only log the steps beyond --max-force-sigma")
+    md.add_argument("--threads", type=int, help="torch CPU threads (default: OMP_NUM_THREADS, "
+                                                 "else 1 below 500 atoms, else all cores)")
     md.add_argument("--out", default="md.traj", help="trajectory file (ASE .traj)")
     md.add_argument("--log", help="energy log (default: OUT with .log)")
     md.set_defaults(run=_md)

@@ -44,6 +44,13 @@ class FeatureCache:
                           leave=False):
             self.items += self._compute(potential, model, frames[start:start + chunk])
 
+    @staticmethod
+    def atoms_per_call(frames: list[Frame], chunk: int = 16) -> int:
+        """Size of the work of one chunk, in atoms: the chunk's atoms times its 3·max_n
+        forward-mode tangents (for :func:`mlpot.threads.choose_threads`)."""
+        sizes = [len(f) for f in frames[:chunk]]
+        return sum(sizes) * 3 * max(sizes, default=0)
+
     def _compute(self, potential, model, frames: list[Frame]) -> list[dict]:
         batch = potential.batch(frames, dtype=self.dtype)
         positions = batch[keys.POSITIONS]

@@ -31,6 +31,7 @@ from mlpot.train.metrics import evaluate
 from mlpot.train.ridge import fit_linear
 from mlpot.train.distributed import context
 from mlpot.train.trainer import Trainer, training_device
+from mlpot.threads import atoms_per_batch, use_threads
 from mlpot.uncertainty.calibration import (calibration_curve, ensemble_errors,
                                          fit_sigma_scale, miscalibration_area,
                                          uncertainty_metrics)
@@ -282,13 +283,22 @@ def member_init(init_model: str | None, k: int) -> Path | None:
     return path
 
 
+def member_budget(total: float | None, done: list[dict], n_members: int) -> float | None:
+    """Minutes of the next ensemble member: an equal share of what the members before it
+    (their summaries ``done``, ``minutes`` each) left of the run's ``total``; the last one
+    gets all that remains. Never below 1 % of an equal share, so that a member that an
+    earlier one's overrun leaves without time still trains one (part) epoch."""
+    if total is None:
+        return None
+    left = total - sum(summary.get("minutes", 0.0) for summary in done)
+    return max(left / (n_members - len(done)), 0.01 * total / n_members)
+
+
 def run_training(config: RunConfig, resume: bool = False, progress: bool = True) -> dict:
     """Train (or fit) the configured potential and evaluate it; returns the summary dict."""
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
-    if config.training.threads:
-        torch.set_num_threads(config.training.threads)
     started = time.time()
     ctx = context(training_device(config.training.device))  # torchrun: one of several
     progress = progress and ctx.is_main
@@ -305,6 +315,9 @@ def run_training(config: RunConfig, resume: bool = False, progress: bool = True)
             check_elements(frames, elements)
     say(f"{len(train)} training, {len(valid)} validation frames; elements {elements}; "
         f"E0 from {e0_source}", flush=True)
+    threads = use_threads(atoms_per_batch(train, config.training.batch_size),
+                          config.training.threads)
+    say(f"torch threads: {threads}", flush=True)
 
     info = {"config": config.model_dump(), "seed": config.seed, "versions": versions(),
             "git_commit": git_commit(), "command": sys.argv, "e0_source": e0_source,
@@ -342,14 +355,20 @@ def run_training(config: RunConfig, resume: bool = False, progress: bool = True)
         summaries, members = [], []
         for k in range(n_members):
             seed = config.seed + k
-            say(f"ensemble member {k + 1} of {n_members} (seed {seed})", flush=True)
+            budget = member_budget(config.training.max_minutes, summaries, n_members)
+            say(f"ensemble member {k + 1} of {n_members} (seed {seed}"
+                + (f", {budget:.2f} of {config.training.max_minutes:g} minutes)"
+                   if budget is not None else ")"), flush=True)
             torch.manual_seed(seed)
             member_train = bootstrap_sample(train, seed) if config.training.bootstrap else train
             member_out = out / "members" / f"member_{k}"
-            summaries.append(train_member(config, member_train, valid, elements, e0,
+            member_config = config.model_copy(update={"training": config.training.model_copy(
+                update={"max_minutes": budget})})
+            summaries.append(train_member(member_config, member_train, valid, elements, e0,
                                           member_out, seed, {**metadata, "seed": seed},
                                           progress, resume,
                                           member_init(config.training.init_model, k)))
+            summaries[-1]["budget_minutes"] = budget
             if ctx.is_main:
                 members.append(load(member_out / "model"))
         if not ctx.is_main:
