@@ -230,9 +230,12 @@ def recalibrate(ensemble: Ensemble, frames: list[Frame]) -> dict:
 
 def train_member(config: RunConfig, train: list[Frame], valid: list[Frame], elements: list[int],
                  e0: dict[str, float], out: Path, seed: int, metadata: dict, progress: bool,
-                 resume: bool, init: Path | None = None) -> dict:
+                 resume: bool, init: Path | None = None, caches: dict | None = None) -> dict:
     """Build, fit and save one potential into ``out/model``; returns the training summary.
-    ``init``: a saved model to start from (warm start / fine-tuning) instead of a new one."""
+    ``init``: a saved model to start from (warm start / fine-tuning) instead of a new one.
+    ``caches``: {"last": the descriptor cache of the previous member}, used when it holds
+    these very frames and replaced by this member's (members on the same frames share one;
+    bootstrap members keep only one alive at a time)."""
     say = print if progress else (lambda *a, **k: None)
     if init is not None:
         potential = initial_potential(init, elements, e0)
@@ -253,8 +256,10 @@ def train_member(config: RunConfig, train: list[Frame], valid: list[Frame], elem
         save(potential.to(dtype), out / "model", {**metadata, "fit": fit})
         return {"stopped_by": "closed form", "fit": fit}
     fit_statistics(potential, train)
+    caches = {} if caches is None else caches
     trainer = Trainer(potential.to(dtype), train, valid, config.training, out, seed=seed,
-                      metadata=metadata, progress=progress)
+                      metadata=metadata, progress=progress, feature_cache=caches.pop("last", None))
+    caches["last"] = trainer.feature_cache
     return trainer.run(resume=resume)
 
 
@@ -352,7 +357,7 @@ def run_training(config: RunConfig, resume: bool = False, progress: bool = True)
                 config.training.last_layer_heads, config.seed, progress)
             save_last_layer(uncertain, out / "model", metadata)
     else:
-        summaries, members = [], []
+        summaries, members, caches = [], [], {}
         for k in range(n_members):
             seed = config.seed + k
             budget = member_budget(config.training.max_minutes, summaries, n_members)
@@ -367,7 +372,7 @@ def run_training(config: RunConfig, resume: bool = False, progress: bool = True)
             summaries.append(train_member(member_config, member_train, valid, elements, e0,
                                           member_out, seed, {**metadata, "seed": seed},
                                           progress, resume,
-                                          member_init(config.training.init_model, k)))
+                                          member_init(config.training.init_model, k), caches))
             summaries[-1]["budget_minutes"] = budget
             if ctx.is_main:
                 members.append(load(member_out / "model"))

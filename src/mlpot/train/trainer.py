@@ -63,11 +63,13 @@ class Trainer:
 
     Writes into ``out``: ``checkpoint.pt`` (resume state), ``model/`` (best EMA weights on
     validation), ``log.csv`` (one row per epoch) and ``snapshots/`` when asked.
+    ``feature_cache``: a descriptor cache of the same ``train`` frames made for a potential
+    with the same descriptor and E0 (an ensemble's earlier member), used instead of a new one.
     """
 
     def __init__(self, potential: Potential, train: Sequence[Frame], valid: Sequence[Frame],
                  config: TrainingConfig, out: Path, seed: int = 0, metadata: dict | None = None,
-                 progress: bool = True):
+                 progress: bool = True, feature_cache: FeatureCache | None = None):
         self.device = training_device(config.device)
         self.ctx = context(self.device)
         if self.device.type == "cuda" and self.ctx.distributed:
@@ -82,7 +84,10 @@ class Trainer:
         self.train_graphs = GraphCache(train, cutoff, angular)
         self.feature_cache = None
         self.setup_seconds = 0.0  # counted into the time budget once (not again on resume)
-        if self._use_feature_cache(train):
+        if (feature_cache is not None and feature_cache.frames is train
+                and feature_cache.dtype == self.dtype and self._use_feature_cache(train)):
+            self.feature_cache = feature_cache  # an earlier member's, of these frames
+        elif self._use_feature_cache(train):
             began = time.monotonic()
             with threads_for(FeatureCache.atoms_per_call(train), config.threads):
                 self.feature_cache = FeatureCache(potential, train, dtype=self.dtype,
