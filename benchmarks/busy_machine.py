@@ -170,7 +170,8 @@ def main() -> None:
               "steps": args.steps, "epochs": args.epochs, "frames": args.frames,
               "before": str(args.before), "after": str(args.after),
               "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_s": time.time() - began,
-              "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg(), "runs": runs,
+              "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg(),
+              "runs": runs,
               "slowdown_busy_over_idle": ratios}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.label}.json").write_text(json.dumps(result, indent=1))

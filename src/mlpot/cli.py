@@ -345,8 +345,9 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--energy-key", default="energy")
     evaluate.add_argument("--forces-key", default="forces")
     evaluate.add_argument("--batch-size", type=int, default=64)
-    evaluate.add_argument("--threads", type=int, help="torch CPU threads (default: "
-                                                       "OMP_NUM_THREADS, else by the batch's atoms)")
+    evaluate.add_argument("--threads", type=int,
+                          help="torch CPU threads (default: OMP_NUM_THREADS, else by the "
+                               "batch's atoms)")
     evaluate.set_defaults(run=_eval)
 
     md = commands.add_parser("md", help="molecular dynamics with a model (ASE)")

@@ -14,8 +14,8 @@ Waiting: torch's CPU build on Linux runs its parallel regions on GNU OpenMP (lib
 in ``torch/lib``), which reads ``OMP_WAIT_POLICY`` once, when it is loaded by ``import torch``.
 Its default lets idle workers spin; on a machine with other work they take cores from it and
 from each other. ``PASSIVE`` makes them sleep (96 frames of acac's descriptor cache on two
-threads beside other work: 24–29 s with the default policy, 8–10 s passive). :func:`wait_passively`
-sets it unless the user did; ``import mlpot`` calls it, so ``mlpot`` and ``python -m mlpot``
+threads beside other work: 24–29 s with the default policy, 8–10 s passive).
+:func:`wait_passively` sets it unless the user did; ``import mlpot`` calls it, so ``mlpot`` and ``python -m mlpot``
 get it before torch loads. A program that imports torch before mlpot must export
 ``OMP_WAIT_POLICY=PASSIVE`` itself (libgomp has no call to change it later).
 """
