@@ -15,9 +15,9 @@ in ``torch/lib``), which reads ``OMP_WAIT_POLICY`` once, when it is loaded by ``
 Its default lets idle workers spin; on a machine with other work they take cores from it and
 from each other. ``PASSIVE`` makes them sleep (96 frames of acac's descriptor cache on two
 threads beside other work: 24–29 s with the default policy, 8–10 s passive).
-:func:`wait_passively` sets it unless the user did; ``import mlpot`` calls it, so ``mlpot`` and ``python -m mlpot``
-get it before torch loads. A program that imports torch before mlpot must export
-``OMP_WAIT_POLICY=PASSIVE`` itself (libgomp has no call to change it later).
+:func:`wait_passively` sets it unless the user did; ``import mlpot`` calls it, so ``mlpot``
+and ``python -m mlpot`` get it before torch loads. A program that imports torch before mlpot
+must export ``OMP_WAIT_POLICY=PASSIVE`` itself (libgomp has no call to change it later).
 """
 
 from __future__ import annotations
