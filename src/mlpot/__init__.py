@@ -5,6 +5,10 @@
     atoms.calc = mlpot.Calculator("runs/acac/model")  # an ASE calculator
 """
 
+from mlpot.threads import wait_passively
+
+wait_passively()  # before anything imports torch: OpenMP reads it once (see mlpot.threads)
+
 __version__ = "0.1.0"
 
 

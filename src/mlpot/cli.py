@@ -11,6 +11,7 @@ from pathlib import Path
 
 from mlpot import __version__
 from mlpot.errors import MlpotError
+from mlpot.threads import atoms_per_batch, check_threads, use_threads
 
 
 def _train(args) -> int:
@@ -120,11 +121,13 @@ def _eval(args) -> int:
 
     from mlpot.label.delta import baseline_engine, subtract_baseline
 
+    check_threads(args.threads)
     potential = load_model(args.model)
     frames = read_frames(args.file, energy_key=args.energy_key, forces_key=args.forces_key,
                          db_select=args.select)
     # isolated atoms are E0 labels, not test structures (an HDF5 file stays a lazy view)
     frames = split_isolated_atoms(frames)[1] or frames
+    use_threads(atoms_per_batch(frames, args.batch_size), args.threads)
     baseline = baseline_engine(args.model)
     if baseline is not None:  # a Δ-model: compare ΔE with reference − baseline (same errors)
         frames = subtract_baseline(frames, baseline)
@@ -179,6 +182,7 @@ def _md(args) -> int:
     from mlpot.dynamics.md import EXIT_CODES, check_md_settings, run_md
     from mlpot.serialize import write_json_atomic
 
+    check_threads(args.threads)
     # 0 disables a watchdog; the others must be positive and finite (one-line errors)
     settings = dict(steps=args.steps, dt=args.dt, temperature=args.temperature,
                     ensemble=args.ensemble, friction=args.friction, interval=args.interval,
@@ -199,6 +203,7 @@ def _md(args) -> int:
         atoms = read(args.structure, index=args.frame)
     except Exception as error:
         raise MlpotError(f"{args.structure}: cannot read frame {args.frame} ({error})") from error
+    use_threads(len(atoms), args.threads)
     calculator = MlpotCalculator(args.model, dtype=args.dtype, device=args.device)
     if args.fragment_distance is None:  # default: the model's cutoff
         settings["fragment_distance"] = float(calculator.potential.cutoff)
@@ -457,7 +462,9 @@ def parser() -> argparse.ArgumentParser:
                        help=_key("architecture preset of the model", "model.size"))
     train.add_argument("--cutoff", type=float, help=_key("Å", "model.cutoff"))
     train.add_argument("--max-minutes", type=float,
-                       help=_key("training time budget, minutes", "training.max_minutes"))
+                       help=_key("time budget of the whole run, minutes (with --ensemble M the "
+                                 "members share it, each in turn; descriptor caching counts, "
+                                 "once even across --resume)", "training.max_minutes"))
     train.add_argument("--max-epochs", type=int, help=_key("at most this many epochs",
                                                            "training.max_epochs"))
     train.add_argument("--batch-size", type=int, metavar="N",
@@ -468,8 +475,9 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--dtype", choices=_choices("training.dtype"),
                        help=_key("precision of training", "training.dtype"))
     train.add_argument("--seed", type=int, help=_key("random seed", "seed"))
-    train.add_argument("--threads", type=int, help=_key("torch CPU threads", "training.threads",
-                                                        "torch's choice"))
+    train.add_argument("--threads", type=int,
+                       help=_key("torch CPU threads", "training.threads",
+                                 "OMP_NUM_THREADS, else by the batch's atoms"))
     train.add_argument("--ensemble", type=int, metavar="M",
                        help=_key("train a deep ensemble of M members (epistemic uncertainty)",
                                  "training.ensemble"))
@@ -529,6 +537,9 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--select", metavar="QUERY",
                           help="ASE databases: which rows (an ase.db query, e.g. one level)")
     evaluate.add_argument("--batch-size", type=_positive_int, default=64, help="frames per forward pass")
+    evaluate.add_argument("--threads", type=int,
+                          help="torch CPU threads (default: OMP_NUM_THREADS, else by the "
+                               "batch's atoms)")
     evaluate.add_argument(
         "--write", metavar="OUT.xyz",
         help="also write every frame with its predictions (extxyz, like MACE's eval_configs): "
@@ -579,6 +590,8 @@ def parser() -> argparse.ArgumentParser:
                     help="ensembles: epistemic force σ threshold, eV/Å (see --on-uncertain)")
     md.add_argument("--on-uncertain", choices=["stop", "flag"], default="stop",
                     help="stop (exit 4) or only log the steps beyond --max-force-sigma")
+    md.add_argument("--threads", type=int, help="torch CPU threads (default: OMP_NUM_THREADS, "
+                                                 "else 1 below 500 atoms, else all cores)")
     md.add_argument("--out", default="md.traj", help="trajectory file (ASE .traj)")
     md.add_argument("--log", help="energy log (default: OUT with .log)")
     md.set_defaults(run=_md)

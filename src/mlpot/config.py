@@ -147,7 +147,9 @@ class ModelConfig(Strict):
 
 
 class TrainingConfig(Strict):
-    max_minutes: float | None = 10.0  # wall-clock budget, summed over resumes
+    # wall-clock budget of the whole run, minutes (summed over resumes; an ensemble's members
+    # share it); counts descriptor caching, not reading data
+    max_minutes: float | None = Field(10.0, gt=0, allow_inf_nan=False)
     max_epochs: int = 100000
     batch_size: int = Field(8, ge=1)
     learning_rate: float | None = Field(None, gt=0)  # default 1e-2 equivariant, else 2e-3
@@ -173,10 +175,11 @@ class TrainingConfig(Strict):
     snapshot_minutes: list[float] = []  # also save the model at these training minutes
     cache_descriptors: bool = True  # bpnn: precompute descriptors and their derivatives
     cache_max_gb: float = Field(4.0, gt=0)  # ... unless that needs more memory than this
-    threads: int | None = None  # torch CPU threads (default: torch's choice)
+    threads: int | None = Field(None, ge=1)  # torch CPU threads (default: OMP_NUM_THREADS,
+    #                                        else by the work; see mlpot.threads)
     device: Literal["cpu", "cuda", "auto"] = "cpu"  # auto: cuda when a GPU is present
-    ensemble: int = Field(1, ge=1)  # members of a deep ensemble (seeds seed … seed+M−1), each
-    #                                  trained for max_minutes; see mlpot.uncertainty.ensemble
+    ensemble: int = Field(1, ge=1)  # members of a deep ensemble (seeds seed … seed+M−1),
+    #             sharing max_minutes in turn; see mlpot.uncertainty.ensemble, mlpot.train.run
     bootstrap: bool = False  # each member trains on a resample (with replacement) of train
     # aleatoric variance head (mlpot.models.variance), trained by Gaussian NLL after a warm-up
     aleatoric: bool = False
@@ -308,7 +311,7 @@ class LearnConfig(Strict):
     out: str = "runs/learn"
     engine: EngineConfig = EngineConfig()
     model: ModelConfig = ModelConfig()
-    training: TrainingConfig = TrainingConfig(ensemble=3, max_minutes=1.0)
+    training: TrainingConfig = TrainingConfig(ensemble=3, max_minutes=3.0)  # shared by members
     explore: ExploreConfig = ExploreConfig()
     select: SelectConfig = SelectConfig()
     iterations: int = Field(10, ge=1)

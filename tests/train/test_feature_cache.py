@@ -98,3 +98,32 @@ def test_trainer_uses_cache_when_asked(acac_frames, tmp_path, use_cache):
     summary = trainer.run()
     assert summary["epochs"] == 1
 
+
+
+@pytest.mark.parametrize("angular_kind", ["G4", "G5"])
+def test_angular_jacobian_equals_forward_mode_over_positions(acac_frames, angular_kind):
+    """The per-triplet derivatives, scattered to centre and neighbours, are the Jacobian that
+    forward-mode autograd over every atom's position gives (acac and a periodic cell whose
+    atoms see their own images)."""
+    from ase.build import bulk
+
+    from mlpot.data.batch import structure_jacobian
+    from mlpot.train.feature_cache import angular_jacobian
+
+    cell = bulk("C", "diamond", a=3.57).repeat((2, 1, 1))
+    cell.numbers[0] = 1
+    periodic = Frame(numbers=cell.numbers.astype(np.int64), positions=cell.positions,
+                     cell=cell.cell.array, pbc=cell.pbc, energy=0.0, index=9)
+    descriptor = SymmetryFunctions([1, 6, 8], cutoff=3.5, radial=default_radial(3.5, 3),
+                                   angular=default_angular(3.5, 2, (1.0, 4.0)),
+                                   angular_kind=angular_kind).double()
+    potential = Potential(BehlerParrinello(descriptor, hidden=[4]),
+                          {"H": -13.6, "C": -1026.8, "O": -2037.8}).double()
+    batch = potential.batch([acac_frames[0], periodic, acac_frames[1]], dtype=torch.float64)
+
+    def angular(positions):
+        return descriptor({**batch, "positions": positions})[:, descriptor.n_radial:]
+
+    dense = structure_jacobian(angular, batch).permute(2, 3, 0, 1)
+    assert dense.abs().max() > 0
+    assert torch.allclose(angular_jacobian(descriptor, batch), dense, rtol=0, atol=1e-12)

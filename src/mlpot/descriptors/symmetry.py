@@ -130,7 +130,8 @@ class SymmetryFunctions(nn.Module):
     def _cutoff(self, r: torch.Tensor, cutoff: float) -> torch.Tensor:
         return CUTOFF_FUNCTIONS[self.cutoff_function](r, cutoff)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, batch: dict[str, torch.Tensor], angular: bool = True) -> torch.Tensor:
+        """Features (n_atoms, n_features); ``angular=False``: the radial blocks alone."""
         positions = batch[keys.POSITIONS]
         dtype, n_atoms = positions.dtype, positions.shape[0]
         species = self.species_index[batch[keys.NUMBERS]]
@@ -146,16 +147,31 @@ class SymmetryFunctions(nn.Module):
         radial = radial.index_add(0, center * n_el + species[neighbor], g2)
         features = [radial.reshape(n_atoms, -1)]
 
-        if self.angular_parameters[0]:
-            features.append(self._angular(batch, vectors, r, species, n_atoms))
+        if angular and self.angular_parameters[0]:
+            features.append(self._angular(batch, vectors, species, n_atoms))
         return torch.cat(features, dim=1)
 
-    def _angular(self, batch, vectors, r, species, n_atoms) -> torch.Tensor:
-        dtype = vectors.dtype
+    def _angular(self, batch, vectors, species, n_atoms) -> torch.Tensor:
         ij, ik = batch[keys.TRIPLETS]
-        center, neighbor = batch[keys.EDGE_INDEX]
-        v_ij, v_ik = vectors.index_select(0, ij), vectors.index_select(0, ik)
-        r_ij, r_ik = r.index_select(0, ij), r.index_select(0, ik)
+        center = batch[keys.EDGE_INDEX][0]
+        g = self.angular_terms(vectors.index_select(0, ij), vectors.index_select(0, ik))
+        angular = vectors.new_zeros(n_atoms * self.n_pairs, g.shape[1])
+        angular = angular.index_add(0, center[ij] * self.n_pairs
+                                    + self.triplet_pairs(batch, species), g)
+        return angular.reshape(n_atoms, -1)
+
+    def triplet_pairs(self, batch, species) -> torch.Tensor:
+        """Element-pair block (n_triplets,) of every triplet's angular terms."""
+        ij, ik = batch[keys.TRIPLETS]
+        neighbor = batch[keys.EDGE_INDEX][1]
+        return self.pair_index[species[neighbor[ij]], species[neighbor[ik]]]
+
+    def angular_terms(self, v_ij: torch.Tensor, v_ik: torch.Tensor) -> torch.Tensor:
+        """Each triplet's angular terms (n_triplets, n_pairs' block width) from its two edge
+        vectors (n_triplets, 3), Å; summed per centre and element pair they are the angular
+        features."""
+        dtype = v_ij.dtype
+        r_ij, r_ik = v_ij.norm(dim=-1), v_ik.norm(dim=-1)
         cos = (v_ij * v_ik).sum(-1) / (r_ij * r_ik)
         eta = self.unique_eta.to(dtype)
         zeta = self.unique_zeta.to(dtype)
@@ -171,11 +187,7 @@ class SymmetryFunctions(nn.Module):
         base = (1.0 + lam * cos[:, None]).clamp(min=1e-12)
         shape = (2.0 ** (1.0 - zeta)) * base**zeta  # (n_triplets, distinct (ζ, λ))
         radial = torch.exp(-eta * squares[:, None]) * cut[:, None]  # (n_triplets, distinct η)
-        g = radial.index_select(1, self.eta_column) * shape.index_select(1, self.shape_column)
-        pair = self.pair_index[species[neighbor[ij]], species[neighbor[ik]]]
-        angular = vectors.new_zeros(n_atoms * self.n_pairs, g.shape[1])
-        angular = angular.index_add(0, center[ij] * self.n_pairs + pair, g)
-        return angular.reshape(n_atoms, -1)
+        return radial.index_select(1, self.eta_column) * shape.index_select(1, self.shape_column)
 
     def extra_repr(self) -> str:
         return (f"elements={self.elements}, cutoff={self.cutoff}, "

@@ -22,6 +22,7 @@ from mlpot import keys
 from mlpot.data.batch import structure_jacobian
 from mlpot.data.records import Frame
 from mlpot.progress import bar as tqdm
+from mlpot.neighbors import edge_vectors
 
 
 def cache_bytes(frames: list[Frame], n_features: int, dtype: torch.dtype) -> int:
@@ -44,20 +45,31 @@ class FeatureCache:
                           leave=False):
             self.items += self._compute(potential, model, frames[start:start + chunk])
 
+    @staticmethod
+    def atoms_per_call(frames: list[Frame], chunk: int = 16) -> int:
+        """Size of the work of one chunk, in atoms: the chunk's atoms times its 3·max_n
+        forward-mode tangents (for :func:`mlpot.threads.choose_threads`)."""
+        sizes = [len(f) for f in frames[:chunk]]
+        return sum(sizes) * 3 * max(sizes, default=0)
+
     def _compute(self, potential, model, frames: list[Frame]) -> list[dict]:
         batch = potential.batch(frames, dtype=self.dtype)
-        positions = batch[keys.POSITIONS]
+        descriptor = model.descriptor
 
-        def rows(pos):
+        def radial_rows(pos):  # radial features and coordination: cheap per tangent
             moved = {**batch, keys.POSITIONS: pos}
-            return torch.cat([model.descriptor(moved), model.coordination(moved)[:, None]], 1)
+            return torch.cat([descriptor(moved, angular=False),
+                              model.coordination(moved)[:, None]], 1)
 
         with torch.no_grad():
-            q = rows(positions)
+            q = torch.cat([descriptor(batch), model.coordination(batch)[:, None]], 1)
         n_atoms = batch[keys.N_ATOMS]
         offsets = torch.cumsum(n_atoms, 0) - n_atoms
-        # jac[i, d, a, α] = ∂q_id / ∂r_{b(i), a, α}
-        jac = structure_jacobian(rows, batch).permute(2, 3, 0, 1)  # (n_atoms, D+1, max_n, 3)
+        # jac[i, d, a, α] = ∂q_id / ∂r_{b(i), a, α}, (n_atoms, D+1, max_n, 3)
+        radial = structure_jacobian(radial_rows, batch).permute(2, 3, 0, 1)
+        n_radial = descriptor.n_radial
+        jac = torch.cat([radial[:, :n_radial], angular_jacobian(descriptor, batch),
+                         radial[:, n_radial:]], dim=1)
         e0 = potential.e0.double()[batch[keys.NUMBERS]]
         species = model.descriptor.species_index[batch[keys.NUMBERS]]
         items = []
@@ -98,6 +110,49 @@ class FeatureCache:
                                     else torch.zeros(len(it["q"]), 3, dtype=self.dtype)
                                     for it in items]),
         }
+
+
+def angular_jacobian(descriptor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """∂G_i/∂r_a of the angular features, (n_atoms, n_angular_features, max_n, 3), a the
+    atom's index in its structure.
+
+    Each triplet's terms depend on its two edge vectors v_ij, v_ik alone, so six
+    forward-mode tangents (each moving one of them along x, y or z in every triplet at once)
+    give every triplet's derivatives; with v_ij = r_j − r_i + shift they go to atoms j and k,
+    and their negative sum to the centre i. Far fewer passes than the 3·max_n tangents of
+    positions :func:`~mlpot.data.batch.structure_jacobian` needs."""
+    n_atoms = len(batch[keys.POSITIONS])
+    max_n = int(batch[keys.N_ATOMS].max())
+    n_columns = descriptor.n_features - descriptor.n_radial
+    if not n_columns:
+        return batch[keys.POSITIONS].new_zeros(n_atoms, 0, max_n, 3)
+    vectors = edge_vectors(batch).detach()
+    ij, ik = batch[keys.TRIPLETS]
+    center, neighbor = batch[keys.EDGE_INDEX]
+    v_ij, v_ik = vectors.index_select(0, ij), vectors.index_select(0, ik)
+    eye = torch.eye(3, dtype=vectors.dtype)
+    tangents_ij = torch.cat([eye, torch.zeros_like(eye)])  # (6, 3): v_ij's x, y, z, then none
+    tangents_ik = torch.cat([torch.zeros_like(eye), eye])
+
+    def along(t_ij, t_ik):
+        return torch.func.jvp(descriptor.angular_terms, (v_ij, v_ik),
+                              (t_ij.expand_as(v_ij), t_ik.expand_as(v_ik)))[1]
+
+    derivative = torch.func.vmap(along)(tangents_ij, tangents_ik)  # (6, n_triplets, C)
+    d_ij = derivative[:3].permute(1, 2, 0)  # (n_triplets, C, 3)
+    d_ik = derivative[3:].permute(1, 2, 0)
+    n_atoms_of = batch[keys.N_ATOMS]
+    local = (torch.arange(n_atoms) - (torch.cumsum(n_atoms_of, 0) - n_atoms_of)[batch[keys.BATCH]])
+    species = descriptor.species_index[batch[keys.NUMBERS]]
+    i = center[ij]
+    block = (i * descriptor.n_pairs + descriptor.triplet_pairs(batch, species)) * max_n
+    out = vectors.new_zeros(n_atoms * descriptor.n_pairs * max_n, *d_ij.shape[1:])
+    out = out.index_add(0, block + local[neighbor[ij]], d_ij)
+    out = out.index_add(0, block + local[neighbor[ik]], d_ik)
+    out = out.index_add(0, block + local[i], -(d_ij + d_ik))
+    width = d_ij.shape[1]  # columns of one element pair's block
+    return (out.reshape(n_atoms, descriptor.n_pairs, max_n, width, 3)
+            .permute(0, 1, 3, 2, 4).reshape(n_atoms, descriptor.n_pairs * width, max_n, 3))
 
 
 def predict_cached(model, batch: dict[str, torch.Tensor],

@@ -36,6 +36,7 @@ from mlpot.train.metrics import evaluate
 from mlpot.train.ridge import fit_linear
 from mlpot.train.distributed import context
 from mlpot.train.trainer import CHECKPOINT, Trainer, read_checkpoint, training_device
+from mlpot.threads import atoms_per_batch, use_threads
 from mlpot.uncertainty.calibration import (SigmaCalibration, calibration_curve,
                                            ensemble_errors, fit_calibration, gaussian_nll,
                                            miscalibration_area, uncertainty_metrics)
@@ -276,9 +277,12 @@ def constant_sigma_reference(force_errors: np.ndarray, metrics: dict, valid: dic
 
 def train_member(config: RunConfig, train: list[Frame], valid: list[Frame], elements: list[int],
                  e0: dict[str, float], out: Path, seed: int, metadata: dict, progress: bool,
-                 resume: bool, init: Path | None = None) -> dict:
+                 resume: bool, init: Path | None = None, caches: dict | None = None) -> dict:
     """Build, fit and save one potential into ``out/model``; returns the training summary.
-    ``init``: a saved model to start from (warm start / fine-tuning) instead of a new one."""
+    ``init``: a saved model to start from (warm start / fine-tuning) instead of a new one.
+    ``caches``: {"last": the descriptor cache of the previous member}, used when it holds
+    these very frames and replaced by this member's (members on the same frames share one;
+    bootstrap members keep only one alive at a time)."""
     say = print if progress else (lambda *a, **k: None)
     if init is not None:
         potential = initial_potential(init, elements, e0)
@@ -299,8 +303,10 @@ def train_member(config: RunConfig, train: list[Frame], valid: list[Frame], elem
         save(potential.to(dtype), out / "model", {**metadata, "fit": fit})
         return {"stopped_by": "closed form", "fit": fit}
     fit_statistics(potential, train)
+    caches = {} if caches is None else caches
     trainer = Trainer(potential.to(dtype), train, valid, config.training, out, seed=seed,
-                      metadata=metadata, progress=progress)
+                      metadata=metadata, progress=progress, feature_cache=caches.pop("last", None))
+    caches["last"] = trainer.feature_cache
     return trainer.run(resume=resume)
 
 
@@ -328,6 +334,17 @@ def member_init(init_model: str | None, k: int) -> Path | None:
     return path
 
 
+def member_budget(total: float | None, done: list[dict], n_members: int) -> float | None:
+    """Minutes of the next ensemble member: an equal share of what the members before it
+    (their summaries ``done``, ``minutes`` each) left of the run's ``total``; the last one
+    gets all that remains. Never below 1 % of an equal share, so that a member that an
+    earlier one's overrun leaves without time still trains one (part) epoch."""
+    if total is None:
+        return None
+    left = total - sum(summary.get("minutes", 0.0) for summary in done)
+    return max(left / (n_members - len(done)), 0.01 * total / n_members)
+
+
 def run_training(config: RunConfig, resume: bool = False, progress: bool = True) -> dict:
     """Train (or fit) the configured potential and evaluate it; returns the summary dict.
 
@@ -344,8 +361,6 @@ def _run_training(config: RunConfig, resume: bool, progress: bool) -> dict:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
-    if config.training.threads:
-        torch.set_num_threads(config.training.threads)
     started = time.time()
     ctx = context(training_device(config.training.device))  # torchrun: one of several
     progress = progress and ctx.is_main
@@ -362,6 +377,9 @@ def _run_training(config: RunConfig, resume: bool, progress: bool) -> dict:
             check_elements(frames, elements)
     say(f"{len(train)} training, {len(valid)} validation frames; elements {elements}; "
         f"E0 from {e0_source}", flush=True)
+    threads = use_threads(atoms_per_batch(train, config.training.batch_size),
+                          config.training.threads)
+    say(f"torch threads: {threads}", flush=True)
 
     info = {"config": config.model_dump(), "seed": config.seed, "versions": versions(),
             "git_commit": git_commit(), "command": sys.argv, "e0_source": e0_source,
@@ -400,17 +418,23 @@ def _run_training(config: RunConfig, resume: bool, progress: bool) -> dict:
                 config.training.last_layer_heads, config.seed, progress)
             save_last_layer(uncertain, out / "model", metadata)
     else:
-        summaries, members = [], []
+        summaries, members, caches = [], [], {}
         for k in range(n_members):
             seed = config.seed + k
-            say(f"ensemble member {k + 1} of {n_members} (seed {seed})", flush=True)
+            budget = member_budget(config.training.max_minutes, summaries, n_members)
+            say(f"ensemble member {k + 1} of {n_members} (seed {seed}"
+                + (f", {budget:.2f} of {config.training.max_minutes:g} minutes)"
+                   if budget is not None else ")"), flush=True)
             torch.manual_seed(seed)
             member_train = bootstrap_sample(train, seed) if config.training.bootstrap else train
             member_out = out / "members" / f"member_{k}"
-            summaries.append(train_member(config, member_train, valid, elements, e0,
+            member_config = config.model_copy(update={"training": config.training.model_copy(
+                update={"max_minutes": budget})})
+            summaries.append(train_member(member_config, member_train, valid, elements, e0,
                                           member_out, seed, {**metadata, "seed": seed},
                                           progress, resume,
-                                          member_init(config.training.init_model, k)))
+                                          member_init(config.training.init_model, k), caches))
+            summaries[-1]["budget_minutes"] = budget
             if ctx.is_main:
                 members.append(load(member_out / "model"))
         if not ctx.is_main:

@@ -27,6 +27,7 @@ from mlpot.serialize import check_finite, save
 from mlpot.train.distributed import context, mean_over_processes, shard
 from mlpot.train.feature_cache import FeatureCache, cache_bytes, predict_cached
 from mlpot.train.loss import EnergyForceLoss
+from mlpot.threads import threads_for
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.csv"
@@ -75,11 +76,13 @@ class Trainer:
 
     Writes into ``out``: ``checkpoint.pt`` (resume state), ``model/`` (best EMA weights on
     validation), ``log.csv`` (one row per epoch) and ``snapshots/`` when asked.
+    ``feature_cache``: a descriptor cache of the same ``train`` frames made for a potential
+    with the same descriptor and E0 (an ensemble's earlier member), used instead of a new one.
     """
 
     def __init__(self, potential: Potential, train: Sequence[Frame], valid: Sequence[Frame],
                  config: TrainingConfig, out: Path, seed: int = 0, metadata: dict | None = None,
-                 progress: bool = True):
+                 progress: bool = True, feature_cache: FeatureCache | None = None):
         self.device = training_device(config.device)
         self.ctx = context(self.device)
         if self.device.type == "cuda" and self.ctx.distributed:
@@ -93,11 +96,15 @@ class Trainer:
         cutoff, angular = potential.model.cutoff, potential.model.angular_cutoff
         self.train_graphs = GraphCache(train, cutoff, angular)
         self.feature_cache = None
-        self.setup_seconds = 0.0  # counted into the time budget, like any training time
-        if self._use_feature_cache(train):
+        self.setup_seconds = 0.0  # counted into the time budget once (not again on resume)
+        if (feature_cache is not None and feature_cache.frames is train
+                and feature_cache.dtype == self.dtype and self._use_feature_cache(train)):
+            self.feature_cache = feature_cache  # an earlier member's, of these frames
+        elif self._use_feature_cache(train):
             began = time.monotonic()
-            self.feature_cache = FeatureCache(potential, train, dtype=self.dtype,
-                                              progress=self.progress)
+            with threads_for(FeatureCache.atoms_per_call(train), config.threads):
+                self.feature_cache = FeatureCache(potential, train, dtype=self.dtype,
+                                                  progress=self.progress)
             self.setup_seconds = time.monotonic() - began
         self.valid_graphs = GraphCache(valid, cutoff, angular)
         self.loss = EnergyForceLoss(config.sigma_energy, config.sigma_force, config.sigma_stress,
@@ -314,7 +321,13 @@ class Trainer:
         """Train until the time budget, max_epochs or early stopping; returns a summary."""
         self.out.mkdir(parents=True, exist_ok=True)
         resumed = self.resume() if resume else False
-        self.elapsed += self.setup_seconds
+        if not resumed:  # a resumed run's checkpoint holds the first set-up's time already
+            self.elapsed += self.setup_seconds
+        if self.setup_seconds and self.config.max_minutes and self.progress:
+            print(f"descriptor cache: {self.setup_seconds:.1f} s ("
+                  f"{self.setup_seconds / 60 / self.config.max_minutes:.0%} of the "
+                  f"{self.config.max_minutes:g}-minute budget"
+                  + (", not charged again on resume)" if resumed else ")"), flush=True)
         started = time.monotonic()
         limit = self.config.max_minutes
         # with a time budget the bar counts training minutes, else epochs
@@ -328,7 +341,7 @@ class Trainer:
             if self.bad_epochs >= self.config.patience:
                 reason = "early stopping"
                 break
-            if self._out_of_time(started):
+            if self._out_of_time(started) and self.history:  # at least one (part) epoch
                 reason = "time budget"
                 break
             row = {"epoch": self.epoch + 1, **self.train_epoch(started), **self.validate()}
@@ -362,7 +375,8 @@ class Trainer:
         self.elapsed += time.monotonic() - started
         self.checkpoint()
         return {"epochs": self.epoch, "minutes": self.elapsed / 60, "stopped_by": reason,
-                "best_valid_loss": self.best_loss, "resumed": resumed}
+                "best_valid_loss": self.best_loss, "resumed": resumed,
+                "setup_minutes": self.setup_seconds / 60}
 
     def _write_log(self) -> None:
         if not self.history or not self.ctx.is_main:
