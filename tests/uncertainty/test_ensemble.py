@@ -326,6 +326,8 @@ def test_cli_ensemble_train_eval_md(acac_dir, tmp_path):
     summary = json.loads((out / "metrics.json").read_text())
     metrics = summary["metrics"]["valid"]
     assert metrics["force_sigma_epistemic"] > 0 and metrics["nll"] is not None
+    assert (f"largest atomic force σ per structure {metrics['force_sigma_max_atom']:.1f} meV/Å"
+            in run.stdout)
     # σ recalibrated on the validation frames, the factors stored with the ensemble
     scales = json.loads((out / "model" / "ensemble.json").read_text())["sigma_scale"]
     report = summary["recalibration"]
@@ -343,6 +345,12 @@ def test_cli_ensemble_train_eval_md(acac_dir, tmp_path):
                 "force_sigma_max_atom_p95"):
         assert key in result
     assert result["energy_sigma_epistemic"] > 0
+    text = subprocess.run([sys.executable, "-m", "mlpot", "eval", str(out / "model"),
+                           str(acac_dir / "test_H_transfer.xyz")], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert (f"largest atomic force σ per structure {result['force_sigma_max_atom']:.1f} meV/Å"
+            f" (95 %: {result['force_sigma_max_atom_p95']:.1f}): what md --max-force-sigma "
+            "compares") in text.stdout
 
     md = subprocess.run([sys.executable, "-m", "mlpot", "md", str(out / "model"), str(train),
                          "--steps", "10", "--max-force-sigma", "1e-6", "--out",
