@@ -306,7 +306,9 @@ class Trainer:
             if self.bad_epochs >= self.config.patience:
                 reason = "early stopping"
                 break
-            if self._out_of_time(started):
+            # at least one epoch (cut short after a batch when out of time): a budget spent
+            # in setup, e.g. on a busy machine, still leaves a model, not none
+            if self.epoch > 0 and self._out_of_time(started):
                 reason = "time budget"
                 break
             row = {"epoch": self.epoch + 1, **self.train_epoch(started), **self.validate()}
