@@ -67,6 +67,8 @@ def _train(args) -> int:
                   f"(σ/RMSE {m['force_sigma_over_rmse']:.2f}), NLL {m['nll']:.3g} (constant σ: "
                   f"{m['nll_constant_sigma']:.3g}), miscalibration area "
                   f"{m['miscalibration_area_force']:.3f}")
+        if m.get("force_sigma_max_atom") is not None:
+            print(f"  {'':>16}  {_watchdog_sigma(m)}")
     calibrations = dict(summary.get("recalibration") or {})
     if (summary.get("last_layer") or {}).get("calibration_forces"):
         calibrations["forces"] = summary["last_layer"]["calibration_forces"]
@@ -85,6 +87,15 @@ def _calibration_line(name: str, fit: dict, source: str) -> str:
             f"NLL {fit['nll_before']:.3g} → {fit['nll_after']:.3g}, mean σ "
             f"{fit['mean_sigma_after']:.3g} vs RMSE {fit['rmse']:.3g} {unit}"
             + (f" — warning: {fit['warning']}" if fit.get("warning") else ""))
+
+
+def _watchdog_sigma(metrics: dict) -> str:
+    """The largest atomic epistemic force σ per structure, as `mlpot md --max-force-sigma`
+    compares it (mean and 95 % quantile over structures)."""
+    mean, high = metrics["force_sigma_max_atom"], metrics["force_sigma_max_atom_p95"]
+    return (f"largest atomic force σ per structure {mean:.1f} meV/Å (95 %: {high:.1f}): what "
+            f"md --max-force-sigma compares (e.g. --max-force-sigma {3 * mean / 1000:.2g} eV/Å "
+            "for 3×)")
 
 
 def _stress_rmse(metrics: dict) -> str:
@@ -168,6 +179,8 @@ def _eval(args) -> int:
                   f"atom {_rounded(metrics['spearman_force'])}, per structure "
                   f"{_rounded(metrics['spearman_force_structure'])} (calibrated: "
                   f"{_rounded(metrics['spearman_force_structure_reference'])})")
+        if metrics.get("force_sigma_max_atom") is not None:
+            print(f"  {_watchdog_sigma(metrics)}")
     return 0
 
 
@@ -587,7 +600,10 @@ def parser() -> argparse.ArgumentParser:
                     help="nve/nvt/npt: stop (exit 5) when the conserved energy moves more "
                          "than this, eV/atom (default 0.05); 0 disables")
     md.add_argument("--max-force-sigma", type=float,
-                    help="ensembles: epistemic force σ threshold, eV/Å (see --on-uncertain)")
+                    help="ensembles: threshold, eV/Å, on the largest atom's epistemic force "
+                         "σ norm |σ_i| (≈ √3 × the per-component σ); mlpot eval and the "
+                         "training summary report its typical value as the largest atomic "
+                         "force σ (see --on-uncertain)")
     md.add_argument("--on-uncertain", choices=["stop", "flag"], default="stop",
                     help="stop (exit 4) or only log the steps beyond --max-force-sigma")
     md.add_argument("--threads", type=int, help="torch CPU threads (default: OMP_NUM_THREADS, "

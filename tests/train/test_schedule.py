@@ -57,3 +57,18 @@ def test_cosine_schedule_over_epochs_without_a_time_budget(acac_frames, tmp_path
     expected = [1e-5 + 0.5 * (1e-3 - 1e-5) * (1 + math.cos(math.pi * k / steps))
                 for k in range(steps)]
     assert rates == pytest.approx(expected, rel=1e-9)
+
+
+def test_a_budget_spent_in_setup_still_trains_one_short_epoch(acac_frames, tmp_path):
+    """Setup (e.g. the feature cache on a busy machine) took the whole time budget: one epoch,
+    cut short after its first batch, is still trained and its model saved."""
+    from mlpot.serialize import load
+
+    config = TrainingConfig(max_minutes=1, batch_size=2, dtype="float64")
+    trainer = Trainer(small_bpnn([1, 6, 8]), acac_frames[:6], acac_frames[6:8], config,
+                      tmp_path, progress=False)
+    trainer.setup_seconds = 120.0
+    summary = trainer.run()
+    assert summary["epochs"] == 1 and summary["stopped_by"] == "time budget"
+    assert trainer.optimizer.state_dict()["state"][0]["step"] == 1  # one batch of three
+    assert load(tmp_path / "model") is not None

@@ -8,7 +8,7 @@ from mlpot.data.records import Frame
 from mlpot.uncertainty.calibration import (SigmaCalibration, calibration_curve,
                                            fit_calibration, fit_sigma_scale, gaussian_nll,
                                            miscalibration_area, spearman, spearman_reference,
-                                           uncertainty_metrics)
+                                           uncertainty_metrics, watchdog_force_sigma)
 
 
 def test_nll_is_the_gaussian_log_density():
@@ -84,6 +84,42 @@ def test_structure_force_spearman_is_over_rms_values():
                        [np.sqrt(np.mean((f - fr.forces) ** 2)) for f, fr in zip(forces, frames)])
     assert metrics["spearman_force_structure"] == pytest.approx(by_hand, abs=1e-12)
     assert metrics["spearman_force_structure_reference"] > 0.5
+
+
+def test_watchdog_sigma_is_the_mean_and_quantile_of_each_structures_largest_atom():
+    """force_sigma_max_atom: per structure the largest √(σx² + σy² + σz²) over its atoms,
+    by loops, averaged (and its 95 % quantile, by sorting) over structures, in meV/Å; it is
+    taken from the epistemic σ, also for structures without reference forces."""
+    rng = np.random.default_rng(5)
+    sizes = rng.integers(1, 9, 41)
+    epistemic = [rng.uniform(0.0, 0.2, (n, 3)) for n in sizes]
+    frames = [Frame(numbers=np.ones(n, int), positions=rng.normal(size=(n, 3)) * 3,
+                    cell=np.zeros((3, 3)), pbc=np.zeros(3, bool), energy=0.0,
+                    forces=None if k % 3 else np.zeros((n, 3))) for k, n in enumerate(sizes)]
+    predicted = {"energy": rng.normal(size=41), "energy_std": np.ones(41),
+                 "energy_std_epistemic": np.ones(41),
+                 "forces": [rng.normal(size=(n, 3)) for n in sizes],
+                 "forces_std": [2 * s for s in epistemic],  # total σ: not what md compares
+                 "forces_std_epistemic": epistemic}
+    largest = []
+    for sigma in epistemic:
+        norms = [np.sqrt(sum(component**2 for component in atom)) for atom in sigma]
+        largest.append(1000 * max(norms))
+    ordered = sorted(largest)
+    position = 0.95 * (len(ordered) - 1)  # linear interpolation between order statistics
+    low = int(position)
+    p95 = ordered[low] + (position - low) * (ordered[low + 1] - ordered[low])
+    metrics = uncertainty_metrics(frames, predicted)
+    assert metrics["force_sigma_max_atom"] == pytest.approx(sum(largest) / len(largest),
+                                                            rel=1e-12)
+    assert metrics["force_sigma_max_atom_p95"] == pytest.approx(p95, rel=1e-12)
+    # a per-atom calibration (three equal components): √3 × the per-component σ
+    same = [np.repeat(s[:, :1], 3, axis=1) for s in epistemic]
+    watchdog = watchdog_force_sigma({"forces_std_epistemic": same})
+    assert watchdog["force_sigma_max_atom"] == pytest.approx(
+        1000 * np.sqrt(3) * np.mean([s[:, 0].max() for s in epistemic]), rel=1e-12)
+    assert watchdog_force_sigma({"forces_std": epistemic}) == {
+        "force_sigma_max_atom": None, "force_sigma_max_atom_p95": None}
 
 
 def _two_member_spread(rng, true_sigma, shrink):

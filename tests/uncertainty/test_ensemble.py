@@ -298,6 +298,25 @@ def test_md_watchdog_stops_or_flags(ensemble, acac_frames, tmp_path):
                max_force_sigma=0.1)
 
 
+def test_eval_watchdog_sigma_is_what_md_compares(ensemble, acac_frames):
+    """force_sigma_max_atom of frames predicted together (a batch: per-atom σ pooled within
+    each structure) is the mean of what run_md's watchdog records at step 0 of each frame."""
+    from mlpot.train.metrics import predict
+    from mlpot.uncertainty.calibration import uncertainty_metrics
+
+    calibrated = Ensemble(list(ensemble.members), calibration_forces=SigmaCalibration(
+        1.7, 1.3, 0.02, 0.005, per_atom=True, atom_weight=0.4)).eval()
+    frames = acac_frames[:3]
+    metrics = uncertainty_metrics(frames, predict(calibrated, frames))
+    at_step_0 = [run_md(frame.to_atoms(), MlpotCalculator(calibrated), steps=1, dt=0.1,
+                        progress=False, min_distance=None)["max_force_sigma_eV_per_A"][0]
+                 for frame in frames]
+    assert metrics["force_sigma_max_atom"] == pytest.approx(1000 * np.mean(at_step_0),
+                                                            rel=1e-9)
+    assert max(at_step_0) * 1000 >= metrics["force_sigma_max_atom_p95"] >= (
+        metrics["force_sigma_max_atom"])
+
+
 def test_cli_ensemble_train_eval_md(acac_dir, tmp_path):
     """mlpot train --ensemble 2, then eval --json reports σ and calibration, md stops on σ."""
     train = tmp_path / "train.xyz"
@@ -321,6 +340,8 @@ def test_cli_ensemble_train_eval_md(acac_dir, tmp_path):
     summary = json.loads((out / "metrics.json").read_text())
     metrics = summary["metrics"]["valid"]
     assert metrics["force_sigma_epistemic"] > 0 and metrics["nll"] is not None
+    assert (f"largest atomic force σ per structure {metrics['force_sigma_max_atom']:.1f} meV/Å"
+            in run.stdout)
     # σ recalibrated on the validation frames, the factors stored with the ensemble
     scales = json.loads((out / "model" / "ensemble.json").read_text())["sigma_scale"]
     report = summary["recalibration"]
@@ -334,9 +355,16 @@ def test_cli_ensemble_train_eval_md(acac_dir, tmp_path):
     assert evaluated.returncode == 0, evaluated.stderr
     result = json.loads(evaluated.stdout.strip().splitlines()[-1])
     for key in ("energy_sigma_epistemic", "energy_sigma_aleatoric", "force_sigma_epistemic",
-                "force_sigma_aleatoric", "spearman_force", "nll"):
+                "force_sigma_aleatoric", "spearman_force", "nll", "force_sigma_max_atom",
+                "force_sigma_max_atom_p95"):
         assert key in result
     assert result["energy_sigma_epistemic"] > 0
+    text = subprocess.run([sys.executable, "-m", "mlpot", "eval", str(out / "model"),
+                           str(acac_dir / "test_H_transfer.xyz")], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert (f"largest atomic force σ per structure {result['force_sigma_max_atom']:.1f} meV/Å"
+            f" (95 %: {result['force_sigma_max_atom_p95']:.1f}): what md --max-force-sigma "
+            "compares") in text.stdout
 
     md = subprocess.run([sys.executable, "-m", "mlpot", "md", str(out / "model"), str(train),
                          "--steps", "10", "--max-force-sigma", "1e-6", "--out",

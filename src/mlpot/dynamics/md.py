@@ -42,10 +42,11 @@ class RunawayDynamics(UnstableDynamics):
 
 
 def _largest_force_sigma(atoms: Atoms) -> tuple[int, float]:
-    """(atom, σ) of the atom with the largest epistemic force σ, |σ_i| over x, y, z, eV/Å."""
-    sigma = np.linalg.norm(atoms.calc.results["forces_std_epistemic"], axis=1)
-    k = int(np.argmax(sigma))
-    return k, float(sigma[k])
+    """(atom, σ) of the atom with the largest epistemic force σ, |σ_i| over x, y, z, eV/Å
+    (the quantity ``mlpot eval`` reports as force_sigma_max_atom, averaged over structures)."""
+    from mlpot.uncertainty.calibration import largest_atom_force_sigma
+
+    return largest_atom_force_sigma(atoms.calc.results["forces_std_epistemic"])
 
 
 def _check_distances(atoms: Atoms, min_distance: float, step: int) -> None:

@@ -323,6 +323,33 @@ def _mean_sigma(frames: list[Frame], predicted: dict, key: str, per_atom: bool) 
     return float(np.mean(np.asarray(predicted[key]) / [len(f) for f in frames]) * 1000)
 
 
+WATCHDOG_QUANTILE = 0.95  # the high quantile over structures reported next to the mean
+
+
+def largest_atom_force_sigma(sigma: np.ndarray) -> tuple[int, float]:
+    """(atom, σ) of the atom with the largest force σ vector norm |σ_i| over x, y, z, for one
+    structure's (N, 3) σ (eV/Å): what ``mlpot md --max-force-sigma`` compares, on the
+    epistemic σ. For a per-atom calibration (the three components share σ_i) |σ_i| = √3 σ_i."""
+    norms = np.linalg.norm(np.asarray(sigma, dtype=float), axis=1)
+    atom = int(np.argmax(norms))
+    return atom, float(norms[atom])
+
+
+def watchdog_force_sigma(predicted: dict) -> dict:
+    """The quantity ``mlpot md --max-force-sigma`` thresholds, over a data set: each
+    structure's largest atomic epistemic force σ norm (:func:`largest_atom_force_sigma`);
+    its mean over the structures ("force_sigma_max_atom") and 95 % quantile
+    ("force_sigma_max_atom_p95"), meV/Å (None without an epistemic force σ). It is about
+    √3 × the per-component σ and higher still for the largest of many atoms: a threshold
+    should be picked relative to this, not to the mean per-component σ."""
+    sigmas = [s for s in predicted.get("forces_std_epistemic") or [] if len(s)]
+    if not sigmas:
+        return {"force_sigma_max_atom": None, "force_sigma_max_atom_p95": None}
+    largest = np.array([largest_atom_force_sigma(s)[1] for s in sigmas]) * 1000
+    return {"force_sigma_max_atom": float(np.mean(largest)),
+            "force_sigma_max_atom_p95": float(np.quantile(largest, WATCHDOG_QUANTILE))}
+
+
 def uncertainty_metrics(frames: list[Frame], predicted: dict) -> dict:
     """σ means (epistemic and aleatoric apart), Spearman, NLL and miscalibration area.
 
@@ -332,6 +359,8 @@ def uncertainty_metrics(frames: list[Frame], predicted: dict) -> dict:
     atom (as the error metrics); per-atom force σ and error are the norms over x, y, z, per
     structure the RMS over its components. NLL, Spearman and the miscalibration area use the
     total σ; each Spearman per structure comes with its calibrated reference value.
+    "force_sigma_max_atom" (and "…_p95"): what ``mlpot md --max-force-sigma`` thresholds
+    (:func:`watchdog_force_sigma`), over all structures, references or not.
     Units: σ means in meV/atom and meV/Å; NLL in eV/atom (energies) and eV/Å (forces).
     """
     errors = ensemble_errors(frames, predicted)
@@ -347,7 +376,8 @@ def uncertainty_metrics(frames: list[Frame], predicted: dict) -> dict:
               "force_sigma_epistemic": None, "force_sigma_aleatoric": None,
               "spearman_force": None, "spearman_force_structure": None,
               "spearman_force_structure_reference": None,
-              "nll": None, "miscalibration_area_force": None}
+              "nll": None, "miscalibration_area_force": None,
+              **watchdog_force_sigma(predicted)}
     if "forces" in errors:
         error, sigma = errors["forces"]
         result.update(
