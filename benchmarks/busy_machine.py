@@ -14,8 +14,8 @@ once on the idle machine and once beside a busy loop (one Python process spinnin
 pins it to core 0). The slowdown is busy/idle time; the target is ≤ 1.5 with one of two
 cores busy. Every run is a fresh process (the OpenMP runtime reads its settings at start).
 
-    .venv/bin/python benchmarks/busy_machine.py                    # ~6–10 min on 2 cores
-    .venv/bin/python benchmarks/busy_machine.py --label idle_rerun --pin
+    .venv/bin/python benchmarks/busy_machine.py --before OLD/src   # ~6–10 min on 2 cores
+    .venv/bin/python benchmarks/busy_machine.py --before OLD/src --label idle_rerun --pin
 
 Writes benchmarks/results/busy_machine/<label>.json (every run and the ratios) and prints a
 table. The machine should have no other work: the idle runs are the reference.
@@ -126,7 +126,8 @@ def measure(src: Path, work: Path, model: Path, args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--before", type=Path, default=Path("/work/main/src"))
+    parser.add_argument("--before", type=Path, required=True,
+                        help="src folder of the code before the change (e.g. a worktree of main)")
     parser.add_argument("--after", type=Path, default=ROOT / "src")
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--epochs", type=int, default=3)

@@ -2,7 +2,7 @@
 descriptor cache takes, before and after a change, each in a fresh process with its default
 threads and wait policy; ``--busy`` adds one spinning process (one core busy).
 
-    .venv/bin/python benchmarks/cache_share.py [--busy] [--label NAME]
+    .venv/bin/python benchmarks/cache_share.py --before OLD/src [--busy] [--label NAME]
 
 Writes benchmarks/results/busy_machine/cache_share_<label>.json.
 """
@@ -62,7 +62,8 @@ def run(src: Path, out: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--before", type=Path, default=Path("/work/main/src"))
+    parser.add_argument("--before", type=Path, required=True,
+                        help="src folder of the code before the change (e.g. a worktree of main)")
     parser.add_argument("--after", type=Path, default=ROOT / "src")
     parser.add_argument("--busy", action="store_true", help="one spinning process beside")
     parser.add_argument("--label", default="indicative")
@@ -70,6 +71,8 @@ def main() -> None:
     out = ROOT / "benchmarks" / "out" / "cache_share"
     busy = (subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy
             else None)
+    if busy is not None:  # other work that has been running a while (the 1-minute load average
+        time.sleep(60)    # the thread policy reads has caught up with it)
     try:
         runs = {version: run(getattr(args, version), out) for version in ("before", "after")}
     finally:

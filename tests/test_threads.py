@@ -17,9 +17,10 @@ ENV = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_
 
 @pytest.fixture
 def four_cores(monkeypatch):
-    """No OMP_NUM_THREADS, and a process allowed on four cores."""
+    """No OMP_NUM_THREADS, a process allowed on four cores, an idle machine."""
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.2, 0.5, 1.0))
 
 
 def test_small_work_one_thread_large_work_every_core(four_cores):
@@ -27,6 +28,15 @@ def test_small_work_one_thread_large_work_every_core(four_cores):
     assert choose_threads(SMALL_WORK_ATOMS - 1) == 1
     assert choose_threads(SMALL_WORK_ATOMS) == 4
     assert choose_threads(20_000) == 4  # a large periodic cell
+
+
+@pytest.mark.parametrize("load, threads", [(0.4, 4), (1.0, 3), (2.6, 1), (9.0, 1)])
+def test_large_work_leaves_the_cores_of_other_work(four_cores, monkeypatch, load, threads):
+    """Large work takes the cores that the 1-minute load average leaves free (at least one):
+    a thread sharing a core with other work would hold up every parallel region."""
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    assert choose_threads(20_000) == threads
+    assert choose_threads(15) == 1
 
 
 def test_explicit_count_wins_over_env_and_work(four_cores, monkeypatch):

@@ -8,7 +8,10 @@ Thread count, the first rule that applies:
    (its parallel regions are too short to repay the synchronisation, and on a busy machine
    every region waits for a worker the scheduler has put aside: 400 MD steps of acac took
    77 s on the default two threads beside other work, 13 s on one), a larger one on every
-   core this process may use.
+   core this process may use that other work leaves free (its cores minus the 1-minute load
+   average, at least one): a parallel region waits for its slowest thread, so a thread
+   sharing a core with other work slows the whole call (the acac descriptor cache: 2.3 s on
+   two idle cores, 32 s on two threads beside one busy process, 3.5 s on one thread).
 
 Waiting: torch's CPU build on Linux runs its parallel regions on GNU OpenMP (libgomp, shipped
 in ``torch/lib``), which reads ``OMP_WAIT_POLICY`` once, when it is loaded by ``import torch``.
@@ -46,6 +49,16 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def free_cores() -> int:
+    """Cores of :func:`usable_cores` that other work leaves free: minus the 1-minute load
+    average (rounded), at least 1."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # pragma: no cover - no load average on this system
+        load = 0.0
+    return max(usable_cores() - round(load), 1)
+
+
 def user_threads() -> int | None:
     """The thread count of ``OMP_NUM_THREADS`` (its first entry), or None when unset or not
     a positive integer (libgomp ignores such values too)."""
@@ -75,7 +88,7 @@ def choose_threads(atoms_per_call: float, explicit: int | None = None) -> int:
     from_env = user_threads()
     if from_env is not None:
         return from_env
-    return 1 if atoms_per_call < SMALL_WORK_ATOMS else usable_cores()
+    return 1 if atoms_per_call < SMALL_WORK_ATOMS else free_cores()
 
 
 def use_threads(atoms_per_call: float, explicit: int | None = None) -> int:
