@@ -59,9 +59,10 @@ def _train(args) -> int:
     print(f"metrics: {out / 'metrics.json'}   log: {out / 'log.csv'}   "
           f"plots: {out / 'parity.png'}, {out / 'learning_curve.png'}")
     for name, m in summary["metrics"].items():
-        force = f"{m['force_rmse']:.1f}" if m["force_rmse"] is not None else "n/a"
+        force = (f"{m['force_rmse']:.1f} meV/Å" if m["force_rmse"] is not None
+                 else "n/a (no reference forces)")
         print(f"  {name:>16}: energy RMSE {m['energy_rmse']:.2f} meV/atom, "
-              f"force RMSE {force} meV/Å{_stress_rmse(m)} ({m['n_structures']} structures)")
+              f"force RMSE {force}{_stress_rmse(m)} ({m['n_structures']} structures)")
         if m.get("force_sigma_over_rmse") is not None:
             print(f"  {'':>16}  mean force σ {m['force_sigma_epistemic']:.1f} meV/Å "
                   f"(σ/RMSE {m['force_sigma_over_rmse']:.2f}), NLL {m['nll']:.3g} (constant σ: "
