@@ -125,21 +125,30 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     renamed to ``path``. On error it is removed and ``path`` is untouched. ``suffix``: an
     extension the writing library insists on (e.g. ``.pt2``)."""
     path = Path(path)
+    with _temporary(path, suffix) as tmp:
+        yield tmp
+        _fsync(tmp)
+        os.chmod(tmp, 0o666 & ~umask())
+        os.replace(tmp, path)
+    _fsync(path.parent)
+
+
+@contextlib.contextmanager
+def _temporary(path: Path, suffix: str = "") -> Iterator[Path]:
+    """A fresh temporary name beside ``path`` (its folder made, stale temporaries of dead
+    processes removed there); on any error in the block the temporary (file or folder) is
+    removed, and an OSError is re-raised naming ``path`` instead of the temporary."""
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path.parent)
     tmp = temp_path(path, suffix)
     try:
         yield tmp
-        _fsync(tmp)
-        os.chmod(tmp, 0o666 & ~umask())
-        os.replace(tmp, path)
     except OSError as error:
         _remove(tmp)
         raise _naming(error, tmp, path) from error
     except BaseException:
         _remove(tmp)
         raise
-    _fsync(path.parent)
 
 
 def _naming(error: OSError, tmp: Path, path: Path) -> OSError:
@@ -186,20 +195,11 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``path``; when the block ends without error it
     replaces ``path`` (see :func:`replace_folder`), on error it is removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(path.parent)
-    tmp = temp_path(path)
-    try:
+    with _temporary(path) as tmp:
         tmp.mkdir(0o700)
         yield tmp
         os.chmod(tmp, 0o777 & ~umask())
         replace_folder(tmp, path)
-    except OSError as error:
-        _remove(tmp)
-        raise _naming(error, tmp, path) from error
-    except BaseException:
-        _remove(tmp)
-        raise
 
 
 def replace_folder(tmp: Path, path: Path) -> Path:

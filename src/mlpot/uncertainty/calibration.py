@@ -178,7 +178,6 @@ class SigmaCalibration:
         return cls(per_atom=per_atom, **values)
 
 
-
 def stored_calibrations(file, description: dict) -> dict[str, SigmaCalibration]:
     """The checked ``sigma_calibration`` entries ({"energy"?, "forces"?}) of an ensemble or
     last-layer description read from ``file`` ({} for folders saved before them)."""
@@ -190,6 +189,7 @@ def stored_calibrations(file, description: dict) -> dict[str, SigmaCalibration]:
                              f"'energy' and/or 'forces', not {stored!r}"[:300])
     return {name: SigmaCalibration.from_json(value, file, f"sigma_calibration.{name}")
             for name, value in stored.items()}
+
 
 def fit_calibration(errors: np.ndarray, sigmas: np.ndarray, per_atom: bool = False,
                     name: str = "σ", structures: np.ndarray | None = None
