@@ -229,11 +229,11 @@ def saved_metadata(path: str | Path) -> dict:
     return {}
 
 
-def member_folders(path: str | Path) -> list[Path]:
+def member_folders(path: str | Path, description: dict | None = None) -> list[Path]:
     """The member folders an ensemble folder's ensemble.json lists (checked: a non-empty
-    list of folder names inside ``path``)."""
+    list of folder names inside ``path``); ``description``: that file's content, if read."""
     index = Path(path) / "ensemble.json"
-    description = read_json_object(index)
+    description = read_json_object(index) if description is None else description
     if description.get("format") != FORMAT:
         raise ModelFileError(f"{index}: format is {description.get('format')!r}, not {FORMAT!r}")
     members = description.get("members")
@@ -260,8 +260,8 @@ def load_model(path: str | Path):
         return load_last_layer(path)
     if not index.exists():
         return load(path)
-    members = member_folders(path)
     description = read_json_object(index)
+    members = member_folders(path, description)
     scale = sigma_scales(index, description)
     calibration = stored_calibrations(index, description)
     try:
