@@ -40,14 +40,29 @@ def train(kind: str, data: Path, out: Path, epochs: int, extra: list[str]) -> No
         subprocess.run(command, env=env, stdout=stream, stderr=subprocess.STDOUT, check=True)
 
 
-def row(out: Path) -> dict:
+def force_scales(data: Path) -> dict:
+    """RMS of the reference force components of each file (meV/Å): the yardstick of a
+    relative error (a hotter trajectory has larger forces)."""
+    from mlpot.data.dataset import force_rms
+    from mlpot.data.records import read_frames
+
+    return {name: round(1000 * force_rms(read_frames(str(data / f"{name}.xyz"))), 1)
+            for name in ("train_300K", "test_300K", "test_600K")}
+
+
+def row(out: Path, scales: dict) -> dict:
+    """Energy (meV/atom) and force (meV/Å) RMSE on validation and the tests, the ratios
+    test/validation of the force RMSE and of the relative force RMSE (RMSE / RMS force)."""
     metrics = json.loads((out / "metrics.json").read_text())["metrics"]
     valid = metrics["valid"]
     result = {"valid": [round(valid["energy_rmse"], 3), round(valid["force_rmse"], 2)]}
     for name in ("test_300K", "test_600K"):
         m = metrics[name]
         result[name] = [round(m["energy_rmse"], 3), round(m["force_rmse"], 2)]
-        result[f"{name}/valid force"] = round(m["force_rmse"] / valid["force_rmse"], 2)
+        ratio = m["force_rmse"] / valid["force_rmse"]
+        result[f"{name}/valid force"] = round(ratio, 2)
+        result[f"{name}/valid relative force"] = round(
+            ratio * scales["train_300K"] / scales[name], 2)
     return result
 
 
@@ -65,10 +80,11 @@ def main() -> None:
     results_file = args.out / "results.json"
     if results_file.exists():
         results = json.loads(results_file.read_text())
+    results["force_rms"] = scales = force_scales(args.data)
     for kind in args.kinds.split(","):
         name = kind + args.tag
         train(kind, args.data, args.out / name, EPOCHS[kind], extra)
-        results[name] = {**row(args.out / name), "settings": args.set}
+        results[name] = {**row(args.out / name, scales), "settings": args.set}
         print(name, json.dumps(results[name]), flush=True)
         results_file.write_text(json.dumps(results, indent=1))
 
