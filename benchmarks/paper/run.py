@@ -79,17 +79,21 @@ def log(message: str) -> None:
 def write_config(protocol: dict, args, out: Path) -> Path:
     import yaml
 
+    def relative(path: Path) -> str:  # config paths are read relative to the config's folder
+        return os.path.relpath(path, out)
+
     config = {
-        "data": {"train": str(protocol["train"]), "valid_fraction": protocol["valid_fraction"],
-                 "test": [str(path) for path in protocol["tests"].values()]},
+        "data": {"train": relative(protocol["train"]),
+                 "valid_fraction": protocol["valid_fraction"],
+                 "test": [relative(path) for path in protocol["tests"].values()]},
         "model": {"kind": args.model, "size": args.size},
         "training": {"max_minutes": None, "max_epochs": args.epochs, "lr_schedule": "cosine",
                      "patience": 10 ** 6, "threads": args.threads,
                      "snapshot_minutes": SNAPSHOT_MINUTES},
-        "seed": args.seed, "out": str(out / "train"),
+        "seed": args.seed, "out": "train",
     }
     if protocol["isolated"]:
-        config["data"]["isolated_atoms"] = str(protocol["isolated"])
+        config["data"]["isolated_atoms"] = relative(protocol["isolated"])
     if protocol["max_train"]:
         config["data"]["max_train"] = protocol["max_train"]
     for item in args.set:
