@@ -174,3 +174,29 @@ def test_fit_differs_from_generator_when_labels_are_wrong():
     fit_linear(fitted, frames, sigma_force=None, ridge=1e-14)
     assert not np.allclose(fitted.model.weights.detach().numpy(),
                            generator.model.weights.detach().numpy(), atol=1e-3)
+
+
+def test_barely_varying_column_does_not_extrapolate_wildly():
+    """A column that barely varies in the training rows (a rare pair's narrow Gaussian) must not
+    get a weight fitted to the noise: predicted at 400× its training spread, the fit stays near
+    the truth. Reference: the noise-free generator y = 2·x1; plain least squares (the old
+    column standardisation gives the same) puts a weight of order noise/spread on x2."""
+    from mlpot.train.ridge import ridge_solve
+
+    rng = np.random.default_rng(0)
+    n = 400
+    x1 = rng.normal(size=n)
+    x2 = 1e-6 * rng.normal(size=n)  # barely varies
+    x3 = rng.normal(size=n)
+    design = torch.tensor(np.stack([x1, x2, x3], 1))
+    y = torch.tensor(2.0 * x1 + 0.05 * rng.normal(size=n))
+    gram, rhs = design.T @ design, design.T @ y
+    w = ridge_solve(gram, rhs, 1e-8).numpy()
+    least_squares = np.linalg.lstsq(design.numpy(), y.numpy(), rcond=None)[0]
+    assert abs(w[0] - 2.0) < 0.02  # the informative column is fitted as before
+    outside = np.array([0.0, 400e-6, 0.0])  # x2 at 400 training spreads
+    inside = np.array([0.0, 0.0, 0.0])
+    assert abs(outside @ w - inside @ w) < 0.05  # the floor: bounded by the noise level
+    # the unfloored solution jumps far more there (why the floor exists)
+    assert abs(outside @ least_squares - inside @ least_squares) > 10 * abs(
+        outside @ w - inside @ w)
