@@ -66,6 +66,20 @@ def row(out: Path, scales: dict) -> dict:
     return result
 
 
+def markdown(results: dict, molecule: str) -> str:
+    """Rows of the RESULTS.md table: kind, epochs, validation / test E and F RMSE, ratios."""
+    lines = []
+    for name, r in results.items():
+        if name == "force_rms":
+            continue
+        lines.append(f"| {molecule} | {name} | {r['valid'][0]:.2f} / {r['valid'][1]:.1f} | "
+                     f"{r['test_300K'][0]:.2f} / {r['test_300K'][1]:.1f} | "
+                     f"**{r['test_300K/valid force']:.2f}** | "
+                     f"{r['test_600K'][0]:.2f} / {r['test_600K'][1]:.1f} | "
+                     f"{r['test_600K/valid force']:.2f} ({r['test_600K/valid relative force']:.2f}) |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("data", type=Path, help="folder with train_300K/test_300K/test_600K.xyz")
@@ -87,6 +101,7 @@ def main() -> None:
         results[name] = {**row(args.out / name, scales), "settings": args.set}
         print(name, json.dumps(results[name]), flush=True)
         results_file.write_text(json.dumps(results, indent=1))
+    print(markdown(results, args.data.name))
 
 
 if __name__ == "__main__":
