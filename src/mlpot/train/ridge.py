@@ -13,7 +13,7 @@ acac) is penalised like a typical one instead of being scaled up by its tiny spr
 weight stays small and a structure just outside the training range (an O–O distance 3 % beyond
 it) does not get forces of volts per Å. On acac (benchmarks/RESULTS.md, issue 19) the floor
 took the independent 300 K trajectory's force RMSE from 4.3× to 1.08× the validation RMSE and
-600 K from 4·10⁶ to 224 meV/Å, with the validation error unchanged (70.5 → 70.8 meV/Å).
+600 K from 4·10⁶ to about 220 meV/Å, with the validation error unchanged (70.5 → 70.8 meV/Å).
 """
 
 from __future__ import annotations
