@@ -178,6 +178,17 @@ def plot(rows: list[dict], out: Path, title: str) -> None:
     plt.close(figure)
 
 
+def without_paths(value):
+    """The run's config with every file path cut to its name (no machine paths in results/)."""
+    if isinstance(value, dict):
+        return {key: without_paths(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [without_paths(item) for item in value]
+    if isinstance(value, str) and os.sep in value:
+        return Path(value).name
+    return value
+
+
 def report(out: Path, protocol: dict, threads: int) -> dict:
     from mlpot.data.records import read_frames
 
@@ -206,7 +217,7 @@ def report(out: Path, protocol: dict, threads: int) -> dict:
         "final": {name: summarize(m, n_atoms, protocol["metric"]) for name, m in final.items()},
         "final_all_metrics": final, "snapshots_by_minute": snapshots,
         "published": protocol["published"],
-        "config": json.loads((run / "run.json").read_text()).get("config"),
+        "config": without_paths(json.loads((run / "run.json").read_text()).get("config")),
     }
     (out / "results.json").write_text(json.dumps(result, indent=1))
     plot(rows, out, f"{out.name}: {result['epochs_done']} epochs, "
