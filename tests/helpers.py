@@ -16,6 +16,18 @@ from mlpot.models.variance import VarianceHead
 from mlpot.potential import Potential
 
 E0 = {"H": -13.568422178253735, "C": -1026.8538996116154, "O": -2037.796869412825}  # eV
+ACAC_LINES = 17  # lines per acac frame (15 atoms) in the extxyz files
+# the smallest bpnn that trains in a fraction of a second per epoch (training tests)
+TINY_MODEL = {"kind": "bpnn", "cutoff": 4.0, "n_radial": 4, "n_angular_eta": 1,
+              "zetas": [1.0], "hidden": [8]}
+
+
+def acac_head(source, target, n_frames: int):
+    """Write the first ``n_frames`` frames of the acac extxyz ``source`` to ``target``
+    (reading all 500 or 650 takes a while); returns ``target``."""
+    with open(source) as handle:
+        target.write_text("".join(next(handle) for _ in range(n_frames * ACAC_LINES)))
+    return target
 
 
 def orthogonal(rng, proper: bool) -> np.ndarray:

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 import mlpot
+from helpers import acac_head
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny tensors; the machine may be busy
 LINES = 17  # lines per acac frame
@@ -19,12 +20,6 @@ LINES = 17  # lines per acac frame
 def mlpot_cli(*args, cwd=None, timeout=300):
     return subprocess.run([sys.executable, "-m", "mlpot", *map(str, args)], capture_output=True,
                           text=True, cwd=cwd, env=ENV, timeout=timeout)
-
-
-def _head(source, target, n_frames):
-    with open(source) as handle:
-        target.write_text("".join(next(handle) for _ in range(n_frames * LINES)))
-    return target
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +31,8 @@ def linear_run(acac_dir, tmp_path_factory):
         "data": {"max_train": 12, "valid_fraction": 0.1},
         "model": {"n_radial": 4, "n_angular_eta": 1, "zetas": [1.0], "ridge": 1e-6},
     }))
-    test_file = _head(acac_dir / "test_MD_300K.xyz", folder / "test_small.xyz", 8)
-    train_file = _head(acac_dir / "train_300K.xyz", folder / "train_40.xyz", 40)
+    test_file = acac_head(acac_dir / "test_MD_300K.xyz", folder / "test_small.xyz", 8)
+    train_file = acac_head(acac_dir / "train_300K.xyz", folder / "train_40.xyz", 40)
     out = folder / "run"
     result = mlpot_cli("train", config, "--train", train_file,
                        "--test", test_file, "--model", "linear", "--cutoff", "4.0",
@@ -172,7 +167,7 @@ def test_unknown_config_key_is_named(acac_dir, tmp_path):
 
 
 def test_bad_data_file_exits_2_and_names_it(acac_dir, tmp_path):
-    bad = _head(acac_dir / "train_300K.xyz", tmp_path / "bad.xyz", 3)
+    bad = acac_head(acac_dir / "train_300K.xyz", tmp_path / "bad.xyz", 3)
     lines = bad.read_text().splitlines()
     lines[LINES + 5] = "C 0.0 this-is-not-a-number 0.0 0.0 0.0 0.0"  # frame 1
     bad.write_text("\n".join(lines) + "\n")

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from ase import units
 from ase.stress import voigt_6_to_full_3x3_stress
-from helpers import emt_cells, random_bpnn
-from test_cli import LINES, _head, mlpot_cli
+from helpers import acac_head, emt_cells, random_bpnn
+from test_cli import mlpot_cli
 
 import mlpot
 
@@ -118,7 +118,7 @@ def test_eval_write_holds_sigma_parts(acac_dir, tmp_path):
 
     potential = random_bpnn(1, head=True)
     save(potential, tmp_path / "model")
-    data = _head(acac_dir / "test_MD_300K.xyz", tmp_path / "five.xyz", 5)
+    data = acac_head(acac_dir / "test_MD_300K.xyz", tmp_path / "five.xyz", 5)
     written = tmp_path / "out.xyz"
     run = mlpot_cli("eval", tmp_path / "model", data, "--write", written, "--batch-size", 2)
     assert run.returncode == 0, run.stderr
@@ -138,7 +138,7 @@ def test_eval_write_holds_sigma_parts(acac_dir, tmp_path):
 def test_config_keys_from_the_command_line_and_one_log_line_per_epoch(acac_dir, tmp_path):
     """--set, --batch-size and --lr reach the run's config; with output redirected (a pipe,
     not a terminal) training writes one line per epoch and no carriage returns."""
-    train = _head(acac_dir / "train_300K.xyz", tmp_path / "train.xyz", 16)
+    train = acac_head(acac_dir / "train_300K.xyz", tmp_path / "train.xyz", 16)
     out = tmp_path / "run"
     result = mlpot_cli("train", "--train", train, "--model", "bpnn", "--max-epochs", 3,
                        "--batch-size", 3, "--lr", 0.004, "--set", "training.max_minutes=null",

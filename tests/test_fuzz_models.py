@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import E0, random_bpnn
+from helpers import acac_head, E0, random_bpnn
 from mlpot.errors import MlpotError
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -315,8 +315,7 @@ def trained(acac_dir, tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("trained")
     train = folder / "train.xyz"
-    with open(acac_dir / "train_300K.xyz") as handle:
-        train.write_text("".join(next(handle) for _ in range(16 * 17)))
+    acac_head(acac_dir / "train_300K.xyz", train, 16)
     config = config_from_dict({
         "data": {"train": str(train), "valid_fraction": 0.25},
         "model": {"kind": "bpnn", "cutoff": 4.0, "n_radial": 4, "n_angular_eta": 1,

@@ -31,6 +31,7 @@ from mlpot.data.records import read_frames
 from mlpot.errors import DataError
 from mlpot.models.moments import ElementMoments
 from mlpot.models.standardize import element_feature_stats
+from helpers import acac_head
 
 LINES = 17  # lines per acac frame
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -42,12 +43,6 @@ FIELDS = ("numbers", "positions", "cell", "pbc", "forces", "stress", "dipole",
 def _one_thread():
     torch.set_num_threads(1)
     yield
-
-
-def _head(source, target, n_frames):
-    with open(source) as handle:
-        target.write_text("".join(next(handle) for _ in range(n_frames * LINES)))
-    return target
 
 
 def assert_same_frame(a, b):
@@ -301,7 +296,7 @@ def mlpot_cli(*args, cwd=None):
 
 
 def test_cli_convert(acac_dir, tmp_path):
-    train = _head(acac_dir / "train_300K.xyz", tmp_path / "train_20.xyz", 20)
+    train = acac_head(acac_dir / "train_300K.xyz", tmp_path / "train_20.xyz", 20)
     out = tmp_path / "data.h5"
     done = mlpot_cli("data", "convert", train, acac_dir / "isolated_atoms.xyz", out,
                      "--progress-every", "1")
@@ -319,7 +314,7 @@ def test_cli_convert(acac_dir, tmp_path):
 def test_cli_convert_with_keys_and_db_select(acac_dir, tmp_path):
     import ase.db
 
-    frames = read_frames(_head(acac_dir / "train_300K.xyz", tmp_path / "t.xyz", 4))
+    frames = read_frames(acac_head(acac_dir / "train_300K.xyz", tmp_path / "t.xyz", 4))
     with ase.db.connect(tmp_path / "labels.db") as db:
         for k, frame in enumerate(frames):
             atoms = frame.to_atoms()
@@ -337,7 +332,7 @@ def test_cli_convert_with_keys_and_db_select(acac_dir, tmp_path):
 
 
 def test_cli_convert_bad_input_leaves_no_output(acac_dir, tmp_path):
-    bad = _head(acac_dir / "train_300K.xyz", tmp_path / "bad.xyz", 3)
+    bad = acac_head(acac_dir / "train_300K.xyz", tmp_path / "bad.xyz", 3)
     lines = bad.read_text().splitlines()
     lines[LINES + 5] = lines[LINES + 5].rsplit(maxsplit=1)[0] + " nan"  # frame 1: a NaN force
     bad.write_text("\n".join(lines) + "\n")
@@ -378,7 +373,7 @@ def test_training_from_disk_equals_training_in_memory(acac_dir, tmp_path):
     from mlpot.config import config_from_dict
     from mlpot.train.run import load_data
 
-    train = _head(acac_dir / "train_300K.xyz", tmp_path / "train.xyz", 40)
+    train = acac_head(acac_dir / "train_300K.xyz", tmp_path / "train.xyz", 40)
     both = tmp_path / "both.xyz"  # isolated atoms inside the training file: split off
     both.write_text(train.read_text() + (acac_dir / "isolated_atoms.xyz").read_text())
     h5 = tmp_path / "both.h5"

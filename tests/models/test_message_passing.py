@@ -22,20 +22,19 @@ from mlpot.models import MODEL_KINDS, Equivariant, PaiNN, SchNet
 from mlpot.potential import Potential
 from mlpot.serialize import load, save
 from mlpot.train.trainer import Trainer
+from helpers import acac_head
 
 E0 = {"H": -13.568422178253735, "C": -1026.8538996116154, "O": -2037.796869412825}
 TINY = {"cutoff": 4.0, "n_features": 16, "n_interactions": 2, "n_rbf": 8}
 KINDS = pytest.mark.parametrize("kind", ["schnet", "painn", "equivariant"])
 CLASSES = {"schnet": SchNet, "painn": PaiNN, "equivariant": Equivariant}
-LINES = 17  # lines per acac frame
 
 
 @pytest.fixture(scope="module")
 def small_train(acac_dir, tmp_path_factory):
     """The first 30 frames of the acac training file."""
     path = tmp_path_factory.mktemp("data") / "train_30.xyz"
-    with open(acac_dir / "train_300K.xyz") as handle:
-        path.write_text("".join(next(handle) for _ in range(30 * LINES)))
+    acac_head(acac_dir / "train_300K.xyz", path, 30)
     return path
 
 

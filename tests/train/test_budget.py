@@ -12,16 +12,13 @@ import mlpot.train.trainer as trainer_module
 from mlpot.config import config_from_dict
 from mlpot.train.feature_cache import FeatureCache
 from mlpot.train.run import member_budget, run_training
-
-TINY_MODEL = {"kind": "bpnn", "cutoff": 4.0, "n_radial": 4, "n_angular_eta": 1,
-              "zetas": [1.0], "hidden": [8]}
+from helpers import acac_head, TINY_MODEL
 
 
 @pytest.fixture(scope="module")
 def small_train(acac_dir, tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "train_30.xyz"
-    with open(acac_dir / "train_300K.xyz") as handle:
-        path.write_text("".join(next(handle) for _ in range(30 * 17)))
+    acac_head(acac_dir / "train_300K.xyz", path, 30)
     return path
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from helpers import acac_head
 
 
 def _train(tmp_path, acac_dir, name, processes, model, on_disk=False):
@@ -21,8 +22,7 @@ def _train(tmp_path, acac_dir, name, processes, model, on_disk=False):
 
     train = tmp_path / "train.xyz"
     if not train.exists():
-        with open(acac_dir / "train_300K.xyz") as handle:
-            train.write_text("".join(next(handle) for _ in range(25 * 17)))
+        acac_head(acac_dir / "train_300K.xyz", train, 25)
     if on_disk:
         if not (tmp_path / "train.h5").exists():
             convert([train], tmp_path / "train.h5")

@@ -26,10 +26,9 @@ from mlpot.serialize import load
 from mlpot.train.loss import EnergyForceLoss
 from mlpot.train.metrics import predict
 from mlpot.train.trainer import CHECKPOINT, Trainer
+from helpers import acac_head, TINY_MODEL
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY_MODEL = {"kind": "bpnn", "cutoff": 4.0, "n_radial": 4, "n_angular_eta": 1,
-              "zetas": [1.0], "hidden": [8]}
 
 
 @pytest.fixture(autouse=True)
@@ -43,8 +42,7 @@ def _one_thread():
 def small_train(acac_dir, tmp_path_factory):
     """The first 40 frames of the acac training file (reading all 500 takes a while)."""
     path = tmp_path_factory.mktemp("data") / "train_40.xyz"
-    with open(acac_dir / "train_300K.xyz") as handle:
-        path.write_text("".join(next(handle) for _ in range(40 * 17)))
+    acac_head(acac_dir / "train_300K.xyz", path, 40)
     return path
 
 
@@ -81,8 +79,7 @@ def short_run(acac_dir, small_train, tmp_path_factory):
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("run") / "out"
     test_file = tmp_path_factory.mktemp("data") / "test_small.xyz"
-    with open(acac_dir / "test_MD_300K.xyz") as handle:
-        test_file.write_text("".join(next(handle) for _ in range(6 * 17)))
+    acac_head(acac_dir / "test_MD_300K.xyz", test_file, 6)
     raw = _config(small_train, out)
     raw["data"]["test"] = [str(test_file)]
     config = config_from_dict(raw)

@@ -24,7 +24,7 @@ from mlpot.serialize import save
 from mlpot.uncertainty.calibration import SigmaCalibration, fit_calibration
 from mlpot.uncertainty.ensemble import Ensemble, load_model, save_ensemble
 
-from helpers import random_bpnn
+from helpers import acac_head, random_bpnn
 
 E0 = {"H": -13.568422178253735, "C": -1026.8538996116154, "O": -2037.796869412825}
 CELL = np.array([[7.5, 0.0, 0.0], [1.0, 7.0, 0.0], [0.5, -0.8, 7.2]])
@@ -131,8 +131,7 @@ def test_cli_combines_models_of_different_kinds(acac_dir, tmp_path):
     save_ensemble(Ensemble([_member(1), _member(3)]), tmp_path / "schnets")
     save(_member(5, cutoff=3.5), tmp_path / "short")
     valid = tmp_path / "valid.xyz"
-    with open(acac_dir / "test_MD_300K.xyz") as handle:
-        valid.write_text("".join(next(handle) for _ in range(6 * 17)))
+    acac_head(acac_dir / "test_MD_300K.xyz", valid, 6)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = tmp_path / "combined"
     run = subprocess.run([sys.executable, "-m", "mlpot", "ensemble", str(tmp_path / "bpnn"),
@@ -320,8 +319,7 @@ def test_eval_watchdog_sigma_is_what_md_compares(ensemble, acac_frames):
 def test_cli_ensemble_train_eval_md(acac_dir, tmp_path):
     """mlpot train --ensemble 2, then eval --json reports σ and calibration, md stops on σ."""
     train = tmp_path / "train.xyz"
-    with open(acac_dir / "train_300K.xyz") as handle:
-        train.write_text("".join(next(handle) for _ in range(20 * 17)))
+    acac_head(acac_dir / "train_300K.xyz", train, 20)
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump({
         "data": {"train": str(train), "valid_fraction": 0.2,

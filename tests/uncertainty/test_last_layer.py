@@ -15,7 +15,7 @@ from mlpot.dynamics.calculator import MlpotCalculator
 from mlpot.uncertainty.last_layer import (LastLayerUncertainty, last_layer_features,
                                           last_layer_weights, save_last_layer,
                                           training_precision)
-from helpers import random_bpnn
+from helpers import acac_head, random_bpnn
 
 CELL = np.array([[7.5, 0.0, 0.0], [1.0, 7.0, 0.0], [0.5, -0.8, 7.2]])
 
@@ -187,8 +187,7 @@ def test_cli_train_last_layer_eval_md(acac_dir, tmp_path):
     import sys
 
     train = tmp_path / "train.xyz"
-    with open(acac_dir / "train_300K.xyz") as handle:
-        train.write_text("".join(next(handle) for _ in range(30 * 17)))
+    acac_head(acac_dir / "train_300K.xyz", train, 30)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = tmp_path / "run"
     run = subprocess.run([sys.executable, "-m", "mlpot", "train", "--train", str(train),
