@@ -96,21 +96,16 @@ def write_config(protocol: dict, args, out: Path) -> Path:
         config["data"]["isolated_atoms"] = relative(protocol["isolated"])
     if protocol["max_train"]:
         config["data"]["max_train"] = protocol["max_train"]
-    for item in args.set:
-        key, value = item.split("=", 1)
-        node = config
-        *parents, last = key.split(".")
-        for name in parents:
-            node = node.setdefault(name, {})
-        node[last] = yaml.safe_load(value)
     path = out / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
 
-def train(config: Path, out: Path, threads: int) -> int:
-    """``mlpot train`` as a subprocess (continuing from the checkpoint when there is one)."""
-    command = [sys.executable, "-m", "mlpot", "train", str(config)]
+def train(config: Path, out: Path, threads: int, overrides: list[str]) -> int:
+    """``mlpot train`` as a subprocess (continuing from the checkpoint when there is one);
+    ``overrides``: its ``--set KEY=VALUE`` items."""
+    command = [sys.executable, "-m", "mlpot", "train", str(config),
+               *[word for item in overrides for word in ("--set", item)]]
     if (out / "train" / "checkpoint.pt").exists():
         command.append("--resume")
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -135,6 +130,15 @@ def flattening(epochs: np.ndarray, errors: np.ndarray) -> dict:
     thirds = [slice(0, n // 3), slice(2 * n // 3, n)]
     slopes = [float(np.polyfit(np.log(epochs[s]), np.log(best[s]), 1)[0]) for s in thirds]
     return {"slope_first_third": round(slopes[0], 3), "slope_last_third": round(slopes[1], 3)}
+
+
+def final_metrics(run: Path, tests: dict, threads: int) -> dict:
+    """Test metrics of the run's final model: those ``mlpot train`` wrote to metrics.json
+    when it finished (keyed by file stem), else (a run stopped early) evaluated now."""
+    if (run / "metrics.json").exists():
+        metrics = json.loads((run / "metrics.json").read_text())["metrics"]
+        return {name: metrics[Path(path).stem] for name, path in tests.items()}
+    return evaluate(run / "model", tests, threads)
 
 
 def evaluate(model: Path, tests: dict, threads: int) -> dict:
@@ -190,12 +194,12 @@ def without_paths(value):
 
 
 def report(out: Path, protocol: dict, threads: int) -> dict:
-    from mlpot.data.records import read_frames
+    from mlpot.data.records import iter_frames
 
     run = out / "train"
     rows = read_log(run / "log.csv")
-    n_atoms = len(read_frames(str(next(iter(protocol["tests"].values()))))[0].numbers)
-    final = evaluate(run / "model", protocol["tests"], threads)
+    n_atoms = len(next(iter_frames(next(iter(protocol["tests"].values())))).numbers)
+    final = final_metrics(run, protocol["tests"], threads)
     snapshots = {}
     for folder in sorted((run / "snapshots").glob("model_*min"),
                          key=lambda p: float(p.name[6:-3])):
@@ -236,7 +240,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (one core each)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, e.g. training.batch_size=4 (repeatable)")
+                        help="config override passed to mlpot train, e.g. "
+                             "training.batch_size=4 (repeatable; give it again on resume)")
     parser.add_argument("--out", help="run folder (default: benchmarks/results/paper/NAME)")
     args = parser.parse_args()
     root = ROOT / "benchmarks" / "results" / "paper"
@@ -248,7 +253,7 @@ def main() -> None:
         out = Path(args.out) if args.out else root / f"{args.protocol}_{args.model}_{args.size}"
         out.mkdir(parents=True, exist_ok=True)
         config = write_config(protocol, args, out)
-        code = train(config, out, args.threads)
+        code = train(config, out, args.threads, args.set)
         if code != 0:
             log(f"mlpot train exited {code}; see {out / 'train.log'}")
             sys.exit(code)
