@@ -6,6 +6,8 @@ Writes, next to this script (ASE extxyz, eV, eV/Å, Å):
 
     na_water_train.xyz   na_water_curve.xyz        Na+ ... H2O, B3LYP/def2-SVP, charge +1
     cl_water_train.xyz   cl_water_curve.xyz        Cl- ... H2O, B3LYP/def2-SVP, charge -1
+    na_water_orientations.xyz  cl_water_orientations.xyz   the same, random orientations
+    water_dimer_train.xyz  water_dimer_orientations.xyz   (H2O)2, B3LYP/def2-SVP, charge 0
     methane_dimer_train.xyz  methane_dimer_curve.xyz   (CH4)2, MP2/cc-pVDZ, charge 0
 
 An output file that already exists is skipped (so an interrupted run can be resumed) unless
@@ -71,6 +73,15 @@ Geometries
   Å, each monomer rotated by an independent uniformly random rotation (random unit
   quaternion) and rattled with sigma = 0.02 Å, then B translated so that its C sits at
   C_A + (0, 0, d); 10 isolated randomly rotated, rattled methanes as fragments.
+
+* Random orientations (``*_orientations.xyz``, test curves): the rigid optimised water(s), each
+  rotated by an independent uniformly random rotation about its O, the partner (ion, or the
+  second water's O) at the listed distance along a uniformly random direction; a draw with
+  any intermolecular atom pair closer than 1.6 Å is drawn again. Four orientations per
+  distance; the first frames are the fragments (rigid water, and the ion at 30 Å).
+* Water dimer (neutral polar dimer) training: O–O distance uniform in [2.6, 6.0] Å, both
+  waters randomly rotated and rattled (sigma = 0.04 Å), the same 1.6 Å rejection; 20 isolated
+  rattled waters as fragments.
 
 Seeds: every data set draws from its own ``numpy.random.default_rng(0)``, so each file is
 reproducible on its own (``--only``) and independent of the order of generation.
@@ -394,6 +405,86 @@ def ion_curve(name: str, path: Path) -> None:
     log("")
 
 
+ORIENTATION_DISTANCES = [4.0, 5.0, 6.0, 7.0, 8.0, 10.0, 12.0, 15.0, 20.0, 25.0, 30.0]
+N_ORIENTATIONS, CLOSEST = 4, 1.6
+
+
+def placed(partner: np.ndarray, distance: float, rng) -> tuple[np.ndarray, np.ndarray]:
+    """(rigid water randomly rotated about its O at the origin, ``partner`` (positions
+    relative to its anchor atom) randomly rotated with its anchor at ``distance`` along a
+    random direction), drawn again while two atoms of different molecules are < CLOSEST Å."""
+    water, _, _ = optimised_water()
+    while True:
+        first = water @ random_rotation(rng).T
+        direction = cone_direction(1.0, 180.0, rng)
+        second = partner @ random_rotation(rng).T + distance * direction
+        gaps = np.linalg.norm(first[:, None] - second[None], axis=2)
+        if gaps.min() >= CLOSEST:
+            return first, second
+
+
+def ion_orientations(name: str, path: Path) -> None:
+    spec = ION[name]
+    ion, q = spec["symbol"], spec["charge"]
+    water, _, _ = optimised_water()
+    rng = np.random.default_rng(0)
+    w_res = _WATER_CACHE["result"]
+    far = np.array([[0.0, 0.0, 30.0]])
+    i_res = dft_point([ion], far, q)
+    _check_atom_gradient(ion, i_res)
+    frames = [make_atoms(WATER_SYMBOLS, water, w_res, 0, NO_PARTNER, "fragment", DFT_LEVEL),
+              make_atoms([ion], far, i_res, q, NO_PARTNER, "fragment", DFT_LEVEL,
+                         forces=np.zeros((1, 3)))]
+    symbols = WATER_SYMBOLS + [ion]
+    for d in ORIENTATION_DISTANCES:
+        for k in range(N_ORIENTATIONS):
+            first, second = placed(np.zeros((1, 3)), d, rng)
+            pos = np.vstack([first, second])
+            res = timed(f"{ion}-water dimer (B3LYP)", dft_point(symbols, pos, q))
+            frames.append(make_atoms(symbols, pos, res, q, d, "curve", DFT_LEVEL))
+            log(f"  [{name} orientations] d={d:5.1f} Å #{k} E_int="
+                f"{1000 * (res['energy'] - w_res['energy'] - i_res['energy']):10.3f} meV "
+                f"{res['seconds']:.1f} s")
+    write_atomic(path, frames)
+
+
+def water_dimer_train(path: Path) -> None:
+    water, _, _ = optimised_water()
+    rng = np.random.default_rng(0)
+    symbols = WATER_SYMBOLS * 2
+    frames = []
+    for i in range(N_ION_DIMERS):
+        d = rng.uniform(2.6, 6.0)
+        first, second = placed(water, d, rng)
+        pos = rattle(np.vstack([first, second]), SIGMA_WATER, rng)
+        res = timed("water dimer (B3LYP)", dft_point(symbols, pos, 0))
+        frames.append(make_atoms(symbols, pos, res, 0, d, "dimer", DFT_LEVEL))
+        log(f"  [water dimer train {i + 1:3d}/{N_ION_DIMERS}] d={d:.3f} Å "
+            f"E={res['energy']:.6f} eV  {res['seconds']:.1f} s")
+    for i in range(N_WATER_FRAGMENTS):
+        w = rattle(water, SIGMA_WATER, rng)
+        res = timed("water (B3LYP)", dft_point(WATER_SYMBOLS, w, 0))
+        frames.append(make_atoms(WATER_SYMBOLS, w, res, 0, NO_PARTNER, "fragment", DFT_LEVEL))
+    write_atomic(path, frames)
+
+
+def water_dimer_orientations(path: Path) -> None:
+    water, _, _ = optimised_water()
+    rng = np.random.default_rng(1)
+    w_res = _WATER_CACHE["result"]
+    frames = [make_atoms(WATER_SYMBOLS, water, w_res, 0, NO_PARTNER, "fragment", DFT_LEVEL)]
+    for d in [3.0] + ORIENTATION_DISTANCES:
+        for k in range(N_ORIENTATIONS):
+            first, second = placed(water, d, rng)
+            pos = np.vstack([first, second])
+            res = timed("water dimer (B3LYP)", dft_point(WATER_SYMBOLS * 2, pos, 0))
+            frames.append(make_atoms(WATER_SYMBOLS * 2, pos, res, 0, d, "curve", DFT_LEVEL))
+            log(f"  [water dimer orientations] d={d:5.1f} Å #{k} E_int="
+                f"{1000 * (res['energy'] - 2 * w_res['energy']):10.3f} meV "
+                f"{res['seconds']:.1f} s")
+    write_atomic(path, frames)
+
+
 # ---------------------------------------------------------------------------------------
 # methane dimer
 # ---------------------------------------------------------------------------------------
@@ -474,7 +565,8 @@ def methane_curve(path: Path) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=["na", "cl", "methane"], help="one data set only")
+    parser.add_argument("--only", choices=["na", "cl", "water", "methane"],
+                        help="one data set only")
     parser.add_argument("--force", action="store_true", help="recompute existing files")
     parser.add_argument("--outdir", type=Path, default=HERE, help="default: next to this script")
     args = parser.parse_args(argv)
@@ -486,7 +578,10 @@ def main(argv=None) -> int:
     for name in ("na", "cl"):
         stem = ION[name]["stem"]
         jobs += [(name, f"{stem}_train.xyz", lambda p, n=name: ion_train(n, p)),
-                 (name, f"{stem}_curve.xyz", lambda p, n=name: ion_curve(n, p))]
+                 (name, f"{stem}_curve.xyz", lambda p, n=name: ion_curve(n, p)),
+                 (name, f"{stem}_orientations.xyz", lambda p, n=name: ion_orientations(n, p))]
+    jobs += [("water", "water_dimer_train.xyz", water_dimer_train),
+             ("water", "water_dimer_orientations.xyz", water_dimer_orientations)]
     jobs += [("methane", "methane_dimer_train.xyz", methane_train),
              ("methane", "methane_dimer_curve.xyz", methane_curve)]
 

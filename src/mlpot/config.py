@@ -103,9 +103,10 @@ class ModelConfig(Strict):
     # "dispersion" = damped C6/r⁶ with C6 scaled by learned effective volumes; "both"
     long_range: Literal["none", "coulomb", "dispersion", "both"] = "none"
     exclusion_radius: float | None = Field(None, gt=0)  # Å, default the cutoff
-    # learned charges sum to the structure's charge ("structure"), or to integers on each
-    # fragment out of the cutoff's reach of the others ("fragments"; mlpot.physics.charges)
-    charge_neutrality: Literal["structure", "fragments"] = "structure"
+    # learned charges sum to integers on each fragment out of the cutoff's reach of the
+    # others, blended smoothly below it ("fragments"), to the structure's charge as one group
+    # ("structure"), or are not shifted at all ("none"); mlpot.physics.charges
+    charge_neutrality: Literal["fragments", "structure", "none"] = "fragments"
     dispersion_cutoff: float = Field(15.0, gt=0)  # Å, pair reach in periodic cells
     # standard DFT-D3(BJ)/D4 added by the calculator to a model of dispersion-free DFT labels
     # of functional xc_functional (mlpot.physics.correction); not part of the fit
@@ -171,6 +172,7 @@ class TrainingConfig(Strict):
     sigma_stress: float = Field(0.001, gt=0)  # eV/Å³
     sigma_dipole: float = Field(0.01, gt=0)  # e·Å (learned charges vs reference dipoles)
     sigma_charge: float = Field(0.02, gt=0)  # e (learned vs reference atomic charges)
+    sigma_charge_excess: float = Field(0.1, gt=0)  # e (charge the neutralisation supplies)
     dtype: Literal["float32", "float64"] = "float32"
     snapshot_minutes: list[float] = []  # also save the model at these training minutes
     cache_descriptors: bool = True  # bpnn: precompute descriptors and their derivatives

@@ -41,6 +41,7 @@ DIPOLE = "dipole"  # (n_structures, 3) float | Σ q_i r_i, e·Å (molecules; zer
 HAS_DIPOLE = "has_dipole"  # (n_structures,) bool | whether a reference dipole exists (molecules)
 PARTIAL_CHARGES = "partial_charges"  # (n_atoms,) float | reference atomic charges, e
 HAS_PARTIAL_CHARGES = "has_partial_charges"  # (n_structures,) bool | reference charges exist
+CHARGE_EXCESS = "charge_excess"  # (n_groups,) float | charge the neutralisation supplied to each group, e (mlpot.physics.charges)
 ENERGY_COULOMB = "energy_coulomb"  # (n_structures,) float64 | the Coulomb part of ENERGY, eV
 ENERGY_DISPERSION = "energy_dispersion"  # (n_structures,) float64 | dispersion part of ENERGY, eV
 VOLUME_RATIOS = "volume_ratios"  # (n_atoms,) float | learned V_eff/V_free (dispersion C6 scaling)

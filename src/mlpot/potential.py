@@ -145,7 +145,8 @@ class Potential(nn.Module):
 
         if long_range is not None:
             out[keys.ENERGY_COULOMB] = structure_sum(long_range["atomic"])
-            out[keys.CHARGES], out[keys.DIPOLE] = long_range[keys.CHARGES], long_range[keys.DIPOLE]
+            for key in (keys.CHARGES, keys.DIPOLE, keys.CHARGE_EXCESS):
+                out[key] = long_range[key]
         if dispersion is not None:
             out[keys.ENERGY_DISPERSION] = structure_sum(dispersion["atomic"])
             out[keys.VOLUME_RATIOS] = dispersion["volume_ratios"]

@@ -30,11 +30,13 @@ from mlpot.potential import Potential
 
 FORMAT = "mlpot-model"
 CHECKSUM = "weights_sha256"  # config.json: SHA-256 of model.safetensors (absent before)
-VERSION = 6  # 2: models record their "baseline" (version 1 used the linear one);
+VERSION = 7  # 2: models record their "baseline" (version 1 used the linear one);
 #              3: optional "variance_head" (aleatoric uncertainty);
 #              4: optional "long_range" (learned charges + Coulomb);
 #              5: optional "dispersion" (learned volumes + damped C6/r⁶)
 #              6: the variance head records its "link" (exp; older heads are softplus)
+#              7: charge "neutrality" defaults to "fragments", now blended smoothly below the
+#                 cutoff in training and prediction (older files: "structure" when absent)
 
 
 def potential_config(potential: Potential) -> dict:
@@ -183,6 +185,8 @@ def check_config(config: dict, file: Path) -> dict:
                                  f"not {value!r}")
     if version < 2 and config["model_kind"] != "linear":
         config["model"].setdefault("baseline", "linear")
+    if version < 7 and config.get("long_range"):
+        config["long_range"].setdefault("neutrality", "structure")
     return config
 
 

@@ -53,67 +53,6 @@ def test_total_charge_is_conserved_exactly(acac_frames):
         frame.charge = 0.0
 
 
-def _water_and_ion(distance: float, ion: int = 11) -> Frame:
-    water = np.array([[0.0, 0.0, 0.0], [0.76, 0.0, -0.59], [-0.76, 0.0, -0.59]])
-    return Frame(numbers=np.array([8, 1, 1, ion]),
-                 positions=np.vstack([water, [[0.0, 0.0, distance]]]), cell=np.zeros((3, 3)),
-                 pbc=np.zeros(3, dtype=bool))
-
-
-def test_fragment_neutrality_keeps_separated_fragments_integer():
-    """neutrality="fragments" (predictions): an ion beyond the cutoff of a water molecule
-    carries exactly its integer charge and the water exactly the charges it has alone (no
-    fractional charge transfer at a distance), for totals +1, −1 and +2; a connected
-    structure is neutralised as with "structure"; a fractional total stays one group; in
-    training mode the structure-wide shift applies."""
-    from mlpot.physics.charges import ChargeHead
-
-    torch.manual_seed(0)
-    heads = {}
-    for neutrality in ("structure", "fragments"):
-        torch.manual_seed(0)
-        heads[neutrality] = head = ChargeHead([1, 8, 11], cutoff=4.0,
-                                              neutrality=neutrality).double().eval()
-        with torch.no_grad():
-            for parameter in head.parameters():
-                parameter.normal_(0, 0.2)
-            head.networks["Na"][-1].bias[1] = 10.0  # the ion takes most of any excess
-
-    def charges(frame, neutrality):
-        batch = collate([frame], [graph_arrays(frame.positions, frame.cell, frame.pbc, 4.0)],
-                        dtype=torch.float64)
-        return heads[neutrality](batch).detach().numpy()
-
-    water = _water_and_ion(10.0)
-    alone = Frame(numbers=water.numbers[:3], positions=water.positions[:3], cell=water.cell,
-                  pbc=water.pbc)
-    water_alone = charges(alone, "fragments")
-    neutral_water = 0
-    for total in (1.0, -1.0, 2.0):
-        far = _water_and_ion(12.0)
-        far.charge = total
-        q = charges(far, "fragments")
-        assert q[:3].sum() + q[3] == pytest.approx(total, abs=1e-12)
-        # the ion's rounded raw charge plus what the largest remainder hands out
-        assert q[3] == pytest.approx(round(q[3]), abs=1e-12)
-        assert q[:3].sum() == pytest.approx(round(q[:3].sum()), abs=1e-12)
-        if q[:3].sum() == pytest.approx(0, abs=1e-12):
-            np.testing.assert_allclose(q[:3], water_alone, rtol=0, atol=1e-12)
-            neutral_water += 1
-    assert neutral_water == 3
-    near = _water_and_ion(2.5)
-    near.charge = 1.0
-    np.testing.assert_allclose(charges(near, "fragments"), charges(near, "structure"),
-                               rtol=0, atol=1e-12)
-    half = _water_and_ion(12.0)
-    half.charge = 0.5
-    assert charges(half, "fragments").sum() == pytest.approx(0.5, abs=1e-12)
-    heads["fragments"].train()  # training: structure-wide (the raw charges get gradients)
-    np.testing.assert_allclose(charges(far, "fragments"), charges(far, "structure"), atol=1e-12)
-    structure_wide = charges(far, "structure")  # the old scheme: a fraction moves 12 Å
-    assert abs(structure_wide[3] - round(structure_wide[3])) > 1e-3
-
-
 @pytest.mark.parametrize("name, madelung, nearest", [
     ("NaCl", 1.747565, lambda a: a / 2), ("CsCl", 1.762675, lambda a: a * np.sqrt(3) / 2)])
 def test_madelung_constants(name, madelung, nearest):
@@ -182,22 +121,33 @@ def test_ewald_approaches_the_direct_sum_in_large_boxes(acac_frames):
 
 def test_separated_ions_interact_as_point_charges():
     """Beyond the charge network's cutoff the charges stop changing, so E_coulomb · r is
-    constant: the exact 1/r decay."""
-    term = Electrostatics([11, 17], cutoff=4.0, exclusion_radius=4.0).double()
-    with torch.no_grad():
-        for parameter in term.parameters():
-            parameter.normal_(0, 0.5)
-    products = []
-    for r in (8.0, 12.0, 20.0, 30.0):
-        frame = Frame(numbers=np.array([11, 17]), positions=np.array([[0, 0, 0], [r, 0, 0.0]]),
-                      cell=np.zeros((3, 3)), pbc=np.zeros(3, dtype=bool))
-        batch = collate([frame], [graph_arrays(frame.positions, frame.cell, frame.pbc, 4.0)],
-                        dtype=torch.float64)
-        out = term(batch)
-        products.append(float(out["atomic"].sum()) * r)
-        np.testing.assert_allclose(out[keys.CHARGES].sum().item(), 0.0, atol=1e-12)
-    np.testing.assert_allclose(products, products[0], rtol=1e-10)
-    assert abs(products[0]) > 1e-3
+    constant: the exact 1/r decay (structure-wide charges, random network); with the default
+    fragment scheme an ion pair whose raw charges lie nearest ±1 carries exactly ±1 e, so
+    E · r = −k_e."""
+    for neutrality in ("structure", "fragments"):
+        term = Electrostatics([11, 17], cutoff=4.0, exclusion_radius=4.0,
+                              neutrality=neutrality).double()
+        with torch.no_grad():
+            for parameter in term.parameters():
+                parameter.normal_(0, 0.5)
+            if neutrality == "fragments":
+                for symbol, raw in (("Na", 0.7), ("Cl", -0.6)):
+                    last = term.charge_head.networks[symbol][-1]
+                    last.weight.zero_()
+                    last.bias[0] = raw
+        products = []
+        for r in (8.0, 12.0, 20.0, 30.0):
+            frame = Frame(numbers=np.array([11, 17]),
+                          positions=np.array([[0, 0, 0], [r, 0, 0.0]]),
+                          cell=np.zeros((3, 3)), pbc=np.zeros(3, dtype=bool))
+            batch = collate([frame], [graph_arrays(frame.positions, frame.cell, frame.pbc,
+                                                   4.0)], dtype=torch.float64)
+            out = term(batch)
+            products.append(float(out["atomic"].sum()) * r)
+            np.testing.assert_allclose(out[keys.CHARGES].sum().item(), 0.0, atol=1e-12)
+        np.testing.assert_allclose(products, products[0], rtol=1e-10)
+        assert abs(products[0]) > 1e-3
+    assert products[0] == pytest.approx(-COULOMB_CONSTANT, rel=1e-12)
 
 
 @pytest.mark.parametrize("periodic", [False, True])
@@ -235,6 +185,28 @@ def test_forces_and_stress_are_finite_differences(acac_frames, periodic):
 def test_save_load_round_trip(acac_frames, tmp_path):
     assert_save_load_round_trip(_electrostatic_potential(4), acac_frames[:2], tmp_path,
                                 (keys.ENERGY, keys.CHARGES, keys.ENERGY_COULOMB))
+
+
+def test_older_files_without_neutrality_keep_structure_wide_charges(acac_frames, tmp_path):
+    """Files from before version 7 recorded no "neutrality" when it was the structure-wide
+    default: they load as "structure" (their predictions unchanged), not as today's default."""
+    import json
+
+    from mlpot.serialize import load, save
+
+    potential = _electrostatic_potential(5)
+    potential.long_range.charge_head.neutrality = "structure"
+    save(potential, tmp_path / "model")
+    config_file = tmp_path / "model" / "config.json"
+    config = json.loads(config_file.read_text())
+    del config["long_range"]["neutrality"]
+    config["version"] = 6
+    config_file.write_text(json.dumps(config))
+    loaded = load(tmp_path / "model")
+    assert loaded.long_range.charge_head.neutrality == "structure"
+    batch = potential.batch(acac_frames[:2])
+    torch.testing.assert_close(loaded(batch, forces=False)[keys.CHARGES],
+                               potential(batch, forces=False)[keys.CHARGES], rtol=0, atol=1e-12)
 
 
 def test_training_with_coulomb_and_the_calculator(acac_dir, tmp_path):

@@ -1,32 +1,49 @@
 """Environment-dependent atomic charges that always sum to the structure's total charge.
 
-A small per-element network on radial symmetry functions (the model's cutoff) predicts for
-every atom a raw charge q̃_i and a positive weight w_i = softplus(s_i). The charges are then
-shifted to the total charge Q of their structure, each in proportion to its weight
-(PhysNet-style neutralisation with learned weights):
+A small per-element network on radial symmetry functions (the model's cutoff r_c) predicts for
+every atom a raw charge q̃_i and a positive weight w_i = softplus(s_i). The raw charges are
+then shifted so that a group of atoms g carries its target charge T_g, each atom in
+proportion to its weight (PhysNet-style neutralisation with learned weights):
 
-    q_i = q̃_i + w_i (Q − Σ_j q̃_j) / Σ_j w_j          (e; sums over the atoms of the structure)
+    q_i = q̃_i + w_i (T_g − Σ_{j∈g} q̃_j) / Σ_{j∈g} w_j          (e)
 
-so Σ_i q_i = Q exactly for any input (float rounding aside). The network is trained through
-the Coulomb energy it produces (from energies and forces alone), and by reference dipoles
-or atomic charges where the data has them.
+``neutrality`` chooses the groups:
 
-With ``neutrality="fragments"`` predictions (eval mode) then shift the charges once more,
-within each fragment (connected component of the neighbour graph at the cutoff), to an
-integer fragment charge Q_c: the rounded sum of the fragment's structure-wide charges, the
-rounding corrected (largest remainders) so that Σ_c Q_c = Q. Fragments too far apart to
-see each other then cannot exchange a fraction of an electron (the failure of any
-structure-wide scheme, Qeq included, for separated molecules and ions), and each carries
-exactly the charges it has alone; a single fragment (any molecule, any condensed phase) is
-unchanged. Training keeps the structure-wide charges: a fragment's integer charge does not
-depend on the network, so it would pass no gradient to it, while the structure-wide charges
-learn (through dipoles, energies and forces) what each separated fragment carries, which
-the rounding then makes exact. The price: when two fragments come within the cutoff the
-charges switch from per-fragment to joint neutralisation, a jump as large as the fragments'
-structure-wide sums are far from integers.
+- ``"fragments"`` (the default): size-consistent by construction. Fragments are the connected
+  components of the graph of atom pairs closer than r. At r = r_c (the charge network's reach)
+  fragments cannot see each other; each gets an integer T: the rounded sum of its raw charges,
+  the roundings corrected (largest remainders) to add up to the structure's charge Q. Below
+  r_c a fragment splits where its longest link (single-linkage, the minimum spanning tree)
+  is longer than r; the two parts share their parent's integer T, the part whose raw sum lies
+  nearer an integer keeping its rounding. The charges average the neutralisation over r with
+  a smooth weight on [r_c/2, r_c]:
+
+      q = q̃ + ∫ ρ(r) δ(r) dr,   ρ(r) = d/dr (1 − cos π(r − r_c/2)/(r_c/2))/2,
+
+  where δ(r) is the shift above with the fragments at r. The integral is a sum over the
+  links whose length lies in [r_c/2, r_c], each weighted by the ρ-mass between it and the next,
+  so it changes continuously (with a continuous derivative) as a link crosses r_c or r_c/2.
+  Consequences: two parts farther apart than r_c get exactly the charges each has alone with
+  its own integer charge (no fraction of an electron crosses empty space, the failure of any
+  structure-wide scheme, Qeq included); parts closer than r_c/2 (a molecule's bonds, hydrogen
+  bonds, an ion in its first shell) are neutralised together; Σ q = Q exactly. The one
+  discontinuity left is a rounding that flips: a fragment whose raw sum crosses a
+  half-integer (a fragment that is as much a cation as a radical). Training keeps raw sums
+  near integers (the ``excess`` loss term), where that does not happen.
+- ``"structure"``: one group per structure, T = Q (the 4G-HDNNP / PhysNet choice; separated
+  fragments exchange fractions of charge).
+- ``"none"``: no shift, q = q̃ (latent charges as in LES; Σ q = Q only as far as training
+  teaches it).
+
+``excess`` (returned beside the charges): T − Σ q̃ per top-level group (per structure for
+"structure" and "none"): the charge the shift had to supply. Training penalises it (σ of
+``training.sigma_charge_excess``), so the raw charges themselves learn what each isolated
+fragment carries.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -34,82 +51,185 @@ from torch.nn import functional
 
 from mlpot import keys
 from mlpot.models.element_head import ElementHead
+from mlpot.neighbors import edge_vectors
 
-
-NEUTRALITY = ("structure", "fragments")
+NEUTRALITY = ("fragments", "structure", "none")
+INNER_FRACTION = 0.5  # fragments are blended over [INNER_FRACTION · r_c, r_c]
 
 
 class ChargeHead(ElementHead):
     """Per-atom charges (e) conserving each structure's total charge (batch ``charge``);
-    ``neutrality``: "structure" or "fragments" (see the module docstring)."""
+    ``neutrality``: "fragments", "structure" or "none" (see the module docstring)."""
 
     def __init__(self, elements, cutoff: float, n_radial: int = 8, hidden: int = 16,
-                 neutrality: str = "structure"):
+                 neutrality: str = "fragments"):
         super().__init__(elements, cutoff, n_radial=n_radial, hidden=hidden, n_outputs=2)
         if neutrality not in NEUTRALITY:
             raise ValueError(f"neutrality must be one of {NEUTRALITY}, not {neutrality!r}")
         self.neutrality = neutrality
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Charges (n_atoms,), e."""
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(charges (n_atoms,) e, excess (n_groups,) e: see the module docstring)."""
         raw = self.raw_outputs(batch)
-        weights = functional.softplus(raw[:, 1]) + 1e-3
-        charges = conserve_charge(raw[:, 0], weights, batch)
-        if self.neutrality == "fragments" and not self.training:
-            charges = conserve_charge(charges, weights, batch,
-                                      fragment_charges(charges, batch))
-        return charges
+        charges, weights = raw[:, 0], functional.softplus(raw[:, 1]) + 1e-3
+        if self.neutrality == "fragments":
+            return neutralise_fragments(charges, weights, batch, self.descriptor.cutoff)
+        structure = batch[keys.BATCH]
+        excess = structure_charges(batch, charges) - charges.new_zeros(
+            len(batch[keys.N_ATOMS])).index_add(0, structure, charges)
+        if self.neutrality == "structure":
+            charges = shift(charges, weights, structure, excess)
+        return charges, excess
 
 
-def conserve_charge(raw: torch.Tensor, weights: torch.Tensor, batch: dict[str, torch.Tensor],
-                    groups: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-    """q_i = q̃_i + w_i (Q_g − Σ_g q̃)/Σ_g w over groups g: the structures (Q = batch
-    ``charge``, 0 if absent), or ``groups`` = (group of each atom, charge of each group)."""
-    if groups is None:
-        index = batch[keys.BATCH]
-        n_groups = len(batch[keys.N_ATOMS])
-        total = batch.get(keys.CHARGE)
-        total = raw.new_zeros(n_groups) if total is None else total.to(raw.dtype)
-    else:
-        index, total = groups
-        n_groups, total = len(total), total.to(raw.dtype)
-    excess = total - raw.new_zeros(n_groups).index_add(0, index, raw)
-    weight_sum = raw.new_zeros(n_groups).index_add(0, index, weights)
-    return raw + weights * (excess / weight_sum)[index]
+def structure_charges(batch: dict[str, torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    """Total charge of each structure (batch ``charge``, 0 if absent), e."""
+    total = batch.get(keys.CHARGE)
+    n_structures = len(batch[keys.N_ATOMS])
+    return like.new_zeros(n_structures) if total is None else total.to(like.dtype)
 
 
-def fragment_charges(raw: torch.Tensor, batch: dict[str, torch.Tensor]):
-    """(fragment of each atom, integer charge of each fragment): connected components of
-    the batch's neighbour graph; each fragment gets the rounded sum of ``raw`` over it, the
-    roundings corrected by largest remainders to sum to the structure's charge. Structures
-    whose charge is not an integer stay one group."""
+def shift(raw: torch.Tensor, weights: torch.Tensor, group: torch.Tensor,
+          excess: torch.Tensor) -> torch.Tensor:
+    """q̃_i + w_i excess_g / Σ_g w: hand each group's excess out by weight."""
+    weight_sum = raw.new_zeros(len(excess)).index_add(0, group, weights)
+    return raw + weights * (excess / weight_sum)[group]
+
+
+def blend_fraction(r: torch.Tensor, cutoff: float) -> torch.Tensor:
+    """P(r): the ρ-mass below r, 0 at r ≤ r_c/2 rising as (1 − cos)/2 to 1 at r ≥ r_c."""
+    inner = INNER_FRACTION * cutoff
+    x = ((r - inner) / (cutoff - inner)).clamp(0.0, 1.0)
+    return 0.5 * (1.0 - torch.cos(math.pi * x))
+
+
+def neutralise_fragments(raw: torch.Tensor, weights: torch.Tensor,
+                         batch: dict[str, torch.Tensor], cutoff: float):
+    """(charges, excess of each top-level fragment): the ``"fragments"`` scheme."""
+    links, lengths = spanning_links(batch, cutoff)
+    n_atoms = len(raw)
+    structure = batch[keys.BATCH].cpu().numpy()
+    totals = structure_charges(batch, raw).detach().cpu().numpy().astype(np.float64)
+    fractional = np.abs(totals - np.rint(totals)) > 1e-9
+    # a structure with a fractional total charge stays one group at every level
+    bound = _chain_structures(np.nonzero(fractional)[0], structure)
+    length_values = lengths.detach().cpu().numpy()
+    splits = np.argsort(-length_values, kind="stable")
+    splits = splits[length_values[splits] >= INNER_FRACTION * cutoff]
+    raw_values = raw.detach().cpu().numpy().astype(np.float64)
+
+    labels = _components(n_atoms, np.concatenate([links, bound], axis=1))
+    targets = _top_targets(labels, raw_values, structure, totals)
+    top_excess = torch.as_tensor(targets, dtype=raw.dtype, device=raw.device) - \
+        raw.new_zeros(len(targets)).index_add(0, _tensor(labels, raw), raw)
+    mass_above = blend_fraction(raw.new_tensor(cutoff), cutoff)
+    charges, level_excess = raw, top_excess
+    kept = np.ones(links.shape[1], dtype=bool)
+    for link in splits:  # remove links from the longest down: each may split a fragment
+        mass = mass_above - blend_fraction(lengths[link], cutoff)
+        charges = charges + mass * _shares(weights, labels, level_excess)
+        mass_above = blend_fraction(lengths[link], cutoff)
+        kept[link] = False
+        new_labels = _components(n_atoms, np.concatenate([links[:, kept], bound], axis=1))
+        targets = _split_targets(targets, labels, new_labels, links[:, link], raw_values)
+        labels = new_labels
+        level_excess = torch.as_tensor(targets, dtype=raw.dtype, device=raw.device) - \
+            raw.new_zeros(len(targets)).index_add(0, _tensor(labels, raw), raw)
+    mass = mass_above - blend_fraction(raw.new_tensor(INNER_FRACTION * cutoff), cutoff)
+    charges = charges + mass * _shares(weights, labels, level_excess)
+    return charges, top_excess
+
+
+def _tensor(labels: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(labels, device=like.device)
+
+
+def _shares(weights: torch.Tensor, labels: np.ndarray, excess: torch.Tensor) -> torch.Tensor:
+    """w_i excess_g / Σ_g w for the groups ``labels``."""
+    group = _tensor(labels, weights)
+    weight_sum = weights.new_zeros(len(excess)).index_add(0, group, weights)
+    return weights * (excess / weight_sum)[group]
+
+
+def spanning_links(batch: dict[str, torch.Tensor], cutoff: float):
+    """(links (2, n_links) atom pairs, lengths (n_links,) Å, differentiable): the minimum
+    spanning forest of the batch's atom pairs closer than ``cutoff`` (the single-linkage
+    tree: the fragments at any r ≤ cutoff are its components after removing links ≥ r)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import minimum_spanning_tree
+
+    i, j = batch[keys.EDGE_INDEX]
+    lengths = edge_vectors(batch).norm(dim=1)
+    d = lengths.detach().cpu().numpy()
+    i_np, j_np = i.cpu().numpy(), j.cpu().numpy()
+    candidate = np.nonzero((i_np < j_np) & (d < cutoff))[0]
+    n_atoms = len(batch[keys.NUMBERS])
+    if len(candidate) == 0:
+        return np.zeros((2, 0), dtype=np.int64), lengths[:0]
+    # the shortest image of each pair (periodic cells list a pair once per image)
+    order = candidate[np.lexsort((d[candidate], j_np[candidate], i_np[candidate]))]
+    pair = i_np[order] * n_atoms + j_np[order]
+    first = order[np.r_[True, pair[1:] != pair[:-1]]]
+    tree = minimum_spanning_tree(coo_matrix((d[first], (i_np[first], j_np[first])),
+                                            shape=(n_atoms, n_atoms))).tocoo()
+    a, b = np.minimum(tree.row, tree.col), np.maximum(tree.row, tree.col)
+    edges = first[np.searchsorted(pair[np.r_[True, pair[1:] != pair[:-1]]], a * n_atoms + b)]
+    links = np.stack([a, b]).astype(np.int64)
+    return links, lengths[torch.as_tensor(edges, device=lengths.device)]
+
+
+def _chain_structures(members: np.ndarray, structure: np.ndarray) -> np.ndarray:
+    """Links (2, n) tying all atoms of each structure in ``members`` into one group."""
+    links = []
+    for b in members:
+        atoms = np.nonzero(structure == b)[0]
+        links.append(np.stack([np.full(len(atoms) - 1, atoms[0]), atoms[1:]]))
+    return np.concatenate(links, axis=1) if links else np.zeros((2, 0), dtype=np.int64)
+
+
+def _components(n_atoms: int, links: np.ndarray) -> np.ndarray:
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    n_atoms = len(raw)
-    i, j = batch[keys.EDGE_INDEX].cpu().numpy()
-    _, fragment = connected_components(coo_matrix((np.ones(len(i)), (i, j)),
-                                                  shape=(n_atoms, n_atoms)), directed=False)
-    structure = batch[keys.BATCH].cpu().numpy()
-    totals = batch.get(keys.CHARGE)
-    totals = (np.zeros(len(batch[keys.N_ATOMS])) if totals is None
-              else totals.detach().cpu().numpy().astype(np.float64))
-    raw_sum = np.bincount(fragment, weights=raw.detach().cpu().numpy().astype(np.float64))
+    graph = coo_matrix((np.ones(links.shape[1]), (links[0], links[1])), shape=(n_atoms, n_atoms))
+    return connected_components(graph, directed=False)[1]
+
+
+def _top_targets(labels: np.ndarray, raw: np.ndarray, structure: np.ndarray,
+                 totals: np.ndarray) -> np.ndarray:
+    """Integer charge of each fragment: its rounded raw sum, corrected by largest remainders
+    so that each structure's fragments add up to its total (a fractional total: the one
+    group of that structure carries it)."""
+    raw_sum = np.bincount(labels, weights=raw)
     owner = np.zeros(len(raw_sum), dtype=np.int64)
-    owner[fragment] = structure
-    charges = np.rint(raw_sum)
+    owner[labels] = structure
+    targets = np.rint(raw_sum)
     for b, total in enumerate(totals):
         members = np.nonzero(owner == b)[0]
-        if abs(total - round(total)) > 1e-9:  # fractional total: the structure is one group
-            fragment[structure == b] = members[0]
-            charges[members[0]] = total
+        if abs(total - round(total)) > 1e-9:
+            targets[members] = total  # one member: _chain_structures tied the structure
             continue
-        missing = int(round(total - charges[members].sum()))
+        missing = int(round(total - targets[members].sum()))
         step = np.sign(missing)
         for _ in range(abs(missing)):  # ±1 to the fragment whose raw sum lies nearest
-            remainder = (raw_sum[members] - charges[members]) * step
-            charges[members[np.argmax(remainder)]] += step
-    used, fragment = np.unique(fragment, return_inverse=True)
-    device = raw.device
-    return (torch.as_tensor(fragment, device=device),
-            torch.as_tensor(charges[used], device=device))
+            remainder = (raw_sum[members] - targets[members]) * step
+            targets[members[np.argmax(remainder)]] += step
+    return targets
+
+
+def _split_targets(targets: np.ndarray, labels: np.ndarray, new_labels: np.ndarray,
+                   link: np.ndarray, raw: np.ndarray) -> np.ndarray:
+    """Targets after removing ``link``: unchanged groups keep theirs; if the link split a
+    fragment (charge T) into parts A and B with raw sums s_A, s_B, A gets the integer
+    nearest to (s_A + T − s_B)/2 (the split that leaves both parts nearest their raw sums)
+    and B the rest."""
+    parent_of = np.zeros(new_labels.max() + 1, dtype=np.int64)
+    parent_of[new_labels] = labels
+    new_targets = targets[parent_of].copy()
+    a, b = new_labels[link[0]], new_labels[link[1]]
+    if a != b:
+        total = targets[labels[link[0]]]
+        raw_sum = np.bincount(new_labels, weights=raw, minlength=len(parent_of))
+        new_targets[a] = np.rint((raw_sum[a] + total - raw_sum[b]) / 2)
+        new_targets[b] = total - new_targets[a]
+    return new_targets

@@ -23,12 +23,12 @@ class Electrostatics(nn.Module):
         exclusion_radius: Å (default: ``cutoff``).  real_cutoff: Ewald real space, Å.
         n_radial, hidden: size of the charge network.
         pme_from: cells with at least this many atoms use PME instead of Ewald.
-        neutrality: "structure" or "fragments" (:mod:`mlpot.physics.charges`).
+        neutrality: "fragments", "structure" or "none" (:mod:`mlpot.physics.charges`).
     """
 
     def __init__(self, elements, cutoff: float, exclusion_radius: float | None = None,
                  real_cutoff: float = 10.0, n_radial: int = 8, hidden: int = 16,
-                 pme_from: int = 400, neutrality: str = "structure"):
+                 pme_from: int = 400, neutrality: str = "fragments"):
         super().__init__()
         self.charge_head = ChargeHead(elements, cutoff, n_radial=n_radial, hidden=hidden,
                                       neutrality=neutrality)
@@ -45,11 +45,13 @@ class Electrostatics(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``keys.CHARGES`` (n_atoms,) e, per-atom Coulomb energies ``"atomic"`` (n_atoms,)
-        eV and ``keys.DIPOLE`` (n_structures, 3) e·Å (zero for periodic structures)."""
-        charges = self.charge_head(batch)
+        eV, ``keys.DIPOLE`` (n_structures, 3) e·Å (zero for periodic structures) and
+        ``keys.CHARGE_EXCESS`` (what the neutralisation supplied, e)."""
+        charges, excess = self.charge_head(batch)
         atomic = self.coulomb(charges, batch)
         index = batch[keys.BATCH]
         dipole = charges.new_zeros(len(batch[keys.N_ATOMS]), 3).index_add(
             0, index, charges[:, None] * batch[keys.POSITIONS])
         dipole = dipole * (~batch[keys.PBC].any(1))[:, None]
-        return {keys.CHARGES: charges, "atomic": atomic, keys.DIPOLE: dipole}
+        return {keys.CHARGES: charges, "atomic": atomic, keys.DIPOLE: dipole,
+                keys.CHARGE_EXCESS: excess}

@@ -1,0 +1,176 @@
+"""Size consistency of the long-range terms, default settings, every model kind that has them:
+fragments out of each other's reach get exactly the charges, volumes, energies and forces they
+get alone (each with its own integer charge), in training mode and in prediction; the
+charges of the default fragment scheme are continuous, with continuous forces, as fragments
+approach and merge."""
+
+import numpy as np
+import pytest
+import torch
+from unittest import mock
+
+from mlpot import keys
+from mlpot.config import config_from_dict
+from mlpot.data.batch import collate
+from mlpot.data.records import Frame
+from mlpot.neighbors import graph_arrays
+from mlpot.physics.charges import ChargeHead
+from mlpot.train.run import build_potential
+
+pytest.importorskip("torchpme")
+CUTOFF = 4.0
+WATER = np.array([[0.0, 0.0, 0.0], [0.76, 0.0, -0.59], [-0.76, 0.0, -0.59]])
+
+
+def _frame(numbers, positions, charge=0.0) -> Frame:
+    frame = Frame(numbers=np.asarray(numbers), positions=np.asarray(positions, dtype=float),
+                  cell=np.zeros((3, 3)), pbc=np.zeros(3, dtype=bool))
+    frame.charge = charge
+    return frame
+
+
+def _system(separation: float, total: float):
+    """Na with a water molecule in its first shell, and a second water `separation` Å
+    beyond the first (farther than the cutoff: out of reach), with total charge `total`;
+    returns (pair, number of atoms of the first fragment)."""
+    first = np.vstack([WATER, [[0.3, 0.2, 2.3]]])
+    second = WATER @ np.array([[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]).T
+    second = second + [0.4, -0.3, 2.3 + separation]
+    return _frame([8, 1, 1, 11, 8, 1, 1], np.vstack([first, second]), total), 4
+
+
+def _potential(kind: str, seed: int = 0):
+    config = config_from_dict({"data": {"train": "unused.xyz"},
+                               "model": {"kind": kind, "size": "small", "cutoff": CUTOFF,
+                                         "long_range": "both"},
+                               "training": {"dtype": "float64"}})
+    torch.manual_seed(seed)
+    potential = build_potential(config, [1, 8, 11], {"H": -13.6, "O": -2040.0, "Na": -4418.0})
+    with torch.no_grad():  # charge and volume networks far from their initial values
+        for term in potential.physics_terms:
+            for parameter in term.parameters():
+                parameter.add_(torch.randn_like(parameter) * 0.5)
+    return potential.double()
+
+
+def _fragment_wise(potential, pair: Frame, split: int, charges: tuple[float, float]):
+    """Energy and forces of ``pair`` with every environment-dependent quantity (local
+    energies, charges, volumes) computed on each fragment alone with its own total charge;
+    only the long-range kernels see the pair."""
+    positions = torch.tensor(pair.positions, requires_grad=True)
+    short, q, v = [], [], []
+    for part, charge in zip((slice(0, split), slice(split, None)), charges):
+        alone = _frame(pair.numbers[part], pair.positions[part], charge)
+        batch = potential.batch([alone])
+        batch[keys.POSITIONS] = positions[part]
+        short.append(potential.model(batch)[keys.ATOMIC_ENERGY].sum()
+                     + potential.e0[batch[keys.NUMBERS]].sum())
+        q.append(potential.long_range.charge_head(batch)[0])
+        v.append(potential.dispersion.volume_ratios(batch))
+    batch = potential.batch([pair])
+    batch[keys.POSITIONS] = positions
+    q = torch.cat(q)
+    with mock.patch.object(potential.dispersion, "volume_ratios", lambda _: torch.cat(v)):
+        long = potential.long_range.coulomb(q, batch).sum() + \
+            potential.dispersion(batch)["atomic"].sum()
+    energy = sum(short) + long
+    forces = -torch.autograd.grad(energy, positions)[0]
+    return float(energy), forces.numpy(), q.detach().numpy(), torch.cat(v).detach().numpy()
+
+
+@pytest.mark.parametrize("kind", ["bpnn", "schnet", "painn", "equivariant"])
+def test_separated_fragments_are_what_they_are_alone(kind):
+    potential = _potential(kind)
+    assert potential.long_range.charge_head.neutrality == "fragments"  # the default
+    for training in (False, True):
+        potential.train(training)
+        for total in (1.0, 0.0, -1.0):
+            pair, split = _system(separation=CUTOFF + 1.5, total=total)
+            out = potential(potential.batch([pair]))
+            q = out[keys.CHARGES].detach().numpy()
+            parts = (round(q[:split].sum()), round(q[split:].sum()))
+            # each fragment carries an integer charge, and they add up to the total
+            assert q[:split].sum() == pytest.approx(parts[0], abs=1e-10)
+            assert sum(parts) == total
+            energy, forces, q_alone, v_alone = _fragment_wise(potential, pair, split, parts)
+            np.testing.assert_allclose(q, q_alone, rtol=0, atol=1e-10)
+            np.testing.assert_allclose(out[keys.VOLUME_RATIOS].detach().numpy(), v_alone,
+                                       rtol=0, atol=1e-10)
+            assert float(out[keys.ENERGY]) == pytest.approx(energy, rel=1e-12, abs=1e-8)
+            np.testing.assert_allclose(out[keys.FORCES].detach().numpy(), forces,
+                                       rtol=0, atol=1e-8)
+            assert np.abs(q).max() > 0.05  # not trivially neutral
+
+
+def _head(seed: int = 1) -> ChargeHead:
+    torch.manual_seed(seed)
+    head = ChargeHead([1, 8, 11], cutoff=CUTOFF).double()
+    with torch.no_grad():
+        for parameter in head.parameters():
+            parameter.normal_(0, 0.5)
+    return head
+
+
+def _charges(head, frame: Frame, positions=None):
+    batch = collate([frame], [graph_arrays(frame.positions, frame.cell, frame.pbc, CUTOFF)],
+                    dtype=torch.float64)
+    if positions is not None:
+        batch[keys.POSITIONS] = positions
+    return head(batch)[0]
+
+
+def test_fragment_charges_are_continuous_as_fragments_merge():
+    """Along an approach of an ion from 6 Å to 1.8 Å the charges change by at most a small
+    step per 0.005 Å (no jump where the ion enters the cutoff or half of it) and always sum
+    to the total; the forces of a charge-weighted energy equal finite differences across the
+    blending range."""
+    head = _head()
+    distances = np.arange(6.0, 1.8, -0.005)
+    charges = np.array([_charges(head, _frame([8, 1, 1, 11], np.vstack(
+        [WATER, [[0.0, 0.0, d]]]), 1.0)).detach().numpy() for d in distances])
+    np.testing.assert_allclose(charges.sum(1), 1.0, rtol=0, atol=1e-12)
+    steps = np.abs(np.diff(charges, axis=0)).max(1)
+    assert steps.max() < 0.01
+    assert np.ptp(charges[:, 3]) > 0.1  # the ion's charge does change on the way in
+    # a smooth function of the charges: its gradient is the finite difference (C¹)
+    probe = torch.tensor([0.3, -0.7, 1.1, 0.5], dtype=torch.float64)
+    for d in (CUTOFF * 0.5 + 0.3, CUTOFF * 0.75, CUTOFF - 0.2):
+        frame = _frame([8, 1, 1, 11], np.vstack([WATER, [[0.2, 0.1, d]]]), 1.0)
+        positions = torch.tensor(frame.positions, requires_grad=True)
+
+        def value(r):
+            return float((probe * _charges(head, frame, torch.as_tensor(r))).sum())
+
+        grad = torch.autograd.grad((probe * _charges(head, frame, positions)).sum(),
+                                   positions)[0].numpy()
+        numeric = np.zeros_like(grad)
+        for a in range(4):
+            for k in range(3):
+                step = np.zeros_like(frame.positions)
+                step[a, k] = 1e-5
+                numeric[a, k] = (value(frame.positions + step)
+                                 - value(frame.positions - step)) / 2e-5
+        np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-8)
+
+
+def test_fractional_total_and_other_schemes():
+    """A fractional total charge keeps the structure one group (the sum is exact); the
+    "structure" scheme moves a fraction of charge across 10 Å, which the default does not;
+    "none" leaves the raw charges alone and reports what neutralisation would have supplied."""
+    head = _head()
+    far = _frame([8, 1, 1, 11], np.vstack([WATER, [[0.0, 0.0, 10.0]]]), 0.5)
+    assert float(_charges(head, far).sum()) == pytest.approx(0.5, abs=1e-12)
+    far.charge = 1.0
+    default = _charges(head, far).detach().numpy()
+    head.neutrality = "structure"
+    structure = _charges(head, far).detach().numpy()
+    assert abs(structure[3] - round(structure[3])) > 1e-3
+    assert default[3] == pytest.approx(round(default[3]), abs=1e-12)
+    head.neutrality = "none"
+    batch = collate([far], [graph_arrays(far.positions, far.cell, far.pbc, CUTOFF)],
+                    dtype=torch.float64)
+    raw, excess = head(batch)
+    assert float(excess[0]) == pytest.approx(1.0 - float(raw.sum()), abs=1e-12)
+    # "structure" hands that excess out by weight: the same raw charges underneath
+    assert float(excess[0]) == pytest.approx(float((structure - raw.detach().numpy()).sum()),
+                                             abs=1e-12)
