@@ -174,3 +174,34 @@ def test_fractional_total_and_other_schemes():
     # "structure" hands that excess out by weight: the same raw charges underneath
     assert float(excess[0]) == pytest.approx(float((structure - raw.detach().numpy()).sum()),
                                              abs=1e-12)
+
+
+def test_charge_excess_prior_teaches_raw_charges_their_totals():
+    """The loss's charge-excess term alone, minimised on an isolated Na⁺ (+1) and a water (0),
+    drives the raw charges' sums to the totals, although the default scheme's charges
+    satisfy them exactly from the start (the term reaches the raw charges through it)."""
+    from mlpot.train.loss import EnergyForceLoss
+
+    head = _head(seed=3)
+    frames = [_frame([11], [[0.0, 0.0, 0.0]], 1.0), _frame([8, 1, 1], WATER, 0.0)]
+    batch = collate(frames, [graph_arrays(f.positions, f.cell, f.pbc, CUTOFF) for f in frames],
+                    dtype=torch.float64)
+    loss = EnergyForceLoss()
+    energy = torch.zeros(2, dtype=torch.float64)
+    optimizer = torch.optim.Adam(head.parameters(), lr=0.02)
+
+    def raw_sums():
+        raw = head.raw_outputs(batch)[:, 0].detach()
+        return torch.zeros(2, dtype=torch.float64).index_add(0, batch[keys.BATCH], raw).numpy()
+
+    before = raw_sums()
+    assert np.abs(before - [1.0, 0.0]).max() > 0.3
+    for _ in range(300):
+        charges, excess = head(batch)
+        value, parts = loss({keys.ENERGY: energy, keys.CHARGE_EXCESS: excess},
+                            {keys.ENERGY: energy, keys.N_ATOMS: batch[keys.N_ATOMS]})
+        optimizer.zero_grad()
+        value.backward()
+        optimizer.step()
+    np.testing.assert_allclose(raw_sums(), [1.0, 0.0], atol=0.02)
+    assert "charge_excess" in parts
