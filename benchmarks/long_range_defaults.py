@@ -12,7 +12,13 @@ minutes: the comparison must not depend on the machine's load), and the validati
 - ``fragments``: ``--long-range coulomb``, the default charge scheme;
 - ``structure``, ``none``: the same with ``model.charge_neutrality`` structure / none, the
   alternatives the default was chosen over (mlpot.physics.charges);
-- ``fragments+dipoles``: the default with the reference dipoles kept (what they add).
+- ``fragments+dipoles``: the default with the reference dipoles kept (what they add);
+- ``fragments, no prior``, ``structure, no prior``: without the loss's charge-excess prior
+  (``training.sigma_charge_excess`` 10⁶ e), what the prior does for each scheme;
+- methane dimer (MP2/cc-pVDZ): ``dispersion`` (``--long-range dispersion``, volumes pinned to
+  D4 by default) and ``dispersion, no pin`` (``training.sigma_volume`` 10⁶), and for both
+  the molecular C6 the learned volumes give to molecules never trained on (hydrocarbons;
+  references from dipole oscillator strengths) beside methane's.
 
 Then predict the interaction energy E(dimer) − Σ E(fragments) on the test scans (random
 orientations, ``*_orientations.xyz``, and the rigid axial scan ``*_curve.xyz`` where there is
@@ -38,18 +44,38 @@ import yaml
 from ase.io import read, write
 
 from long_range_demo import interaction_curve
+from mlpot.data.records import frame_from_atoms
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "examples" / "long_range"
 OUT = ROOT / "benchmarks" / "out" / "long_range_defaults"
 RESULTS = ROOT / "benchmarks" / "results" / "long_range_defaults"
-SYSTEMS = ("na_water", "cl_water", "water_dimer")
-VARIANTS = {"local": {"long_range": "none"},
-            "fragments": {"long_range": "coulomb"},
-            "structure": {"long_range": "coulomb", "charge_neutrality": "structure"},
-            "none": {"long_range": "coulomb", "charge_neutrality": "none"},
-            "fragments+dipoles": {"long_range": "coulomb"}}
+COULOMB = ("local", "fragments", "structure", "none")
+SYSTEMS = {"na_water": COULOMB, "cl_water": COULOMB, "water_dimer": COULOMB,
+           "methane_dimer": ("local", "dispersion", "dispersion, no pin")}
+NO_PRIOR = {"sigma_charge_excess": 1e6}  # the charge-excess prior switched off
+# name: (model settings, training settings) that differ from the defaults
+VARIANTS = {"local": ({"long_range": "none"}, {}),
+            "fragments": ({"long_range": "coulomb"}, {}),
+            "structure": ({"long_range": "coulomb", "charge_neutrality": "structure"}, {}),
+            "none": ({"long_range": "coulomb", "charge_neutrality": "none"}, {}),
+            "fragments+dipoles": ({"long_range": "coulomb"}, {}),
+            "fragments, no prior": ({"long_range": "coulomb"}, NO_PRIOR),
+            "structure, no prior": ({"long_range": "coulomb", "charge_neutrality": "structure"},
+                                    NO_PRIOR),
+            "dispersion": ({"long_range": "dispersion"}, {}),
+            "dispersion, no pin": ({"long_range": "dispersion"}, {"sigma_volume": 1e6})}
+# molecular C6 (Hartree·bohr⁶) from dipole oscillator strength distributions (Meath et al.,
+# as collected by Tkatchenko & Scheffler, PRL 102, 073005 (2009)): methane is trained on, the
+# others are not
+DOSD_C6 = {"CH4": 129.6, "C2H2": 204.1, "C2H4": 300.2, "C2H6": 381.8, "C3H8": 768.1,
+           "C6H6": 1723.0}
 CUTOFF = 5.0  # mlpot's default, Å
+
+
+def run_folder(system: str, variant: str, seed: int) -> Path:
+    name = variant.replace(", ", "_").replace(" ", "_")
+    return OUT / system / (name if seed == 0 else f"{name}_seed{seed}")
 
 
 def training_files(system: str, dipoles: bool) -> tuple[Path, Path]:
@@ -73,15 +99,15 @@ def training_files(system: str, dipoles: bool) -> tuple[Path, Path]:
 
 def train(system: str, variant: str, epochs: int, seed: int) -> Path:
     """Train one variant with `mlpot train` (a subprocess, as a user would); the model path."""
-    out = OUT / system / variant
+    out = run_folder(system, variant, seed)
     if (out / "model").exists():
         return out / "model"
     train_file, valid_file = training_files(system, variant.endswith("+dipoles"))
     config = {"data": {"train": str(train_file), "valid": str(valid_file)},
-              "model": dict(VARIANTS[variant]),
+              "model": dict(VARIANTS[variant][0]),
               # the default's cosine schedule, over epochs instead of the default 10 minutes
               "training": {"max_minutes": None, "max_epochs": epochs, "lr_schedule": "cosine",
-                           "threads": 1},
+                           "threads": 1, **VARIANTS[variant][1]},
               "seed": seed, "out": str(out)}
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(config))
@@ -111,14 +137,14 @@ def plot(system: str, curves: dict, path: Path) -> None:
                   label="mean |interaction|")
     axis.set_xlabel("separation (Å)")
     axis.set_ylabel("mean |error| of the interaction energy (meV)")
-    axis.set_title(f"{system}: random orientations, trained on ≤ 6 Å, E and F only")
+    axis.set_title(f"{system}: trained on ≤ 6 Å, E and F only", fontsize=10)
     axis.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def evaluate(system: str, models: dict[str, Path]) -> dict:
+def evaluate(system: str, models: dict[str, Path], plot_file: Path) -> dict:
     """Per test scan: distances, reference and predicted interactions, and the criteria."""
     report = {}
     for scan in ("orientations", "curve"):
@@ -148,20 +174,49 @@ def evaluate(system: str, models: dict[str, Path]) -> dict:
                 "mean_abs_error_by_distance_meV": {f"{r:g}": e * 1e3
                                                    for r, e in per_distance.items()}}
         report[scan] = entry
-        if scan == "orientations":
-            plot(system, curves, RESULTS / f"{system}.png")
+    c6 = {name: molecular_c6(model) for name, model in models.items()
+          if VARIANTS[name][0]["long_range"] in ("dispersion", "both")}
+    if c6:
+        report["molecular_c6"] = {"reference": DOSD_C6, **c6}
+        plot(system, curves, plot_file.with_name(f"{plot_file.stem}_{scan}.png"))
     return report
+
+
+def molecular_c6(model_dir: Path) -> dict[str, float]:
+    """Σ_ij C6_ij (Hartree·bohr⁶) of each DOSD_C6 molecule with itself, from the model's
+    learned volume ratios (ASE's geometries)."""
+    import torch
+    from ase.build import molecule
+    from ase.units import Bohr, Hartree
+
+    from mlpot.serialize import load
+
+    potential = load(model_dir).double().eval()
+    result = {}
+    for name in DOSD_C6:
+        atoms = molecule(name)
+        frame = frame_from_atoms(atoms, source=name, index=0)
+        v = potential.dispersion.volume_ratios(potential.batch([frame]))
+        n = len(atoms)
+        i, j = (torch.as_tensor(a.ravel()) for a in np.meshgrid(range(n), range(n),
+                                                                indexing="ij"))
+        c6 = potential.dispersion.pair_c6(v, torch.as_tensor(atoms.numbers), i, j)
+        result[name] = float(c6.sum()) / (Hartree * Bohr**6)
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=300)
-    parser.add_argument("--only", choices=SYSTEMS)
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--only", choices=list(SYSTEMS))
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
+                        help="default: the system's own set (SYSTEMS)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+
     RESULTS.mkdir(parents=True, exist_ok=True)
-    summary_file = RESULTS / "summary.json"
+    tag = "" if args.seed == 0 else f"_seed{args.seed}"
+    summary_file = RESULTS / f"summary{tag}.json"
     summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
     for system in SYSTEMS:
         if args.only and system != args.only:
@@ -169,11 +224,20 @@ def main() -> None:
         if not (DATA / f"{system}_train.xyz").exists():
             print(f"{system}: no training data (examples/long_range/make_reference.py)")
             continue
-        models = {v: train(system, v, args.epochs, args.seed) for v in args.variants}
-        summary[system] = {"epochs": args.epochs, **evaluate(system, models)}
+        for variant in args.variants or SYSTEMS[system]:
+            train(system, variant, args.epochs, args.seed)
+        models = {v: run_folder(system, v, args.seed) / "model" for v in VARIANTS
+                  if (run_folder(system, v, args.seed) / "model").exists()}  # earlier runs too
+        summary[system] = {"epochs": args.epochs, "seed": args.seed,
+                           **evaluate(system, models, RESULTS / f"{system}{tag}.png")}
         summary_file.write_text(json.dumps(summary, indent=1))
         for scan, entry in summary[system].items():
-            if scan == "epochs":
+            if scan == "molecular_c6":
+                print(f"\n{system}: molecular C6 (Hartree·bohr⁶)")
+                for molecule_name in DOSD_C6:
+                    print(f"  {molecule_name:5s} " + "  ".join(
+                        f"{name} {values[molecule_name]:8.1f}" for name, values in entry.items()))
+            if scan in ("epochs", "seed", "molecular_c6"):
                 continue
             print(f"\n{system} ({scan}): mean |interaction| over 8–30 Å "
                   f"{entry['mean_abs_interaction_8_30_meV']:.2f} meV")

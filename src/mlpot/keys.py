@@ -45,3 +45,4 @@ CHARGE_EXCESS = "charge_excess"  # (n_groups,) float | charge the neutralisation
 ENERGY_COULOMB = "energy_coulomb"  # (n_structures,) float64 | the Coulomb part of ENERGY, eV
 ENERGY_DISPERSION = "energy_dispersion"  # (n_structures,) float64 | dispersion part of ENERGY, eV
 VOLUME_RATIOS = "volume_ratios"  # (n_atoms,) float | learned V_eff/V_free (dispersion C6 scaling)
+VOLUME_DEVIATION = "volume_deviation"  # (n_atoms,) float | log v − log v_D4 in training (mlpot.physics.dispersion)

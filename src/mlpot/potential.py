@@ -150,6 +150,8 @@ class Potential(nn.Module):
         if dispersion is not None:
             out[keys.ENERGY_DISPERSION] = structure_sum(dispersion["atomic"])
             out[keys.VOLUME_RATIOS] = dispersion["volume_ratios"]
+            if keys.VOLUME_DEVIATION in dispersion:
+                out[keys.VOLUME_DEVIATION] = dispersion[keys.VOLUME_DEVIATION]
         out.update(self.aleatoric(batch))
         if forces or stress:
             inputs = [positions] + ([strain] if stress else [])

@@ -8,7 +8,13 @@ v_i = V_eff/V_free (softplus, 1 for an untrained head), and
     C6_ij = 2 C6_ii C6_jj / (α_j/α_i C6_ii + α_i/α_j C6_jj),
     E = −Σ_{i<j} C6_ij / (r_ij⁶ + (a (R_i + R_j))⁶)          (Becke–Johnson damping),
 
-with a learned damping scale a (one number; 0.7 untrained). Free-atom α and C6 (atomic units)
+with a learned damping scale a (one number; 0.7 untrained). Energies alone leave the volumes
+free to trade against the local model (a C6 3.4× too large came out of the methane dimer), so
+training pins them to D4: each atom's C6_ii from dftd4 (charge- and coordination-dependent,
+the structure's total charge given) defines v_D4 = (C6_ii^D4 / C6_free)^½, and the loss
+penalises log v − log v_D4 with σ ``training.sigma_volume`` (0.1 by default: ±10 %). The
+network so learns D4's environment dependence, which gets molecular C6 within a few % of the
+dipole-oscillator-strength references, while the energies can still move it. Free-atom α and C6 (atomic units)
 are ASE's table (Chu & Dalgarno 2004, as in Tkatchenko–Scheffler 2009), vdW radii ASE's
 (Bondi). Far apart, E → −C6_ij/r⁶ exactly; at contact the damping keeps it finite, and the
 local model learns what remains. Molecules: all pairs of a structure. Periodic cells: pairs
@@ -46,6 +52,24 @@ def free_atom_table(elements) -> dict[str, torch.Tensor]:
     return {"alpha": alpha, "c6": c6, "radius": radius}
 
 
+def d4_volume_ratios(numbers, positions, cell, pbc, charge: float) -> np.ndarray:
+    """(C6_ii^D4 / C6_free)^½ per atom: D4's atomic C6 (dftd4; charge- and coordination-
+    dependent) over the free-atom C6 of :func:`free_atom_table`. Positions and cell in Å."""
+    try:
+        from dftd4.interface import DispersionModel
+    except ImportError as error:
+        raise ImportError("learned dispersion trains its volumes against D4: pip install "
+                          "dftd4 (or mlpot[dispersion])") from error
+    periodic = np.asarray(pbc, dtype=bool)
+    model = DispersionModel(np.asarray(numbers), np.asarray(positions) / Bohr,
+                            charge=float(charge),
+                            lattice=np.asarray(cell) / Bohr if periodic.any() else None,
+                            periodic=periodic if periodic.any() else None)
+    c6_d4 = np.diag(model.get_properties()["c6 coefficients"])  # Hartree·bohr⁶
+    c6_free = np.array([vdWDB_alphaC6[chemical_symbols[z]][1] for z in numbers])
+    return np.sqrt(c6_d4 / c6_free)
+
+
 class Dispersion(torch.nn.Module):
     """Per-atom dispersion energies (eV) from learned effective volumes.
 
@@ -65,6 +89,7 @@ class Dispersion(torch.nn.Module):
         for name, table in free_atom_table(self.volume_head.descriptor.elements).items():
             self.register_buffer(f"free_{name}", table, persistent=False)
         self.damping_log_scale = torch.nn.Parameter(torch.tensor(math.log(0.7)))
+        self._pinned: dict[bytes, np.ndarray] = {}  # v_D4 of structures seen in training
 
     def config(self) -> dict:
         head = self.volume_head.config()
@@ -84,20 +109,52 @@ class Dispersion(torch.nn.Module):
         raw = self.volume_head.raw_outputs(batch)[:, 0]
         return functional.softplus(raw + _SOFTPLUS_ONE)
 
+    def pair_c6(self, v: torch.Tensor, numbers: torch.Tensor, i: torch.Tensor,
+                j: torch.Tensor) -> torch.Tensor:
+        """C6_ij (eV·Å⁶) of atom pairs (i, j) from volume ratios ``v`` (TS combination)."""
+        alpha = self.free_alpha.to(v.dtype)[numbers] * v
+        c6 = self.free_c6.to(v.dtype)[numbers] * v**2
+        return 2 * c6[i] * c6[j] / (alpha[j] / alpha[i] * c6[i] + alpha[i] / alpha[j] * c6[j])
+
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """``"atomic"`` dispersion energies (n_atoms,) eV, ``"volume_ratios"`` (n_atoms,)."""
+        """``"atomic"`` dispersion energies (n_atoms,) eV, ``"volume_ratios"`` (n_atoms,);
+        in training also ``keys.VOLUME_DEVIATION``, log v − log v_D4 (n_atoms,)."""
         v = self.volume_ratios(batch)
         dtype, numbers = v.dtype, batch[keys.NUMBERS]
-        alpha = self.free_alpha.to(dtype)[numbers] * v
-        c6 = self.free_c6.to(dtype)[numbers] * v**2
         radius = self.free_radius.to(dtype)[numbers] * v ** (1 / 3)
         i, j, vectors, weight = self._pairs(batch)
         distance2 = (vectors**2).sum(1)
-        c6_ij = 2 * c6[i] * c6[j] / (alpha[j] / alpha[i] * c6[i] + alpha[i] / alpha[j] * c6[j])
+        c6_ij = self.pair_c6(v, numbers, i, j)
         damping = (self.damping_log_scale.exp().to(dtype) * (radius[i] + radius[j])) ** 6
         pair = -c6_ij / (distance2**3 + damping) * weight
         atomic = v.new_zeros(len(v)).index_add(0, i, 0.5 * pair).index_add(0, j, 0.5 * pair)
-        return {"atomic": atomic, "volume_ratios": v}
+        out = {"atomic": atomic, "volume_ratios": v}
+        if self.training:
+            pinned = torch.as_tensor(self.pinned_volume_ratios(batch), dtype=dtype,
+                                     device=v.device)
+            out[keys.VOLUME_DEVIATION] = torch.log(v) - torch.log(pinned)
+        return out
+
+    def pinned_volume_ratios(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
+        """v_D4 = (C6_ii^D4 / C6_free)^½ of every atom (n_atoms,), from dftd4; each structure
+        computed once (kept by its numbers, positions, cell and charge)."""
+        numbers = batch[keys.NUMBERS].cpu().numpy()
+        positions = batch[keys.POSITIONS].detach().cpu().numpy().astype(np.float64)
+        cells = batch[keys.CELL].detach().cpu().numpy().astype(np.float64)
+        pbc = batch[keys.PBC].cpu().numpy()
+        charges = batch.get(keys.CHARGE)
+        charges = (np.zeros(len(cells)) if charges is None
+                   else charges.detach().cpu().numpy().astype(np.float64))
+        ends = np.cumsum(batch[keys.N_ATOMS].cpu().numpy())
+        pinned = []
+        for b, (start, end) in enumerate(zip(np.r_[0, ends[:-1]], ends)):
+            key = b"".join(np.ascontiguousarray(a).tobytes() for a in (
+                numbers[start:end], positions[start:end], cells[b], pbc[b], charges[b]))
+            if key not in self._pinned:
+                self._pinned[key] = d4_volume_ratios(numbers[start:end], positions[start:end],
+                                                     cells[b], pbc[b], charges[b])
+            pinned.append(self._pinned[key])
+        return np.concatenate(pinned)
 
     def _pairs(self, batch):
         """(i, j, r_j + S·cell − r_i, weight) over each pair once: all pairs of every

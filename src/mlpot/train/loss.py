@@ -6,7 +6,8 @@ noise: the per-atom energy error ΔE_b / N_b of structure b with standard deviat
 stress components with σ_S (eV/Å³) and, for models with learned charges, each of the 3
 dipole components with σ_μ (e·Å), each reference partial charge with σ_q (e) and, as a prior,
 the charge each neutralisation group had to be given (its raw charges should already carry
-its total, :mod:`mlpot.physics.charges`) with σ_ex (e). The negative log-likelihood of a batch
+its total, :mod:`mlpot.physics.charges`) with σ_ex (e) and, for learned dispersion, each
+atom's log volume ratio against D4's with σ_v (:mod:`mlpot.physics.dispersion`). The negative log-likelihood of a batch
 is then, up to constants,
 
     −log p = ½ Σ_b (ΔE_b / (N_b σ_E))² + ½ Σ_{b,i,α} (ΔF_{iα} / σ_F)² + ½ Σ_{b,αβ} (Δσ_{αβ} / σ_S)²
@@ -56,17 +57,20 @@ class EnergyForceLoss:
             frames with reference ``charges``).
         sigma_charge_excess: prior width of the charge the neutralisation supplies to each
             group, e (models with learned charges).
+        sigma_volume: prior width of log v − log v_D4 (learned dispersion volumes).
     """
 
     def __init__(self, sigma_energy: float = 0.001, sigma_force: float = 0.03,
                  sigma_stress: float = 0.001, sigma_dipole: float = 0.01,
-                 sigma_charge: float = 0.02, sigma_charge_excess: float = 0.1):
+                 sigma_charge: float = 0.02, sigma_charge_excess: float = 0.1,
+                 sigma_volume: float = 0.1):
         self.sigma_energy = sigma_energy
         self.sigma_force = sigma_force
         self.sigma_stress = sigma_stress
         self.sigma_dipole = sigma_dipole
         self.sigma_charge = sigma_charge
         self.sigma_charge_excess = sigma_charge_excess
+        self.sigma_volume = sigma_volume
 
     def __call__(self, prediction: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
                  nll: bool = False, beta: float = 0.5) -> tuple[torch.Tensor, dict[str, float]]:
@@ -101,6 +105,8 @@ class EnergyForceLoss:
         if keys.CHARGE_EXCESS in prediction:
             terms["charge_excess"] = (prediction[keys.CHARGE_EXCESS]
                                       / self.sigma_charge_excess) ** 2
+        if keys.VOLUME_DEVIATION in prediction:
+            terms["volumes"] = (prediction[keys.VOLUME_DEVIATION] / self.sigma_volume) ** 2
         if keys.STRESS in batch and keys.STRESS in prediction:
             diff = (prediction[keys.STRESS] - batch[keys.STRESS])[:, _UPPER[0], _UPPER[1]]
             terms["stress"] = (diff / self.sigma_stress) ** 2
