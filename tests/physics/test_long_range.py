@@ -119,6 +119,43 @@ def test_ewald_approaches_the_direct_sum_in_large_boxes(acac_frames):
     assert abs(direct) > 1e-3
 
 
+SIMPLE_CUBIC_MADELUNG = 2.837297  # ξ: E = −k q² ξ / (2L), a charge in a uniform background
+
+
+@pytest.mark.parametrize("pme_from", [400, 1])
+def test_charged_cells_carry_a_neutralising_background(pme_from):
+    """A charged cell is summed with a uniform neutralising background (torch-pme's Ewald and
+    PME both): one point charge in a cubic box of side L has the Madelung energy
+    −k q² ξ/(2L); a charged molecule's periodic energy is the isolated one minus
+    k q² ξ/(2L) minus (2πk/3L³)(|p|² − q Σ q_i r_i²), up to O(L⁻⁵): the finite-size
+    correction docs/choices.md documents."""
+    for side in (8.0, 13.0):
+        energy = madelung_energy([2.0], [[1.0, 2.0, 3.0]], np.eye(3) * side, pme_from=pme_from)
+        assert energy == pytest.approx(-COULOMB_CONSTANT * 4 * SIMPLE_CUBIC_MADELUNG
+                                       / (2 * side), rel=1e-5)
+    if pme_from == 1:
+        return  # PME's ~1e-5 relative error hides the O(L⁻⁵) remainder below (Ewald only)
+    charges = np.array([1.0, -0.8, 0.8, 0.3, -0.3])
+    positions = np.array([[0, 0, 0], [1.1, 0, 0], [0, 1.3, 0.2], [0.4, -0.9, 1.0],
+                          [-1.0, 0.3, -0.6]])
+    i, j = np.triu_indices(len(charges), 1)
+    isolated = COULOMB_CONSTANT * np.sum(charges[i] * charges[j]
+                                         / np.linalg.norm(positions[i] - positions[j], axis=1))
+    total, dipole = charges.sum(), charges @ positions
+    # Makov & Payne (PRB 51, 4014 (1995)), tin-foil boundary: the L⁻³ coefficient
+    cubic = -2 * np.pi * COULOMB_CONSTANT / 3 * (dipole @ dipole
+                                                 - total * charges @ (positions**2).sum(1))
+    remainders = []
+    for side in (16.0, 32.0):
+        periodic = madelung_energy(charges, positions + side / 2, np.eye(3) * side,
+                                   real_cutoff=12.0, pme_from=pme_from)
+        monopole = COULOMB_CONSTANT * total**2 * SIMPLE_CUBIC_MADELUNG / (2 * side)
+        remainders.append((periodic + monopole - isolated) * side**3 - cubic)
+    # what is left after the L⁻¹ and L⁻³ terms falls as L⁻⁵
+    assert remainders[0] / remainders[1] == pytest.approx(4.0, rel=0.1)
+    assert abs(remainders[0]) < 0.2 * abs(cubic)
+
+
 def test_separated_ions_interact_as_point_charges():
     """Beyond the charge network's cutoff the charges stop changing, so E_coulomb · r is
     constant: the exact 1/r decay (structure-wide charges, random network); with the default

@@ -22,21 +22,22 @@ CUTOFF = 4.0
 WATER = np.array([[0.0, 0.0, 0.0], [0.76, 0.0, -0.59], [-0.76, 0.0, -0.59]])
 
 
-def _frame(numbers, positions, charge=0.0) -> Frame:
+def _frame(numbers, positions, charge=0.0, box: float | None = None) -> Frame:
+    """A molecule, or with ``box`` (Å) a periodic cubic cell."""
     frame = Frame(numbers=np.asarray(numbers), positions=np.asarray(positions, dtype=float),
-                  cell=np.zeros((3, 3)), pbc=np.zeros(3, dtype=bool))
+                  cell=np.eye(3) * (box or 0.0), pbc=np.full(3, box is not None))
     frame.charge = charge
     return frame
 
 
-def _system(separation: float, total: float):
+def _system(separation: float, total: float, box: float | None = None):
     """Na with a water molecule in its first shell, and a second water `separation` Å
     beyond the first (farther than the cutoff: out of reach), with total charge `total`;
     returns (pair, number of atoms of the first fragment)."""
     first = np.vstack([WATER, [[0.3, 0.2, 2.3]]])
     second = WATER @ np.array([[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]).T
     second = second + [0.4, -0.3, 2.3 + separation]
-    return _frame([8, 1, 1, 11, 8, 1, 1], np.vstack([first, second]), total), 4
+    return _frame([8, 1, 1, 11, 8, 1, 1], np.vstack([first, second]), total, box), 4
 
 
 def _potential(kind: str, seed: int = 0):
@@ -60,7 +61,8 @@ def _fragment_wise(potential, pair: Frame, split: int, charges: tuple[float, flo
     positions = torch.tensor(pair.positions, requires_grad=True)
     short, q, v = [], [], []
     for part, charge in zip((slice(0, split), slice(split, None)), charges):
-        alone = _frame(pair.numbers[part], pair.positions[part], charge)
+        alone = _frame(pair.numbers[part], pair.positions[part], charge,
+                       pair.cell[0, 0] if pair.pbc.any() else None)
         batch = potential.batch([alone])
         batch[keys.POSITIONS] = positions[part]
         short.append(potential.model(batch)[keys.ATOMIC_ENERGY].sum()
@@ -78,14 +80,18 @@ def _fragment_wise(potential, pair: Frame, split: int, charges: tuple[float, flo
     return float(energy), forces.numpy(), q.detach().numpy(), torch.cat(v).detach().numpy()
 
 
-@pytest.mark.parametrize("kind", ["bpnn", "schnet", "painn", "equivariant"])
-def test_separated_fragments_are_what_they_are_alone(kind):
+@pytest.mark.parametrize("kind, box", [("bpnn", None), ("schnet", None), ("painn", None),
+                                       ("equivariant", None), ("bpnn", 16.0),
+                                       ("equivariant", 16.0)])
+def test_separated_fragments_are_what_they_are_alone(kind, box):
+    """Molecules, and periodic cells (Ewald, a neutralising background for a charged cell):
+    the pair's images stay out of reach too (16 Å box)."""
     potential = _potential(kind)
     assert potential.long_range.charge_head.neutrality == "fragments"  # the default
     for training in (False, True):
         potential.train(training)
         for total in (1.0, 0.0, -1.0):
-            pair, split = _system(separation=CUTOFF + 1.5, total=total)
+            pair, split = _system(separation=CUTOFF + 1.5, total=total, box=box)
             out = potential(potential.batch([pair]))
             q = out[keys.CHARGES].detach().numpy()
             parts = (round(q[:split].sum()), round(q[split:].sum()))
