@@ -118,23 +118,19 @@ def neutralise_fragments(raw: torch.Tensor, weights: torch.Tensor,
     splits = splits[length_values[splits] >= INNER_FRACTION * cutoff]
     raw_values = raw.detach().cpu().numpy().astype(np.float64)
 
-    labels = _components(n_atoms, np.concatenate([links, bound], axis=1))
+    levels = _levels(n_atoms, links, bound, splits)
+    labels = levels[0]
     targets = _top_targets(labels, raw_values, structure, totals)
-    top_excess = torch.as_tensor(targets, dtype=raw.dtype, device=raw.device) - \
-        raw.new_zeros(len(targets)).index_add(0, _tensor(labels, raw), raw)
+    top_excess = _excess(targets, labels, raw)
     mass_above = blend_fraction(raw.new_tensor(cutoff), cutoff)
     charges, level_excess = raw, top_excess
-    kept = np.ones(links.shape[1], dtype=bool)
-    for link in splits:  # remove links from the longest down: each may split a fragment
+    for link, new_labels in zip(splits, levels[1:]):  # links removed from the longest down
         mass = mass_above - blend_fraction(lengths[link], cutoff)
         charges = charges + mass * _shares(weights, labels, level_excess)
         mass_above = blend_fraction(lengths[link], cutoff)
-        kept[link] = False
-        new_labels = _components(n_atoms, np.concatenate([links[:, kept], bound], axis=1))
         targets = _split_targets(targets, labels, new_labels, links[:, link], raw_values)
         labels = new_labels
-        level_excess = torch.as_tensor(targets, dtype=raw.dtype, device=raw.device) - \
-            raw.new_zeros(len(targets)).index_add(0, _tensor(labels, raw), raw)
+        level_excess = _excess(targets, labels, raw)
     mass = mass_above - blend_fraction(raw.new_tensor(INNER_FRACTION * cutoff), cutoff)
     charges = charges + mass * _shares(weights, labels, level_excess)
     return charges, top_excess
@@ -142,6 +138,12 @@ def neutralise_fragments(raw: torch.Tensor, weights: torch.Tensor,
 
 def _tensor(labels: np.ndarray, like: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(labels, device=like.device)
+
+
+def _excess(targets: np.ndarray, labels: np.ndarray, raw: torch.Tensor) -> torch.Tensor:
+    """T_g − Σ_g q̃ of the groups ``labels`` (differentiable in the raw charges)."""
+    return torch.as_tensor(targets, dtype=raw.dtype, device=raw.device) - \
+        raw.new_zeros(len(targets)).index_add(0, _tensor(labels, raw), raw)
 
 
 def _shares(weights: torch.Tensor, labels: np.ndarray, excess: torch.Tensor) -> torch.Tensor:
@@ -187,12 +189,26 @@ def _chain_structures(members: np.ndarray, structure: np.ndarray) -> np.ndarray:
     return np.concatenate(links, axis=1) if links else np.zeros((2, 0), dtype=np.int64)
 
 
-def _components(n_atoms: int, links: np.ndarray) -> np.ndarray:
+def _levels(n_atoms: int, links: np.ndarray, bound: np.ndarray,
+            splits: np.ndarray) -> list[np.ndarray]:
+    """Fragment labels (0 … n_fragments − 1 per atom) at every level: [all links, all but
+    splits[0], all but splits[:2], …]. Built bottom-up: the components without any split
+    link (one graph search), then merging across each split link from the shortest."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    graph = coo_matrix((np.ones(links.shape[1]), (links[0], links[1])), shape=(n_atoms, n_atoms))
-    return connected_components(graph, directed=False)[1]
+    always = np.ones(links.shape[1], dtype=bool)
+    always[splits] = False
+    kept = np.concatenate([links[:, always], bound], axis=1)
+    graph = coo_matrix((np.ones(kept.shape[1]), (kept[0], kept[1])), shape=(n_atoms, n_atoms))
+    label = connected_components(graph, directed=False)[1]
+    levels = [label]
+    for link in splits[::-1]:
+        a, b = label[links[0, link]], label[links[1, link]]
+        if a != b:
+            label = np.where(label == b, a, label)
+        levels.append(label)
+    return [np.unique(level, return_inverse=True)[1] for level in levels[::-1]]
 
 
 def _top_targets(labels: np.ndarray, raw: np.ndarray, structure: np.ndarray,
