@@ -87,9 +87,11 @@ def training_files(system: str, dipoles: bool) -> tuple[Path, Path]:
     if not paths[0].exists():
         paths[0].parent.mkdir(parents=True, exist_ok=True)
         frames = read(DATA / f"{system}_train.xyz", index=":")
-        if not dipoles:
+        if not dipoles:  # extxyz puts a frame's dipole into its calculator's results
             for atoms in frames:
                 atoms.info.pop("dipole", None)
+                if atoms.calc is not None:
+                    atoms.calc.results.pop("dipole", None)
         dimers = [k for k, atoms in enumerate(frames) if atoms.info["config_type"] != "fragment"]
         valid = set(np.random.default_rng(0).choice(dimers, len(frames) // 20, replace=False))
         write(paths[0], [a for k, a in enumerate(frames) if k not in valid], format="extxyz")
