@@ -30,13 +30,14 @@ from mlpot.potential import Potential
 
 FORMAT = "mlpot-model"
 CHECKSUM = "weights_sha256"  # config.json: SHA-256 of model.safetensors (absent before)
-VERSION = 7  # 2: models record their "baseline" (version 1 used the linear one);
+VERSION = 8  # 2: models record their "baseline" (version 1 used the linear one);
 #              3: optional "variance_head" (aleatoric uncertainty);
 #              4: optional "long_range" (learned charges + Coulomb);
 #              5: optional "dispersion" (learned volumes + damped C6/r⁶)
 #              6: the variance head records its "link" (exp; older heads are softplus)
 #              7: charge "neutrality" defaults to "fragments", now blended smoothly below the
 #                 cutoff in training and prediction (older files: "structure" when absent)
+#              8: the dispersion volume head records its "volume_features" (older: "g2")
 
 
 def potential_config(potential: Potential) -> dict:
@@ -187,6 +188,8 @@ def check_config(config: dict, file: Path) -> dict:
         config["model"].setdefault("baseline", "linear")
     if version < 7 and config.get("long_range"):
         config["long_range"].setdefault("neutrality", "structure")
+    if version < 8 and config.get("dispersion"):
+        config["dispersion"].setdefault("volume_features", "g2")
     return config
 
 

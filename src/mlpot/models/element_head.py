@@ -1,9 +1,11 @@
 """Small per-element networks on radial symmetry functions: the base of the side heads.
 
-The aleatoric variance head (:mod:`mlpot.models.variance`) and the charge head
-(:mod:`mlpot.physics.charges`) both need a couple of numbers per atom from its radial
-environment, beside whatever model predicts the energy: G2 functions only (no angular
-triplets, the model's cutoff), standardised per element, one hidden layer per element.
+The aleatoric variance head (:mod:`mlpot.models.variance`), the charge head
+(:mod:`mlpot.physics.charges`) and the volume head (:mod:`mlpot.physics.dispersion`) each need
+a couple of numbers per atom from its environment, beside whatever model predicts the energy:
+G2 functions only (no angular triplets, the model's cutoff) or, for quantities that must
+transfer to molecules not trained on, the covalent coordination number alone
+(:mod:`mlpot.descriptors.coordination`); standardised per element, one hidden layer per element.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ from ase.data import chemical_symbols
 from torch import nn
 
 from mlpot import keys
+from mlpot.descriptors.coordination import CovalentCoordination
 from mlpot.descriptors.symmetry import SymmetryFunctions, default_radial
+
+FEATURES = ("g2", "coordination")
 
 
 class ElementHead(nn.Module):
@@ -22,14 +27,19 @@ class ElementHead(nn.Module):
     Args:
         elements: atomic numbers covered.  cutoff: Å.
         n_radial: G2 Gaussians per neighbour element.  hidden: width of the hidden layer.
+        features: "g2" (radial symmetry functions) or "coordination" (covalent CN).
     """
 
     def __init__(self, elements, cutoff: float, n_radial: int = 8, hidden: int = 16,
-                 n_outputs: int = 2):
+                 n_outputs: int = 2, features: str = "g2"):
         super().__init__()
-        self.descriptor = SymmetryFunctions(elements, cutoff=cutoff,
-                                            radial=default_radial(cutoff, n_radial),
-                                            angular=([], [], []))
+        if features not in FEATURES:
+            raise ValueError(f"features must be one of {FEATURES}, not {features!r}")
+        self.features = features
+        self.descriptor = (CovalentCoordination(elements, cutoff) if features == "coordination"
+                           else SymmetryFunctions(elements, cutoff=cutoff,
+                                                  radial=default_radial(cutoff, n_radial),
+                                                  angular=([], [], [])))
         self.n_radial, self.hidden, self.n_outputs = int(n_radial), int(hidden), int(n_outputs)
         n_el, n_feat = len(self.descriptor.elements), self.descriptor.n_features
         self.networks = nn.ModuleDict({
@@ -45,7 +55,11 @@ class ElementHead(nn.Module):
 
     @torch.no_grad()
     def set_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        """Per-element descriptor mean and std (n_elements, n_features)."""
+        """Per-element descriptor mean and std (n_elements, n_features); coordination
+        numbers are used as they are (already O(1); their spread in training data can be
+        tiny, and dividing by it would make every other value an extrapolation)."""
+        if self.features == "coordination":
+            return
         self.feature_mean.copy_(mean)
         self.feature_std.copy_(std)
 
