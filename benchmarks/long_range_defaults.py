@@ -176,11 +176,11 @@ def evaluate(system: str, models: dict[str, Path], plot_file: Path) -> dict:
                 "mean_abs_error_by_distance_meV": {f"{r:g}": e * 1e3
                                                    for r, e in per_distance.items()}}
         report[scan] = entry
+        plot(system, curves, plot_file.with_name(f"{plot_file.stem}_{scan}.png"))
     c6 = {name: molecular_c6(model) for name, model in models.items()
           if VARIANTS[name][0]["long_range"] in ("dispersion", "both")}
     if c6:
         report["molecular_c6"] = {"reference": DOSD_C6, **c6}
-        plot(system, curves, plot_file.with_name(f"{plot_file.stem}_{scan}.png"))
     return report
 
 
@@ -203,7 +203,7 @@ def molecular_c6(model_dir: Path) -> dict[str, float]:
         i, j = (torch.as_tensor(a.ravel()) for a in np.meshgrid(range(n), range(n),
                                                                 indexing="ij"))
         c6 = potential.dispersion.pair_c6(v, torch.as_tensor(atoms.numbers), i, j)
-        result[name] = float(c6.sum()) / (Hartree * Bohr**6)
+        result[name] = float(c6.detach().sum()) / (Hartree * Bohr**6)
     return result
 
 
@@ -219,7 +219,6 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     tag = "" if args.seed == 0 else f"_seed{args.seed}"
     summary_file = RESULTS / f"summary{tag}.json"
-    summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
     for system in SYSTEMS:
         if args.only and system != args.only:
             continue
@@ -230,20 +229,23 @@ def main() -> None:
             train(system, variant, args.epochs, args.seed)
         models = {v: run_folder(system, v, args.seed) / "model" for v in VARIANTS
                   if (run_folder(system, v, args.seed) / "model").exists()}  # earlier runs too
-        summary[system] = {"epochs": args.epochs, "seed": args.seed,
-                           **evaluate(system, models, RESULTS / f"{system}{tag}.png")}
+        entry = {"epochs": args.epochs, "seed": args.seed,
+                 **evaluate(system, models, RESULTS / f"{system}{tag}.png")}
+        # read again just before writing: runs of other systems may have written meanwhile
+        summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+        summary[system] = entry
         summary_file.write_text(json.dumps(summary, indent=1))
-        for scan, entry in summary[system].items():
+        for scan, result in entry.items():
             if scan == "molecular_c6":
                 print(f"\n{system}: molecular C6 (Hartree·bohr⁶)")
                 for molecule_name in DOSD_C6:
                     print(f"  {molecule_name:5s} " + "  ".join(
-                        f"{name} {values[molecule_name]:8.1f}" for name, values in entry.items()))
+                        f"{name} {values[molecule_name]:8.1f}" for name, values in result.items()))
             if scan in ("epochs", "seed", "molecular_c6"):
                 continue
             print(f"\n{system} ({scan}): mean |interaction| over 8–30 Å "
-                  f"{entry['mean_abs_interaction_8_30_meV']:.2f} meV")
-            for name, v in entry["variants"].items():
+                  f"{result['mean_abs_interaction_8_30_meV']:.2f} meV")
+            for name, v in result["variants"].items():
                 print(f"  {name:18s} mean |error| 8–30 Å {v['mean_abs_error_8_30_meV']:8.2f} meV"
                       f" ({v['relative_8_30']:6.1%}); beats local beyond {CUTOFF:g} Å at every "
                       f"distance: {v['beats_local_at_every_distance_beyond_cutoff']}")
