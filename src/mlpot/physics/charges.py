@@ -78,7 +78,7 @@ class ChargeHead(ElementHead):
         excess = structure_charges(batch, charges) - charges.new_zeros(
             len(batch[keys.N_ATOMS])).index_add(0, structure, charges)
         if self.neutrality == "structure":
-            charges = shift(charges, weights, structure, excess)
+            charges = charges + shares(weights, structure, excess)
         return charges, excess
 
 
@@ -89,11 +89,10 @@ def structure_charges(batch: dict[str, torch.Tensor], like: torch.Tensor) -> tor
     return like.new_zeros(n_structures) if total is None else total.to(like.dtype)
 
 
-def shift(raw: torch.Tensor, weights: torch.Tensor, group: torch.Tensor,
-          excess: torch.Tensor) -> torch.Tensor:
-    """q̃_i + w_i excess_g / Σ_g w: hand each group's excess out by weight."""
-    weight_sum = raw.new_zeros(len(excess)).index_add(0, group, weights)
-    return raw + weights * (excess / weight_sum)[group]
+def shares(weights: torch.Tensor, group: torch.Tensor, excess: torch.Tensor) -> torch.Tensor:
+    """w_i excess_g / Σ_g w: each group's excess handed out to its atoms by weight (e)."""
+    weight_sum = weights.new_zeros(len(excess)).index_add(0, group, weights)
+    return weights * (excess / weight_sum)[group]
 
 
 def blend_fraction(r: torch.Tensor, cutoff: float) -> torch.Tensor:
@@ -126,13 +125,13 @@ def neutralise_fragments(raw: torch.Tensor, weights: torch.Tensor,
     charges, level_excess = raw, top_excess
     for link, new_labels in zip(splits, levels[1:]):  # links removed from the longest down
         mass = mass_above - blend_fraction(lengths[link], cutoff)
-        charges = charges + mass * _shares(weights, labels, level_excess)
+        charges = charges + mass * shares(weights, _tensor(labels, raw), level_excess)
         mass_above = blend_fraction(lengths[link], cutoff)
         targets = _split_targets(targets, labels, new_labels, links[:, link], raw_values)
         labels = new_labels
         level_excess = _excess(targets, labels, raw)
     mass = mass_above - blend_fraction(raw.new_tensor(INNER_FRACTION * cutoff), cutoff)
-    charges = charges + mass * _shares(weights, labels, level_excess)
+    charges = charges + mass * shares(weights, _tensor(labels, raw), level_excess)
     return charges, top_excess
 
 
@@ -144,13 +143,6 @@ def _excess(targets: np.ndarray, labels: np.ndarray, raw: torch.Tensor) -> torch
     """T_g − Σ_g q̃ of the groups ``labels`` (differentiable in the raw charges)."""
     return torch.as_tensor(targets, dtype=raw.dtype, device=raw.device) - \
         raw.new_zeros(len(targets)).index_add(0, _tensor(labels, raw), raw)
-
-
-def _shares(weights: torch.Tensor, labels: np.ndarray, excess: torch.Tensor) -> torch.Tensor:
-    """w_i excess_g / Σ_g w for the groups ``labels``."""
-    group = _tensor(labels, weights)
-    weight_sum = weights.new_zeros(len(excess)).index_add(0, group, weights)
-    return weights * (excess / weight_sum)[group]
 
 
 def spanning_links(batch: dict[str, torch.Tensor], cutoff: float):
