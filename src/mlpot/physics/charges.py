@@ -36,11 +36,12 @@ proportion to its weight (PhysNet-style neutralisation with learned weights):
   teaches it).
 
 ``excess`` (returned beside the charges): T − Σ q̃, the charge the shift had to supply, per
-group (per structure for "structure" and "none"; for "fragments" every group of every level,
-weighted by the root of its ρ-mass). Training penalises it (σ of
-``training.sigma_charge_excess``), so the raw charges themselves learn what each fragment
-carries: an isolated ion's frame alone did not teach a chloride its −1 in two of three seeds
-(the −1 then went to a distant water); the ion–water frames between r_c/2 and r_c do.
+fragment at the cutoff (per structure for "structure" and "none"). Training penalises it (σ of
+``training.sigma_charge_excess``), so the raw charges themselves learn what each isolated
+fragment carries; the lone ions and atoms of the training data stay in training for this
+(mlpot.train.run.load_data). Penalising the partly split levels too was tried and is worse:
+their integer targets follow the raw sums, so the prior reinforces whichever assignment the
+network started with (a chloride's −1 stayed on a distant water).
 """
 
 from __future__ import annotations
@@ -106,10 +107,7 @@ def blend_fraction(r: torch.Tensor, cutoff: float) -> torch.Tensor:
 
 def neutralise_fragments(raw: torch.Tensor, weights: torch.Tensor,
                          batch: dict[str, torch.Tensor], cutoff: float):
-    """(charges, excess): the ``"fragments"`` scheme. The excess of every group at every
-    level, times the root of the level's ρ-mass, so that its sum of squares is the
-    neutralisation's mean squared excess over r: each part of a dimer that is partly split
-    is asked to carry its own integer too, in proportion to how split it is."""
+    """(charges, excess of each fragment at the cutoff): the ``"fragments"`` scheme."""
     links, lengths = spanning_links(batch, cutoff)
     n_atoms = len(raw)
     structure = batch[keys.BATCH].cpu().numpy()
@@ -127,19 +125,17 @@ def neutralise_fragments(raw: torch.Tensor, weights: torch.Tensor,
     targets = _top_targets(labels, raw_values, structure, totals)
     top_excess = _excess(targets, labels, raw)
     mass_above = blend_fraction(raw.new_tensor(cutoff), cutoff)
-    charges, level_excess, weighted = raw, top_excess, []
+    charges, level_excess = raw, top_excess
     for link, new_labels in zip(splits, levels[1:]):  # links removed from the longest down
         mass = mass_above - blend_fraction(lengths[link], cutoff)
         charges = charges + mass * shares(weights, _tensor(labels, raw), level_excess)
-        weighted.append(mass.detach().clamp_min(0).sqrt() * level_excess)
         mass_above = blend_fraction(lengths[link], cutoff)
         targets = _split_targets(targets, labels, new_labels, links[:, link], raw_values)
         labels = new_labels
         level_excess = _excess(targets, labels, raw)
     mass = mass_above - blend_fraction(raw.new_tensor(INNER_FRACTION * cutoff), cutoff)
     charges = charges + mass * shares(weights, _tensor(labels, raw), level_excess)
-    weighted.append(mass.detach().clamp_min(0).sqrt() * level_excess)
-    return charges, torch.cat(weighted)
+    return charges, top_excess
 
 
 def _tensor(labels: np.ndarray, like: torch.Tensor) -> torch.Tensor:
