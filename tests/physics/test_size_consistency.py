@@ -212,20 +212,3 @@ def test_charge_excess_prior_teaches_raw_charges_their_totals():
     np.testing.assert_allclose(raw_sums(), [1.0, 0.0], atol=0.02)
     assert "charge_excess" in parts
 
-
-def test_lone_ions_stay_in_training_for_learned_charges():
-    """A single-atom frame gives E0 either way; with learned charges it also stays in the
-    training set (it is what teaches an isolated ion's raw charge: without it a chloride's −1
-    went to a distant water in two of three seeds)."""
-    from pathlib import Path
-
-    from mlpot.train.run import load_data
-
-    data = str(Path(__file__).resolve().parents[2] / "examples" / "long_range"
-               / "na_water_train.xyz")
-    for long_range, kept in (("coulomb", True), ("none", False)):
-        config = config_from_dict({"data": {"train": data, "valid_fraction": 0.0},
-                                   "model": {"long_range": long_range}})
-        loaded = load_data(config)
-        assert [len(f) for f in loaded["isolated"]] == [1]
-        assert any(len(f) == 1 for f in loaded["train"]) is kept

@@ -38,10 +38,10 @@ proportion to its weight (PhysNet-style neutralisation with learned weights):
 ``excess`` (returned beside the charges): T − Σ q̃, the charge the shift had to supply, per
 fragment at the cutoff (per structure for "structure" and "none"). Training penalises it (σ of
 ``training.sigma_charge_excess``), so the raw charges themselves learn what each isolated
-fragment carries; the lone ions and atoms of the training data stay in training for this
-(mlpot.train.run.load_data). Penalising the partly split levels too was tried and is worse:
-their integer targets follow the raw sums, so the prior reinforces whichever assignment the
-network started with (a chloride's −1 stayed on a distant water).
+fragment carries. Which fragment gets an integer charge follows the raw sums, so a network
+can settle with an ion's charge on a distant neutral partner (two of three Cl⁻–water seeds,
+benchmarks/RESULTS.md); neither keeping lone ions in training nor penalising the partly
+split levels fixed that (the latter entrenches the starting assignment).
 """
 
 from __future__ import annotations

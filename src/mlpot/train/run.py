@@ -78,15 +78,10 @@ def load_data(config: RunConfig) -> dict[str, Sequence[Frame]]:
     read = dict(energy_key=data.energy_key, forces_key=data.forces_key,
                 db_select=data.db_select)
     reader = _delta_reader(data) or read_frames
-    everything = reader(data.train, **read)
-    isolated, train = split_isolated_atoms(everything)
+    isolated, train = split_isolated_atoms(reader(data.train, **read))
     if not len(train):
         raise DataError(f"holds only isolated atoms ({len(isolated)} single-atom frames): "
                         "nothing to train on", source=data.train)
-    if config.model.long_range in ("coulomb", "both"):
-        # a lone ion (or atom) is what teaches the charge network its raw charge: kept in
-        # training too (its energy is E0 exactly, whatever the networks do)
-        train = everything
     if data.isolated_atoms:
         isolated += read_frames(data.isolated_atoms, **read)
     if data.valid:
