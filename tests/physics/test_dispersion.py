@@ -171,6 +171,30 @@ def test_save_load_round_trip(acac_frames, tmp_path):
                                 (keys.ENERGY, keys.ENERGY_DISPERSION, keys.VOLUME_RATIOS))
 
 
+def test_older_files_keep_g2_volume_inputs(acac_frames, tmp_path):
+    """Files from before version 8 recorded no "volume_features" when the volume head read
+    G2 functions: they load as "g2" with the same energies, not as today's default."""
+    import json
+
+    from mlpot.serialize import load, save
+
+    potential = random_bpnn(5)
+    potential.dispersion = _term(seed=5, volume_features="g2")
+    potential.eval()
+    save(potential, tmp_path / "model")
+    config_file = tmp_path / "model" / "config.json"
+    config = json.loads(config_file.read_text())
+    del config["dispersion"]["volume_features"]
+    config["version"] = 7
+    config_file.write_text(json.dumps(config))
+    loaded = load(tmp_path / "model")
+    assert loaded.dispersion.volume_head.features == "g2"
+    batch = potential.batch(acac_frames[:2])
+    torch.testing.assert_close(loaded(batch, forces=False)[keys.ENERGY_DISPERSION],
+                               potential(batch, forces=False)[keys.ENERGY_DISPERSION],
+                               rtol=0, atol=1e-12)
+
+
 def _train(acac_dir, tmp_path, **model) -> str:
     from mlpot.config import config_from_dict
     from mlpot.train.run import run_training
