@@ -137,3 +137,18 @@ def assert_save_load_round_trip(potential, frames, tmp_path, names) -> None:
     for key in names:
         torch.testing.assert_close(loaded.double()(batch, forces=False)[key],
                                    potential(batch, forces=False)[key])
+
+
+def load_as_older_format(potential, tmp_path, version: int, part: str, key: str) -> Potential:
+    """Save ``potential``, rewrite its config.json as a file of format ``version`` would be
+    (without ``part.key``, a field that version did not record) and load it again."""
+    import json
+
+    from mlpot.serialize import load, save
+
+    config_file = save(potential, tmp_path / "model") / "config.json"
+    config = json.loads(config_file.read_text())
+    del config[part][key]
+    config["version"] = version
+    config_file.write_text(json.dumps(config))
+    return load(tmp_path / "model")

@@ -1,7 +1,5 @@
 """The per-element baseline b_Z · n_i: zero for free atoms, flat in bonded environments."""
 
-import json
-
 import pytest
 import torch
 
@@ -9,7 +7,8 @@ from mlpot.descriptors.cutoff import baseline_coordination
 from mlpot.descriptors.symmetry import SymmetryFunctions, default_angular, default_radial
 from mlpot.models import BehlerParrinello
 from mlpot.potential import Potential
-from mlpot.serialize import load, save
+
+from helpers import load_as_older_format
 
 E0 = {"H": -13.6, "C": -1026.8, "O": -2037.8}
 
@@ -50,11 +49,5 @@ def test_saturating_baseline_adds_almost_no_force_in_a_molecule(acac_frames):
 
 
 def test_version_1_model_files_keep_the_linear_baseline(tmp_path):
-    potential = _bpnn("linear")
-    save(potential, tmp_path / "model")
-    config_file = tmp_path / "model" / "config.json"
-    config = json.loads(config_file.read_text())
-    del config["model"]["baseline"]
-    config["version"] = 1
-    config_file.write_text(json.dumps(config))
-    assert load(tmp_path / "model").model.baseline == "linear"
+    loaded = load_as_older_format(_bpnn("linear"), tmp_path, 1, "model", "baseline")
+    assert loaded.model.baseline == "linear"

@@ -17,7 +17,7 @@ from mlpot.data.records import Frame, frame_from_atoms
 from mlpot.neighbors import graph_arrays
 from mlpot.physics.dispersion import Dispersion
 from mlpot.potential import Potential
-from helpers import assert_save_load_round_trip, random_bpnn
+from helpers import assert_save_load_round_trip, load_as_older_format, random_bpnn
 
 TRICLINIC = np.array([[9.0, 0.0, 0.0], [1.2, 8.5, 0.0], [0.7, -0.9, 9.3]])
 
@@ -174,20 +174,10 @@ def test_save_load_round_trip(acac_frames, tmp_path):
 def test_older_files_keep_g2_volume_inputs(acac_frames, tmp_path):
     """Files from before version 8 recorded no "volume_features" when the volume head read
     G2 functions: they load as "g2" with the same energies, not as today's default."""
-    import json
-
-    from mlpot.serialize import load, save
-
     potential = random_bpnn(5)
     potential.dispersion = _term(seed=5, volume_features="g2")
     potential.eval()
-    save(potential, tmp_path / "model")
-    config_file = tmp_path / "model" / "config.json"
-    config = json.loads(config_file.read_text())
-    del config["dispersion"]["volume_features"]
-    config["version"] = 7
-    config_file.write_text(json.dumps(config))
-    loaded = load(tmp_path / "model")
+    loaded = load_as_older_format(potential, tmp_path, 7, "dispersion", "volume_features")
     assert loaded.dispersion.volume_head.features == "g2"
     batch = potential.batch(acac_frames[:2])
     torch.testing.assert_close(loaded(batch, forces=False)[keys.ENERGY_DISPERSION],

@@ -15,7 +15,7 @@ from mlpot.neighbors import graph_arrays
 from mlpot.physics.coulomb import COULOMB_CONSTANT, madelung_energy
 from mlpot.physics.electrostatics import Electrostatics
 from mlpot.potential import Potential
-from helpers import assert_save_load_round_trip, random_bpnn
+from helpers import assert_save_load_round_trip, load_as_older_format, random_bpnn
 
 pytest.importorskip("torchpme")
 TRICLINIC = np.array([[9.0, 0.0, 0.0], [1.2, 8.5, 0.0], [0.7, -0.9, 9.3]])
@@ -227,19 +227,9 @@ def test_save_load_round_trip(acac_frames, tmp_path):
 def test_older_files_without_neutrality_keep_structure_wide_charges(acac_frames, tmp_path):
     """Files from before version 7 recorded no "neutrality" when it was the structure-wide
     default: they load as "structure" (their predictions unchanged), not as today's default."""
-    import json
-
-    from mlpot.serialize import load, save
-
     potential = _electrostatic_potential(5)
     potential.long_range.charge_head.neutrality = "structure"
-    save(potential, tmp_path / "model")
-    config_file = tmp_path / "model" / "config.json"
-    config = json.loads(config_file.read_text())
-    del config["long_range"]["neutrality"]
-    config["version"] = 6
-    config_file.write_text(json.dumps(config))
-    loaded = load(tmp_path / "model")
+    loaded = load_as_older_format(potential, tmp_path, 6, "long_range", "neutrality")
     assert loaded.long_range.charge_head.neutrality == "structure"
     batch = potential.batch(acac_frames[:2])
     torch.testing.assert_close(loaded(batch, forces=False)[keys.CHARGES],

@@ -17,6 +17,8 @@ from mlpot.serialize import load, save
 from mlpot.train.loss import EnergyForceLoss
 from mlpot.train.trainer import Trainer
 
+from helpers import load_as_older_format
+
 E0 = {"H": -13.568422178253735, "C": -1026.8538996116154, "O": -2037.796869412825}
 
 
@@ -72,16 +74,9 @@ def test_head_outputs_round_trip_and_leave_forces_alone(acac_frames, tmp_path):
 def test_older_softplus_heads_still_load(acac_frames, tmp_path):
     """Model files from before the log-variance link (version 5, no "link") read as softplus
     heads: v = σ_ref² softplus(raw), checked against the raw network outputs."""
-    import json
-
     head = VarianceHead([1, 6, 8], 4.0, sigma_energy=0.001, sigma_force=0.03, link="softplus")
-    save(Potential(copy.deepcopy(_teacher().model), E0, head).double(), tmp_path / "model")
-    config_file = tmp_path / "model" / "config.json"
-    config = json.loads(config_file.read_text())
-    del config["variance_head"]["link"]
-    config["version"] = 5
-    config_file.write_text(json.dumps(config))
-    loaded = load(tmp_path / "model")
+    loaded = load_as_older_format(Potential(copy.deepcopy(_teacher().model), E0, head).double(),
+                                  tmp_path, 5, "variance_head", "link")
     assert loaded.variance_head.link == "softplus"
     batch = loaded.batch(acac_frames[:2])
     raw = loaded.variance_head.raw_outputs(batch).detach()

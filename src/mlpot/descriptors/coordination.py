@@ -10,7 +10,7 @@ as D4's charge model weights them):
 with R the covalent radii (ASE's, Cordero 2008; Å), χ Pauling electronegativities and s a C²
 switch from 1 to 0 over the last ångström before the cutoff (where c is ~1e-5 already). EN
 tells a hydrogen on oxygen (+1.2, positive) from one on carbon (+0.35). They count
-bonded neighbours (≈ 4 for an sp³ carbon, 3 for sp², 1 for hydrogen) and barely sees anything
+bonded neighbours (≈ 4 for an sp³ carbon, 3 for sp², 1 for hydrogen) and barely see anything
 else, so a network on them meets familiar values in molecules it was not trained on, where
 radial symmetry functions of a new bond pattern are out of distribution.
 """
@@ -22,6 +22,7 @@ from ase.data import chemical_symbols, covalent_radii
 from torch import nn
 
 from mlpot import keys
+from mlpot.descriptors.cutoff import polynomial_cutoff
 from mlpot.neighbors import edge_vectors
 
 # Pauling electronegativities, H–Xe (CRC Handbook); noble gases without one count as their
@@ -64,8 +65,7 @@ class CovalentCoordination(nn.Module):
         r = edge_vectors(batch).norm(dim=-1)
         numbers = batch[keys.NUMBERS]
         bond = (self.radii[numbers[i]] + self.radii[numbers[j]]).to(r.dtype)
-        x = (r - (self.cutoff - 1.0)).clamp(0.0, 1.0)
-        switch = 1.0 - x**3 * (10.0 - 15.0 * x + 6.0 * x**2)
+        switch = polynomial_cutoff((r - (self.cutoff - 1.0)).clamp(min=0.0), 1.0)
         count = torch.sigmoid(16.0 * (4.0 / 3.0 * bond / r - 1.0)) * switch
         polarity = (self.chi[numbers[j]] - self.chi[numbers[i]]).nan_to_num(0.0).to(r.dtype)
         return r.new_zeros(len(numbers), 2).index_add(

@@ -3,9 +3,9 @@
 The aleatoric variance head (:mod:`mlpot.models.variance`), the charge head
 (:mod:`mlpot.physics.charges`) and the volume head (:mod:`mlpot.physics.dispersion`) each need
 a couple of numbers per atom from its environment, beside whatever model predicts the energy:
-G2 functions only (no angular triplets, the model's cutoff) or, for quantities that must
-transfer to molecules not trained on, the covalent coordination number alone
-(:mod:`mlpot.descriptors.coordination`); standardised per element, one hidden layer per element.
+G2 functions only (no angular triplets, the model's cutoff; standardised per element) or,
+for quantities that must transfer to molecules not trained on, two covalent coordination
+numbers (:mod:`mlpot.descriptors.coordination`; used as they are); one hidden layer per element.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ class ElementHead(nn.Module):
     Args:
         elements: atomic numbers covered.  cutoff: Å.
         n_radial: G2 Gaussians per neighbour element.  hidden: width of the hidden layer.
-        features: "g2" (radial symmetry functions) or "coordination" (covalent CN).
+        features: "g2" (radial symmetry functions) or "coordination" (covalent CN and its
+            electronegativity-weighted twin).
     """
 
     def __init__(self, elements, cutoff: float, n_radial: int = 8, hidden: int = 16,

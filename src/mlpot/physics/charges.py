@@ -124,17 +124,17 @@ def neutralise_fragments(raw: torch.Tensor, weights: torch.Tensor,
     labels = levels[0]
     targets = _top_targets(labels, raw_values, structure, totals)
     top_excess = _excess(targets, labels, raw)
-    mass_above = blend_fraction(raw.new_tensor(cutoff), cutoff)
+    mass_above = raw.new_tensor(1.0)  # P(r_c); P(r_c/2) = 0
     charges, level_excess = raw, top_excess
     for link, new_labels in zip(splits, levels[1:]):  # links removed from the longest down
-        mass = mass_above - blend_fraction(lengths[link], cutoff)
-        charges = charges + mass * shares(weights, _tensor(labels, raw), level_excess)
-        mass_above = blend_fraction(lengths[link], cutoff)
+        below = blend_fraction(lengths[link], cutoff)
+        charges = charges + (mass_above - below) * shares(weights, _tensor(labels, raw),
+                                                          level_excess)
+        mass_above = below
         targets = _split_targets(targets, labels, new_labels, links[:, link], raw_values)
         labels = new_labels
         level_excess = _excess(targets, labels, raw)
-    mass = mass_above - blend_fraction(raw.new_tensor(INNER_FRACTION * cutoff), cutoff)
-    charges = charges + mass * shares(weights, _tensor(labels, raw), level_excess)
+    charges = charges + mass_above * shares(weights, _tensor(labels, raw), level_excess)
     return charges, top_excess
 
 
@@ -166,11 +166,12 @@ def spanning_links(batch: dict[str, torch.Tensor], cutoff: float):
     # the shortest image of each pair (periodic cells list a pair once per image)
     order = candidate[np.lexsort((d[candidate], j_np[candidate], i_np[candidate]))]
     pair = i_np[order] * n_atoms + j_np[order]
-    first = order[np.r_[True, pair[1:] != pair[:-1]]]
+    shortest = np.r_[True, pair[1:] != pair[:-1]]
+    first, pair = order[shortest], pair[shortest]
     tree = minimum_spanning_tree(coo_matrix((d[first], (i_np[first], j_np[first])),
                                             shape=(n_atoms, n_atoms))).tocoo()
     a, b = np.minimum(tree.row, tree.col), np.maximum(tree.row, tree.col)
-    edges = first[np.searchsorted(pair[np.r_[True, pair[1:] != pair[:-1]]], a * n_atoms + b)]
+    edges = first[np.searchsorted(pair, a * n_atoms + b)]
     links = np.stack([a, b]).astype(np.int64)
     return links, lengths[torch.as_tensor(edges, device=lengths.device)]
 

@@ -7,8 +7,8 @@ stress components with σ_S (eV/Å³) and, for models with learned charges, each
 dipole components with σ_μ (e·Å), each reference partial charge with σ_q (e) and, as a prior,
 the charge each neutralisation group had to be given (its raw charges should already carry
 its total, :mod:`mlpot.physics.charges`) with σ_ex (e) and, for learned dispersion, each
-atom's log volume ratio against D4's with σ_v (:mod:`mlpot.physics.dispersion`). The negative log-likelihood of a batch
-is then, up to constants,
+atom's log volume ratio against D4's with σ_v (:mod:`mlpot.physics.dispersion`). The negative
+log-likelihood of a batch is then, up to constants,
 
     −log p = ½ Σ_b (ΔE_b / (N_b σ_E))² + ½ Σ_{b,i,α} (ΔF_{iα} / σ_F)² + ½ Σ_{b,αβ} (Δσ_{αβ} / σ_S)²
 
