@@ -172,7 +172,7 @@ class TrainingConfig(Strict):
     sigma_stress: float = Field(0.001, gt=0)  # eV/Å³
     sigma_dipole: float = Field(0.01, gt=0)  # e·Å (learned charges vs reference dipoles)
     sigma_charge: float = Field(0.02, gt=0)  # e (learned vs reference atomic charges)
-    sigma_charge_excess: float = Field(0.1, gt=0)  # e (charge the neutralisation supplies)
+    sigma_charge_excess: float = Field(0.02, gt=0)  # e (charge the neutralisation supplies)
     sigma_volume: float = Field(0.1, gt=0)  # log v − log v_D4 of learned dispersion volumes
     dtype: Literal["float32", "float64"] = "float32"
     snapshot_minutes: list[float] = []  # also save the model at these training minutes

@@ -212,3 +212,78 @@ def test_charge_excess_prior_teaches_raw_charges_their_totals():
     np.testing.assert_allclose(raw_sums(), [1.0, 0.0], atol=0.02)
     assert "charge_excess" in parts
 
+
+
+def test_charge_excess_only_where_the_data_gives_the_total():
+    """The prior's excess covers the structures that are one fragment at the cutoff (their
+    integer is the data's total charge); a structure of separated fragments gets its
+    fragments' integers from the model's own rounding, and a prior on those would pull the
+    raw charges toward whatever assignment the network started with: it reports none."""
+    head = _head()
+    ion = _frame([11], [[0.0, 0.0, 0.0]], 1.0)
+    water = _frame([8, 1, 1], WATER, 0.0)
+    apart = _frame([8, 1, 1, 11], np.vstack([WATER, [[0.0, 0.0, 2 * CUTOFF]]]), 1.0)
+    frames = [ion, apart, water]
+    batch = collate(frames, [graph_arrays(f.positions, f.cell, f.pbc, CUTOFF) for f in frames],
+                    dtype=torch.float64)
+    raw = head.raw_outputs(batch)[:, 0]
+    charges, excess = head(batch)
+    sums = torch.zeros(3, dtype=torch.float64).index_add(0, batch[keys.BATCH], raw)
+    np.testing.assert_allclose(excess.detach().numpy(),
+                               [1.0 - float(sums[0]), 0.0 - float(sums[2])], atol=1e-12)
+    # the separated pair still gets integer charges per fragment, summing to its total
+    pair = charges[batch[keys.BATCH] == 1].detach().numpy()
+    assert pair[:3].sum() == pytest.approx(round(pair[:3].sum()), abs=1e-12)
+    assert pair.sum() == pytest.approx(1.0, abs=1e-12)
+
+
+def test_lone_ions_train_the_charge_network(tmp_path):
+    """A lone ion in the training file sets its element's reference energy and, with a
+    Coulomb term, is also a training structure (what tells the charge network the ion's
+    charge); neutral isolated atoms, or a model without charges, only set E0."""
+    from ase import Atoms
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import write
+
+    from mlpot.train.run import load_data
+
+    frames = []
+    for numbers, positions, charge, energy in (
+            ([17], [[0.0, 0.0, 0.0]], -1, -12520.0), ([1], [[0.0, 0.0, 0.0]], 0, -13.6),
+            *[([8, 1, 1], WATER * (1 + 0.01 * k), 0, -2080.0 - 0.01 * k) for k in range(4)]):
+        atoms = Atoms(numbers=numbers, positions=positions)
+        atoms.info["charge"] = charge
+        atoms.calc = SinglePointCalculator(atoms, energy=energy,
+                                           forces=np.zeros((len(numbers), 3)))
+        frames.append(atoms)
+    path = tmp_path / "train.xyz"
+    write(path, frames, format="extxyz")
+    for long_range, lone in (("coulomb", 1), ("both", 1), ("none", 0), ("dispersion", 0)):
+        data = load_data(config_from_dict({"data": {"train": str(path), "valid_fraction": 0.25},
+                                           "model": {"long_range": long_range}}))
+        assert len(data["isolated"]) == 2
+        assert len(data["valid"]) == 1
+        assert sum(len(f) == 1 for f in data["train"]) == lone
+        assert len(data["train"]) == 3 + lone
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_charge_network_starts_at_the_data_totals(seed):
+    """Before training, the charge network is fitted to the single-fragment structures'
+    totals (a lone Na⁺, waters, Na⁺ with its water): then a Na⁺ and a water out of each
+    other's reach get +1 and 0, from any initial weights (before the fit, random weights put
+    the +1 on the water for some seeds)."""
+    from mlpot.train.raw_charges import fit_raw_charges
+
+    potential = _potential("bpnn", seed=seed)
+    rotations = [np.linalg.qr(np.random.default_rng(k).normal(size=(3, 3)))[0]
+                 for k in range(4)]
+    train = [_frame([11], [[0.0, 0.0, 0.0]], 1.0)]
+    train += [_frame([8, 1, 1], WATER @ r.T, 0.0) for r in rotations]
+    train += [_frame([8, 1, 1, 11], np.vstack([WATER @ r.T, [[0.0, 0.3, 2.4 + 0.2 * k]]]), 1.0)
+              for k, r in enumerate(rotations)]
+    apart = _frame([8, 1, 1, 11], np.vstack([WATER, [[0.0, 0.0, 2 * CUTOFF]]]), 1.0)
+    result = fit_raw_charges(potential, train, seed=seed)
+    assert result["rms_excess_after"] < 0.02 < result["rms_excess_before"]
+    charges = potential.long_range.charge_head(potential.batch([apart]))[0].detach().numpy()
+    np.testing.assert_allclose([charges[:3].sum(), charges[3]], [0.0, 1.0], atol=1e-9)

@@ -35,13 +35,14 @@ proportion to its weight (PhysNet-style neutralisation with learned weights):
 - ``"none"``: no shift, q = q̃ (latent charges as in LES; Σ q = Q only as far as training
   teaches it).
 
-``excess`` (returned beside the charges): T − Σ q̃, the charge the shift had to supply, per
-fragment at the cutoff (per structure for "structure" and "none"). Training penalises it (σ of
+``excess`` (returned beside the charges): T − Σ q̃, the charge the shift had to supply, for
+each structure that is one fragment at the cutoff (per structure for "structure" and "none"):
+there T is the data's total charge. Training penalises it (σ of
 ``training.sigma_charge_excess``), so the raw charges themselves learn what each isolated
-fragment carries. Which fragment gets an integer charge follows the raw sums, so a network
-can settle with an ion's charge on a distant neutral partner (two of three Cl⁻–water seeds,
-benchmarks/RESULTS.md); neither keeping lone ions in training nor penalising the partly
-split levels fixed that (the latter entrenches the starting assignment).
+fragment carries (a lone ion, a lone molecule), and :mod:`mlpot.train.raw_charges` fits them
+so before the first epoch. Structures of several fragments give none: their integers come
+from the model's own rounding, and a prior on those would defend whatever assignment the
+network started with (an ion's charge on its distant neutral partner).
 """
 
 from __future__ import annotations
@@ -107,7 +108,8 @@ def blend_fraction(r: torch.Tensor, cutoff: float) -> torch.Tensor:
 
 def neutralise_fragments(raw: torch.Tensor, weights: torch.Tensor,
                          batch: dict[str, torch.Tensor], cutoff: float):
-    """(charges, excess of each fragment at the cutoff): the ``"fragments"`` scheme."""
+    """(charges, excess of each structure that is one fragment at the cutoff): the
+    ``"fragments"`` scheme."""
     links, lengths = spanning_links(batch, cutoff)
     n_atoms = len(raw)
     structure = batch[keys.BATCH].cpu().numpy()
@@ -135,7 +137,15 @@ def neutralise_fragments(raw: torch.Tensor, weights: torch.Tensor,
         labels = new_labels
         level_excess = _excess(targets, labels, raw)
     charges = charges + mass_above * shares(weights, _tensor(labels, raw), level_excess)
-    return charges, top_excess
+    return charges, top_excess[_alone(levels[0], structure)]
+
+
+def _alone(labels: np.ndarray, structure: np.ndarray) -> np.ndarray:
+    """(n_fragments,) bool: the fragment is its structure's only one (its integer charge is
+    the structure's, given by the data, not by the rounding of the model's raw sums)."""
+    owner = np.zeros(labels.max() + 1, dtype=np.int64)
+    owner[labels] = structure
+    return np.bincount(owner, minlength=structure.max() + 1)[owner] == 1
 
 
 def _tensor(labels: np.ndarray, like: torch.Tensor) -> torch.Tensor:

@@ -62,7 +62,7 @@ class EnergyForceLoss:
 
     def __init__(self, sigma_energy: float = 0.001, sigma_force: float = 0.03,
                  sigma_stress: float = 0.001, sigma_dipole: float = 0.01,
-                 sigma_charge: float = 0.02, sigma_charge_excess: float = 0.1,
+                 sigma_charge: float = 0.02, sigma_charge_excess: float = 0.02,
                  sigma_volume: float = 0.1):
         self.sigma_energy = sigma_energy
         self.sigma_force = sigma_force

@@ -23,6 +23,7 @@ from mlpot import keys
 from mlpot.config import RunConfig
 from mlpot.data.dataset import (elements_of, force_rms, reference_energies, split_indices,
                                 split_isolated_atoms, take)
+from mlpot.data.lazy import is_lazy
 from mlpot.data.records import Frame, check_elements, read_frames
 from mlpot.errors import DataError
 from mlpot.descriptors.symmetry import SymmetryFunctions, default_angular, default_radial
@@ -33,6 +34,7 @@ from mlpot.potential import Potential
 from mlpot.files import locked_folder, write_json_atomic
 from mlpot.serialize import load, save
 from mlpot.train.metrics import evaluate
+from mlpot.train.raw_charges import fit_raw_charges
 from mlpot.train.ridge import fit_linear
 from mlpot.train.distributed import context
 from mlpot.train.trainer import CHECKPOINT, Trainer, read_checkpoint, training_device
@@ -99,6 +101,9 @@ def load_data(config: RunConfig) -> dict[str, Sequence[Frame]]:
         valid, train = take(train, valid_index), take(train, train_index)
     if data.max_train is not None:
         train = train[:data.max_train]
+    ions = [f for f in isolated if f.charge]
+    if ions and config.model.long_range in ("coulomb", "both") and not is_lazy(train):
+        train = list(train) + ions  # a lone ion tells the charge network what it carries
     tests = {Path(p).stem: reader(p, **read) for p in data.test}
     return {"train": train, "valid": valid, "isolated": isolated, **{
         f"test:{name}": frames for name, frames in tests.items()}}
@@ -303,6 +308,11 @@ def train_member(config: RunConfig, train: list[Frame], valid: list[Frame], elem
         save(potential.to(dtype), out / "model", {**metadata, "fit": fit})
         return {"stopped_by": "closed form", "fit": fit}
     fit_statistics(potential, train)
+    start = fit_raw_charges(potential, train, seed=seed)
+    if start:
+        say(f"charge network started at the data's total charges: RMS excess "
+            f"{start['rms_excess_before']:.3f} → {start['rms_excess_after']:.3f} e "
+            f"({start['steps']} steps)", flush=True)
     caches = {} if caches is None else caches
     trainer = Trainer(potential.to(dtype), train, valid, config.training, out, seed=seed,
                       metadata=metadata, progress=progress, feature_cache=caches.pop("last", None))
