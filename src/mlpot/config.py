@@ -174,6 +174,7 @@ class TrainingConfig(Strict):
     sigma_charge: float = Field(0.02, gt=0)  # e (learned vs reference atomic charges)
     sigma_charge_excess: float = Field(0.02, gt=0)  # e (charge the neutralisation supplies)
     sigma_volume: float = Field(0.1, gt=0)  # log v − log v_D4 of learned dispersion volumes
+    sigma_charge_eeq: float = Field(0.1, gt=0)  # e, learned charges around D4's EEQ charges
     dtype: Literal["float32", "float64"] = "float32"
     snapshot_minutes: list[float] = []  # also save the model at these training minutes
     cache_descriptors: bool = True  # bpnn: precompute descriptors and their derivatives

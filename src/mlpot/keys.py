@@ -42,6 +42,7 @@ HAS_DIPOLE = "has_dipole"  # (n_structures,) bool | whether a reference dipole e
 PARTIAL_CHARGES = "partial_charges"  # (n_atoms,) float | reference atomic charges, e
 HAS_PARTIAL_CHARGES = "has_partial_charges"  # (n_structures,) bool | reference charges exist
 CHARGE_EXCESS = "charge_excess"  # (n_groups,) float | charge the neutralisation supplied to each group, e (mlpot.physics.charges)
+CHARGE_EEQ_DEVIATION = "charge_eeq_deviation"  # (n_atoms_whole,) float | learned − D4 EEQ charge of atoms in single-fragment structures, e (training only; mlpot.physics.electrostatics)
 ENERGY_COULOMB = "energy_coulomb"  # (n_structures,) float64 | the Coulomb part of ENERGY, eV
 ENERGY_DISPERSION = "energy_dispersion"  # (n_structures,) float64 | dispersion part of ENERGY, eV
 VOLUME_RATIOS = "volume_ratios"  # (n_atoms,) float | learned V_eff/V_free (dispersion C6 scaling)

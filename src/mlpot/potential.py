@@ -147,6 +147,8 @@ class Potential(nn.Module):
             out[keys.ENERGY_COULOMB] = structure_sum(long_range["atomic"])
             for key in (keys.CHARGES, keys.DIPOLE, keys.CHARGE_EXCESS):
                 out[key] = long_range[key]
+            if keys.CHARGE_EEQ_DEVIATION in long_range:
+                out[keys.CHARGE_EEQ_DEVIATION] = long_range[keys.CHARGE_EEQ_DEVIATION]
         if dispersion is not None:
             out[keys.ENERGY_DISPERSION] = structure_sum(dispersion["atomic"])
             out[keys.VOLUME_RATIOS] = dispersion["volume_ratios"]

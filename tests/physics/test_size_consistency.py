@@ -175,7 +175,7 @@ def test_fractional_total_and_other_schemes():
     head.neutrality = "none"
     batch = collate([far], [graph_arrays(far.positions, far.cell, far.pbc, CUTOFF)],
                     dtype=torch.float64)
-    raw, excess = head(batch)
+    raw, excess, _ = head(batch)
     assert float(excess[0]) == pytest.approx(1.0 - float(raw.sum()), abs=1e-12)
     # "structure" hands that excess out by weight: the same raw charges underneath
     assert float(excess[0]) == pytest.approx(float((structure - raw.detach().numpy()).sum()),
@@ -203,7 +203,7 @@ def test_charge_excess_prior_teaches_raw_charges_their_totals():
     before = raw_sums()
     assert np.abs(before - [1.0, 0.0]).max() > 0.3
     for _ in range(300):
-        charges, excess = head(batch)
+        charges, excess, _ = head(batch)
         value, parts = loss({keys.ENERGY: energy, keys.CHARGE_EXCESS: excess},
                             {keys.ENERGY: energy, keys.N_ATOMS: batch[keys.N_ATOMS]})
         optimizer.zero_grad()
@@ -227,7 +227,8 @@ def test_charge_excess_only_where_the_data_gives_the_total():
     batch = collate(frames, [graph_arrays(f.positions, f.cell, f.pbc, CUTOFF) for f in frames],
                     dtype=torch.float64)
     raw = head.raw_outputs(batch)[:, 0]
-    charges, excess = head(batch)
+    charges, excess, whole = head(batch)
+    assert whole.tolist() == [True, False, True]
     sums = torch.zeros(3, dtype=torch.float64).index_add(0, batch[keys.BATCH], raw)
     np.testing.assert_allclose(excess.detach().numpy(),
                                [1.0 - float(sums[0]), 0.0 - float(sums[2])], atol=1e-12)
@@ -287,3 +288,47 @@ def test_charge_network_starts_at_the_data_totals(seed):
     assert result["rms_excess_after"] < 0.02 < result["rms_excess_before"]
     charges = potential.long_range.charge_head(potential.batch([apart]))[0].detach().numpy()
     np.testing.assert_allclose([charges[:3].sum(), charges[3]], [0.0, 1.0], atol=1e-9)
+
+
+def test_the_eeq_prior_pins_learned_charges_to_d4():
+    """In training, the learned charges of single-fragment structures come with their
+    deviation from D4's EEQ charges (dftd4 called here as the oracle); the loss's term alone,
+    minimised, brings them there. A structure of separated fragments gets no such term
+    (EEQ spreads charge across any distance), and prediction calls no D4."""
+    from dftd4.interface import DispersionModel
+    from ase.units import Bohr
+
+    from mlpot.physics.electrostatics import Electrostatics
+    from mlpot.train.loss import EnergyForceLoss
+
+    torch.manual_seed(2)
+    term = Electrostatics([1, 8, 11], CUTOFF).double().train()
+    near = _frame([8, 1, 1, 11], np.vstack([WATER, [[0.2, 0.1, 2.4]]]), 1.0)
+    apart = _frame([8, 1, 1, 11], np.vstack([WATER, [[0.0, 0.0, 2 * CUTOFF]]]), 1.0)
+    water = _frame([8, 1, 1], WATER, 0.0)
+    frames = [near, apart, water]
+    batch = collate(frames, [graph_arrays(f.positions, f.cell, f.pbc, CUTOFF) for f in frames],
+                    dtype=torch.float64)
+    eeq = np.concatenate([DispersionModel(f.numbers, f.positions / Bohr, charge=f.charge)
+                          .get_properties()["partial charges"] for f in (near, water)])
+    out = term(batch)
+    whole_atoms = np.r_[0:4, 8:11]
+    np.testing.assert_allclose(out[keys.CHARGE_EEQ_DEVIATION].detach().numpy(),
+                               out[keys.CHARGES].detach().numpy()[whole_atoms] - eeq,
+                               atol=1e-12)
+    assert np.abs(out[keys.CHARGES].detach().numpy()[whole_atoms] - eeq).max() > 0.1
+    loss = EnergyForceLoss()
+    energy = torch.zeros(3, dtype=torch.float64)
+    optimizer = torch.optim.Adam(term.parameters(), lr=0.02)
+    for _ in range(300):
+        out = term(batch)
+        value, parts = loss({keys.ENERGY: energy,
+                             keys.CHARGE_EEQ_DEVIATION: out[keys.CHARGE_EEQ_DEVIATION]},
+                            {keys.ENERGY: energy, keys.N_ATOMS: batch[keys.N_ATOMS]})
+        optimizer.zero_grad()
+        value.backward()
+        optimizer.step()
+    assert "charges_eeq" in parts
+    np.testing.assert_allclose(term(batch)[keys.CHARGES].detach().numpy()[whole_atoms], eeq,
+                               atol=0.02)
+    assert keys.CHARGE_EEQ_DEVIATION not in term.eval()(batch)

@@ -72,8 +72,11 @@ class ChargeHead(ElementHead):
             raise ValueError(f"neutrality must be one of {NEUTRALITY}, not {neutrality!r}")
         self.neutrality = neutrality
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(charges (n_atoms,) e, excess (n_groups,) e: see the module docstring)."""
+    def forward(self, batch: dict[str, torch.Tensor]
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(charges (n_atoms,) e, excess (n_whole,) e, whole (n_structures,) bool: the
+        structures that are one group, whose charge the data gives; see the module
+        docstring)."""
         raw = self.raw_outputs(batch)
         charges, weights = raw[:, 0], functional.softplus(raw[:, 1]) + 1e-3
         if self.neutrality == "fragments":
@@ -83,7 +86,7 @@ class ChargeHead(ElementHead):
             len(batch[keys.N_ATOMS])).index_add(0, structure, charges)
         if self.neutrality == "structure":
             charges = charges + shares(weights, structure, excess)
-        return charges, excess
+        return charges, excess, torch.ones_like(excess, dtype=torch.bool)
 
 
 def structure_charges(batch: dict[str, torch.Tensor], like: torch.Tensor) -> torch.Tensor:
@@ -108,8 +111,8 @@ def blend_fraction(r: torch.Tensor, cutoff: float) -> torch.Tensor:
 
 def neutralise_fragments(raw: torch.Tensor, weights: torch.Tensor,
                          batch: dict[str, torch.Tensor], cutoff: float):
-    """(charges, excess of each structure that is one fragment at the cutoff): the
-    ``"fragments"`` scheme."""
+    """(charges, excess of each structure that is one fragment at the cutoff, that mask
+    per structure): the ``"fragments"`` scheme."""
     links, lengths = spanning_links(batch, cutoff)
     n_atoms = len(raw)
     structure = batch[keys.BATCH].cpu().numpy()
@@ -137,15 +140,23 @@ def neutralise_fragments(raw: torch.Tensor, weights: torch.Tensor,
         labels = new_labels
         level_excess = _excess(targets, labels, raw)
     charges = charges + mass_above * shares(weights, _tensor(labels, raw), level_excess)
-    return charges, top_excess[_alone(levels[0], structure)]
+    whole = _whole_structures(levels[0], structure, len(totals))
+    return charges, top_excess[whole[_owners(levels[0], structure)]], torch.as_tensor(
+        whole, device=raw.device)
 
 
-def _alone(labels: np.ndarray, structure: np.ndarray) -> np.ndarray:
-    """(n_fragments,) bool: the fragment is its structure's only one (its integer charge is
-    the structure's, given by the data, not by the rounding of the model's raw sums)."""
+def _owners(labels: np.ndarray, structure: np.ndarray) -> np.ndarray:
+    """(n_fragments,) the structure of each fragment."""
     owner = np.zeros(labels.max() + 1, dtype=np.int64)
     owner[labels] = structure
-    return np.bincount(owner, minlength=structure.max() + 1)[owner] == 1
+    return owner
+
+
+def _whole_structures(labels: np.ndarray, structure: np.ndarray, n_structures: int
+                      ) -> np.ndarray:
+    """(n_structures,) bool: the structure is one fragment at the cutoff (its integer
+    charge is the data's, not a rounding of the model's raw sums)."""
+    return np.bincount(_owners(labels, structure), minlength=n_structures) == 1
 
 
 def _tensor(labels: np.ndarray, like: torch.Tensor) -> torch.Tensor:
@@ -223,8 +234,7 @@ def _top_targets(labels: np.ndarray, raw: np.ndarray, structure: np.ndarray,
     so that each structure's fragments add up to its total (a fractional total: the one
     group of that structure carries it)."""
     raw_sum = np.bincount(labels, weights=raw)
-    owner = np.zeros(len(raw_sum), dtype=np.int64)
-    owner[labels] = structure
+    owner = _owners(labels, structure)
     targets = np.rint(raw_sum)
     for b, total in enumerate(totals):
         members = np.nonzero(owner == b)[0]

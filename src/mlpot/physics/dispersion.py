@@ -38,6 +38,7 @@ from ase.units import Bohr, Hartree
 from torch.nn import functional
 
 from mlpot import keys
+from mlpot.physics.d4 import D4Reference, d4_properties
 from mlpot.models.element_head import ElementHead
 from mlpot.neighbors import half_neighbor_pairs
 
@@ -60,19 +61,13 @@ def free_atom_table(elements) -> dict[str, torch.Tensor]:
 def d4_volume_ratios(numbers, positions, cell, pbc, charge: float) -> np.ndarray:
     """(C6_ii^D4 / C6_free)^½ per atom: D4's atomic C6 (dftd4; charge- and coordination-
     dependent) over the free-atom C6 of :func:`free_atom_table`. Positions and cell in Å."""
-    try:
-        from dftd4.interface import DispersionModel
-    except ImportError as error:
-        raise ImportError("learned dispersion trains its volumes against D4: pip install "
-                          "dftd4 (or mlpot[dispersion])") from error
-    periodic = np.asarray(pbc, dtype=bool)
-    model = DispersionModel(np.asarray(numbers), np.asarray(positions) / Bohr,
-                            charge=float(charge),
-                            lattice=np.asarray(cell) / Bohr if periodic.any() else None,
-                            periodic=periodic if periodic.any() else None)
-    c6_d4 = np.diag(model.get_properties()["c6 coefficients"])  # Hartree·bohr⁶
-    c6_free = np.array([vdWDB_alphaC6[chemical_symbols[z]][1] for z in numbers])
-    return np.sqrt(c6_d4 / c6_free)
+    c6_d4 = d4_properties(numbers, positions, cell, pbc, charge)["c6"]  # Hartree·bohr⁶
+    return np.sqrt(c6_d4 / _free_c6(numbers))
+
+
+def _free_c6(numbers) -> np.ndarray:
+    """Free-atom C6 (Hartree·bohr⁶) of each atom."""
+    return np.array([vdWDB_alphaC6[chemical_symbols[z]][1] for z in numbers])
 
 
 class Dispersion(torch.nn.Module):
@@ -101,7 +96,7 @@ class Dispersion(torch.nn.Module):
         for name, table in free_atom_table(self.volume_head.descriptor.elements).items():
             self.register_buffer(f"free_{name}", table, persistent=False)
         self.damping_log_scale = torch.nn.Parameter(torch.tensor(math.log(0.7)))
-        self._pinned: dict[bytes, np.ndarray] = {}  # v_D4 of structures seen in training
+        self._d4 = D4Reference()  # D4's C6 of the structures seen in training
 
     def config(self) -> dict:
         head = self.volume_head.config()
@@ -149,25 +144,10 @@ class Dispersion(torch.nn.Module):
         return out
 
     def pinned_volume_ratios(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
-        """v_D4 = (C6_ii^D4 / C6_free)^½ of every atom (n_atoms,), from dftd4; each structure
-        computed once (kept by its numbers, positions, cell and charge)."""
-        numbers = batch[keys.NUMBERS].cpu().numpy()
-        positions = batch[keys.POSITIONS].detach().cpu().numpy().astype(np.float64)
-        cells = batch[keys.CELL].detach().cpu().numpy().astype(np.float64)
-        pbc = batch[keys.PBC].cpu().numpy()
-        charges = batch.get(keys.CHARGE)
-        charges = (np.zeros(len(cells)) if charges is None
-                   else charges.detach().cpu().numpy().astype(np.float64))
-        ends = np.cumsum(batch[keys.N_ATOMS].cpu().numpy())
-        pinned = []
-        for b, (start, end) in enumerate(zip(np.r_[0, ends[:-1]], ends)):
-            key = b"".join(np.ascontiguousarray(a).tobytes() for a in (
-                numbers[start:end], positions[start:end], cells[b], pbc[b], charges[b]))
-            if key not in self._pinned:
-                self._pinned[key] = d4_volume_ratios(numbers[start:end], positions[start:end],
-                                                     cells[b], pbc[b], charges[b])
-            pinned.append(self._pinned[key])
-        return np.concatenate(pinned)
+        """v_D4 = (C6_ii^D4 / C6_free)^½ of every atom (n_atoms,), from dftd4 (each
+        structure computed once)."""
+        c6_d4 = self._d4(batch, "c6")
+        return np.sqrt(c6_d4 / _free_c6(batch[keys.NUMBERS].cpu().numpy()))
 
     def _pairs(self, batch):
         """(i, j, r_j + S·cell − r_i, weight) over each pair once: all pairs of every

@@ -13,6 +13,7 @@ from torch import nn
 from mlpot import keys
 from mlpot.physics.charges import ChargeHead
 from mlpot.physics.coulomb import Coulomb
+from mlpot.physics.d4 import D4Reference
 
 
 class Electrostatics(nn.Module):
@@ -34,6 +35,7 @@ class Electrostatics(nn.Module):
                                       neutrality=neutrality)
         self.coulomb = Coulomb(cutoff if exclusion_radius is None else exclusion_radius,
                                real_cutoff=real_cutoff, pme_from=pme_from)
+        self._d4 = D4Reference()  # EEQ charges of the structures seen in training
 
     def config(self) -> dict:
         head = self.charge_head.config()
@@ -46,12 +48,19 @@ class Electrostatics(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``keys.CHARGES`` (n_atoms,) e, per-atom Coulomb energies ``"atomic"`` (n_atoms,)
         eV, ``keys.DIPOLE`` (n_structures, 3) e·Å (zero for periodic structures) and
-        ``keys.CHARGE_EXCESS`` (what the neutralisation supplied, e)."""
-        charges, excess = self.charge_head(batch)
+        ``keys.CHARGE_EXCESS`` (what the neutralisation supplied, e); in training also
+        ``keys.CHARGE_EEQ_DEVIATION``, q − q_EEQ (e) of the atoms of structures that are
+        one fragment at the cutoff (D4's EEQ charges, :mod:`mlpot.physics.d4`)."""
+        charges, excess, whole = self.charge_head(batch)
         atomic = self.coulomb(charges, batch)
         index = batch[keys.BATCH]
         dipole = charges.new_zeros(len(batch[keys.N_ATOMS]), 3).index_add(
             0, index, charges[:, None] * batch[keys.POSITIONS])
         dipole = dipole * (~batch[keys.PBC].any(1))[:, None]
-        return {keys.CHARGES: charges, "atomic": atomic, keys.DIPOLE: dipole,
-                keys.CHARGE_EXCESS: excess}
+        out = {keys.CHARGES: charges, "atomic": atomic, keys.DIPOLE: dipole,
+               keys.CHARGE_EXCESS: excess}
+        if self.training:  # D4's EEQ charges where the structure's charge is the data's
+            eeq = torch.as_tensor(self._d4(batch, "charges"), dtype=charges.dtype,
+                                  device=charges.device)
+            out[keys.CHARGE_EEQ_DEVIATION] = (charges - eeq)[whole[index]]
+        return out

@@ -57,13 +57,15 @@ class EnergyForceLoss:
             frames with reference ``charges``).
         sigma_charge_excess: prior width of the charge the neutralisation supplies to each
             group, e (models with learned charges).
+        sigma_charge_eeq: prior width of learned charges around D4's EEQ charges, e (atoms
+            of structures that are one fragment at the cutoff).
         sigma_volume: prior width of log v − log v_D4 (learned dispersion volumes).
     """
 
     def __init__(self, sigma_energy: float = 0.001, sigma_force: float = 0.03,
                  sigma_stress: float = 0.001, sigma_dipole: float = 0.01,
                  sigma_charge: float = 0.02, sigma_charge_excess: float = 0.02,
-                 sigma_volume: float = 0.1):
+                 sigma_volume: float = 0.1, sigma_charge_eeq: float = 0.1):
         self.sigma_energy = sigma_energy
         self.sigma_force = sigma_force
         self.sigma_stress = sigma_stress
@@ -71,6 +73,7 @@ class EnergyForceLoss:
         self.sigma_charge = sigma_charge
         self.sigma_charge_excess = sigma_charge_excess
         self.sigma_volume = sigma_volume
+        self.sigma_charge_eeq = sigma_charge_eeq
 
     def __call__(self, prediction: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
                  nll: bool = False, beta: float = 0.5) -> tuple[torch.Tensor, dict[str, float]]:
@@ -105,6 +108,9 @@ class EnergyForceLoss:
         if keys.CHARGE_EXCESS in prediction:
             terms["charge_excess"] = (prediction[keys.CHARGE_EXCESS]
                                       / self.sigma_charge_excess) ** 2
+        if keys.CHARGE_EEQ_DEVIATION in prediction:
+            terms["charges_eeq"] = (prediction[keys.CHARGE_EEQ_DEVIATION]
+                                    / self.sigma_charge_eeq) ** 2
         if keys.VOLUME_DEVIATION in prediction:
             terms["volumes"] = (prediction[keys.VOLUME_DEVIATION] / self.sigma_volume) ** 2
         if keys.STRESS in batch and keys.STRESS in prediction:

@@ -109,7 +109,8 @@ class Trainer:
         self.valid_graphs = GraphCache(valid, cutoff, angular)
         self.loss = EnergyForceLoss(config.sigma_energy, config.sigma_force, config.sigma_stress,
                                     config.sigma_dipole, config.sigma_charge,
-                                    config.sigma_charge_excess, config.sigma_volume)
+                                    config.sigma_charge_excess, config.sigma_volume,
+                                    config.sigma_charge_eeq)
         kind = getattr(potential.model, "kind", "")
         self.learning_rate = config.learning_rate or default_learning_rate(kind)
         weight_decay = (default_weight_decay(kind) if config.weight_decay is None
