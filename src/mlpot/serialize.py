@@ -30,7 +30,7 @@ from mlpot.potential import Potential
 
 FORMAT = "mlpot-model"
 CHECKSUM = "weights_sha256"  # config.json: SHA-256 of model.safetensors (absent before)
-VERSION = 8  # 2: models record their "baseline" (version 1 used the linear one);
+VERSION = 9  # 2: models record their "baseline" (version 1 used the linear one);
 #              3: optional "variance_head" (aleatoric uncertainty);
 #              4: optional "long_range" (learned charges + Coulomb);
 #              5: optional "dispersion" (learned volumes + damped C6/r⁶)
@@ -38,6 +38,8 @@ VERSION = 8  # 2: models record their "baseline" (version 1 used the linear one)
 #              7: charge "neutrality" defaults to "fragments", now blended smoothly below the
 #                 cutoff in training and prediction (older files: "structure" when absent)
 #              8: the dispersion volume head records its "volume_features" (older: "g2")
+#              9: the charge head's "formal_networks" decide the fragments' integers (older:
+#                 the raw charges' sums)
 
 
 def potential_config(potential: Potential) -> dict:
@@ -190,6 +192,8 @@ def check_config(config: dict, file: Path) -> dict:
         config["long_range"].setdefault("neutrality", "structure")
     if version < 8 and config.get("dispersion"):
         config["dispersion"].setdefault("volume_features", "g2")
+    if version < 9 and config.get("long_range"):
+        config["long_range"].setdefault("formal_networks", False)
     return config
 
 

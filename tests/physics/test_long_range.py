@@ -13,6 +13,7 @@ from mlpot.data.batch import collate
 from mlpot.data.records import Frame, frame_from_atoms
 from mlpot.neighbors import graph_arrays
 from mlpot.physics.coulomb import COULOMB_CONSTANT, madelung_energy
+from mlpot.physics.charges import _top_targets
 from mlpot.physics.electrostatics import Electrostatics
 from mlpot.potential import Potential
 from helpers import assert_save_load_round_trip, load_as_older_format, random_bpnn
@@ -159,7 +160,7 @@ def test_charged_cells_carry_a_neutralising_background(pme_from):
 def test_separated_ions_interact_as_point_charges():
     """Beyond the charge network's cutoff the charges stop changing, so E_coulomb · r is
     constant: the exact 1/r decay (structure-wide charges, random network); with the default
-    fragment scheme an ion pair whose raw charges lie nearest ±1 carries exactly ±1 e, so
+    fragment scheme an ion pair whose formal charges lie nearest ±1 carries exactly ±1 e, so
     E · r = −k_e."""
     for neutrality in ("structure", "fragments"):
         term = Electrostatics([11, 17], cutoff=4.0, exclusion_radius=4.0,
@@ -168,10 +169,10 @@ def test_separated_ions_interact_as_point_charges():
             for parameter in term.parameters():
                 parameter.normal_(0, 0.5)
             if neutrality == "fragments":
-                for symbol, raw in (("Na", 0.7), ("Cl", -0.6)):
-                    last = term.charge_head.networks[symbol][-1]
+                for symbol, formal in (("Na", 0.7), ("Cl", -0.6)):
+                    last = term.charge_head.formal_networks[symbol][-1]
                     last.weight.zero_()
-                    last.bias[0] = raw
+                    last.bias[0] = formal
         products = []
         for r in (8.0, 12.0, 20.0, 30.0):
             frame = Frame(numbers=np.array([11, 17]),
@@ -229,11 +230,41 @@ def test_older_files_without_neutrality_keep_structure_wide_charges(acac_frames,
     default: they load as "structure" (their predictions unchanged), not as today's default."""
     potential = _electrostatic_potential(5)
     potential.long_range.charge_head.neutrality = "structure"
+    potential.long_range.charge_head.formal_networks = None  # "structure" has none
     loaded = load_as_older_format(potential, tmp_path, 6, "long_range", "neutrality")
     assert loaded.long_range.charge_head.neutrality == "structure"
     batch = potential.batch(acac_frames[:2])
     torch.testing.assert_close(loaded(batch, forces=False)[keys.CHARGES],
                                potential(batch, forces=False)[keys.CHARGES], rtol=0, atol=1e-12)
+
+
+def test_older_fragment_files_round_with_the_raw_charges(acac_frames, tmp_path):
+    """Files from before version 9 have no formal networks: their fragments' integers follow
+    the raw charges' sums, as they were trained (predictions unchanged)."""
+    potential = _electrostatic_potential(5)
+    old_style = Electrostatics([1, 6, 8], cutoff=4.0, exclusion_radius=3.0,
+                               formal_networks=False).double()
+    old_style.load_state_dict({k: v for k, v in potential.long_range.state_dict().items()
+                               if not k.startswith("charge_head.formal_networks")})
+    potential.long_range = old_style
+    loaded = load_as_older_format(potential, tmp_path, 8, "long_range", "formal_networks")
+    assert loaded.long_range.charge_head.formal_networks is None
+    apart = Frame(numbers=np.r_[acac_frames[0].numbers, acac_frames[1].numbers],
+                  positions=np.r_[acac_frames[0].positions, acac_frames[1].positions + 30.0],
+                  cell=np.zeros((3, 3)), pbc=np.zeros(3, dtype=bool))
+    batch = loaded.batch([apart, acac_frames[1]])
+    charges = loaded(batch, forces=False)[keys.CHARGES]
+    torch.testing.assert_close(charges, potential(batch, forces=False)[keys.CHARGES],
+                               rtol=0, atol=1e-12)
+    n = len(acac_frames[0])
+    labels, structure = np.r_[np.zeros(n), np.ones(n), np.full(n, 2)].astype(int), \
+        np.r_[np.zeros(2 * n), np.ones(n)].astype(int)
+
+    def integers(values):  # the fragments' integers from per-atom values (the scheme's rule)
+        return _top_targets(labels, values.detach().numpy()[:, 0], structure, np.zeros(2))
+
+    raw = old_style.charge_head.raw_outputs(batch)
+    assert float(charges[:n].sum()) == pytest.approx(integers(raw)[0], abs=1e-9)
 
 
 def test_training_with_coulomb_and_the_calculator(acac_dir, tmp_path):

@@ -66,13 +66,24 @@ class ElementHead(nn.Module):
 
     def raw_outputs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The networks' outputs, (n_atoms, n_outputs); differentiable in positions."""
+        return self.apply_networks(self.networks, *self.standardised_features(batch))
+
+    def standardised_features(self, batch: dict[str, torch.Tensor]
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features standardised per element (n_atoms, n_features), element index)."""
         features = self.descriptor(batch)
         species = self.descriptor.species_index[batch[keys.NUMBERS]]
         dtype = features.dtype
         x = (features - self.feature_mean.to(dtype)[species]) / self.feature_std.to(dtype)[species]
-        raw = features.new_zeros(len(species), self.n_outputs)
+        return x, species
+
+    def apply_networks(self, networks: nn.ModuleDict, x: torch.Tensor,
+                       species: torch.Tensor) -> torch.Tensor:
+        """Each atom's features through its element's network of ``networks``."""
+        n_outputs = next(iter(networks.values()))[-1].out_features
+        out = x.new_zeros(len(species), n_outputs)
         for e, z in enumerate(self.descriptor.elements):
             atoms = torch.nonzero(species == e).squeeze(1)
             if len(atoms):
-                raw = raw.index_put((atoms,), self.networks[chemical_symbols[z]](x[atoms]))
-        return raw
+                out = out.index_put((atoms,), networks[chemical_symbols[z]](x[atoms]))
+        return out

@@ -11,11 +11,12 @@ proportion to its weight (PhysNet-style neutralisation with learned weights):
 
 - ``"fragments"`` (the default): size-consistent by construction. Fragments are the connected
   components of the graph of atom pairs closer than r. At r = r_c (the charge network's reach)
-  fragments cannot see each other; each gets an integer T: the rounded sum of its raw charges,
-  the roundings corrected (largest remainders) to add up to the structure's charge Q. Below
+  fragments cannot see each other; each gets an integer T: the rounded sum of its formal
+  charges f_i (below), the roundings corrected (largest remainders) to add up to the
+  structure's charge Q. Below
   r_c a fragment splits where its longest link (single-linkage, the minimum spanning tree)
-  is longer than r; the two parts share their parent's integer T, the part whose raw sum lies
-  nearer an integer keeping its rounding. The charges average the neutralisation over r with
+  is longer than r; the two parts share their parent's integer T, the part whose formal sum
+  lies nearer an integer keeping its rounding. The charges average the neutralisation over r with
   a smooth weight on [r_c/2, r_c]:
 
       q = q̃ + ∫ ρ(r) δ(r) dr,   ρ(r) = d/dr (1 − cos π(r − r_c/2)/(r_c/2))/2,
@@ -27,22 +28,31 @@ proportion to its weight (PhysNet-style neutralisation with learned weights):
   its own integer charge (no fraction of an electron crosses empty space, the failure of any
   structure-wide scheme, Qeq included); parts closer than r_c/2 (a molecule's bonds, hydrogen
   bonds, an ion in its first shell) are neutralised together; Σ q = Q exactly. The one
-  discontinuity left is a rounding that flips: a fragment whose raw sum crosses a
-  half-integer (a fragment that is as much a cation as a radical). Training keeps raw sums
-  near integers (the ``excess`` loss term), where that does not happen.
+  discontinuity left is a rounding that flips: a fragment whose formal sum crosses a
+  half-integer (a fragment that is as much a cation as a radical). Training keeps formal
+  sums near integers (the ``excess`` loss term), where that does not happen.
+
+  The formal charges come from per-element networks of their own on the same inputs (files
+  before version 9: the raw charges q̃ themselves). Which fragment carries which integer is a
+  discrete choice that no energy gradient can reach, and the raw charges' sums are what the
+  energies pull at; tied together, a prior strong enough to keep the sums at the data's
+  totals slowed the learning of the charge distribution (Na⁺–water: water O −0.16 e instead
+  of −0.78) and a weak one let the first epochs drag a lone Cl⁻'s −1 onto its partner
+  (benchmarks/RESULTS.md). Apart, the formal networks learn only the totals, the charge
+  networks only what the energies say.
 - ``"structure"``: one group per structure, T = Q (the 4G-HDNNP / PhysNet choice; separated
   fragments exchange fractions of charge).
 - ``"none"``: no shift, q = q̃ (latent charges as in LES; Σ q = Q only as far as training
   teaches it).
 
-``excess`` (returned beside the charges): T − Σ q̃, the charge the shift had to supply, for
-each structure that is one fragment at the cutoff (per structure for "structure" and "none"):
-there T is the data's total charge. Training penalises it (σ of
-``training.sigma_charge_excess``), so the raw charges themselves learn what each isolated
-fragment carries (a lone ion, a lone molecule), and :mod:`mlpot.train.raw_charges` fits them
-so before the first epoch. Structures of several fragments give none: their integers come
-from the model's own rounding, and a prior on those would defend whatever assignment the
-network started with (an ion's charge on its distant neutral partner).
+``excess`` (returned beside the charges): T − Σ f ("fragments") or T − Σ q̃ ("structure",
+"none"), for each structure that is one fragment at the cutoff (every structure for
+"structure" and "none"): there T is the data's total charge. Training penalises it (σ of
+``training.sigma_charge_excess``), so the formal networks learn what each isolated fragment
+carries (a lone ion, a lone molecule), and :mod:`mlpot.train.formal_charges` fits them so before
+the first epoch. Structures of several fragments give none: their integers come from the
+model's own rounding, and a prior on those would defend whatever assignment the network
+started with (an ion's charge on its distant neutral partner).
 """
 
 from __future__ import annotations
@@ -51,6 +61,8 @@ import math
 
 import numpy as np
 import torch
+from ase.data import chemical_symbols
+from torch import nn
 from torch.nn import functional
 
 from mlpot import keys
@@ -66,21 +78,32 @@ class ChargeHead(ElementHead):
     ``neutrality``: "fragments", "structure" or "none" (see the module docstring)."""
 
     def __init__(self, elements, cutoff: float, n_radial: int = 8, hidden: int = 16,
-                 neutrality: str = "fragments"):
+                 neutrality: str = "fragments", formal_networks: bool = True):
         super().__init__(elements, cutoff, n_radial=n_radial, hidden=hidden, n_outputs=2)
         if neutrality not in NEUTRALITY:
             raise ValueError(f"neutrality must be one of {NEUTRALITY}, not {neutrality!r}")
         self.neutrality = neutrality
+        # "fragments": which fragment carries which integer follows these networks' sums (files
+        # before version 9: the raw charges' sums)
+        self.formal_networks = nn.ModuleDict({
+            chemical_symbols[z]: nn.Sequential(
+                nn.Linear(self.descriptor.n_features, self.hidden), nn.SiLU(),
+                nn.Linear(self.hidden, 1))
+            for z in self.descriptor.elements}) if (
+                formal_networks and neutrality == "fragments") else None
 
     def forward(self, batch: dict[str, torch.Tensor]
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(charges (n_atoms,) e, excess (n_whole,) e, whole (n_structures,) bool: the
         structures that are one group, whose charge the data gives; see the module
         docstring)."""
-        raw = self.raw_outputs(batch)
+        x, species = self.standardised_features(batch)
+        raw = self.apply_networks(self.networks, x, species)
         charges, weights = raw[:, 0], functional.softplus(raw[:, 1]) + 1e-3
         if self.neutrality == "fragments":
-            return neutralise_fragments(charges, weights, batch, self.descriptor.cutoff)
+            formal = (charges if self.formal_networks is None
+                      else self.apply_networks(self.formal_networks, x, species)[:, 0])
+            return neutralise_fragments(charges, weights, formal, batch, self.descriptor.cutoff)
         structure = batch[keys.BATCH]
         excess = structure_charges(batch, charges) - charges.new_zeros(
             len(batch[keys.N_ATOMS])).index_add(0, structure, charges)
@@ -109,10 +132,12 @@ def blend_fraction(r: torch.Tensor, cutoff: float) -> torch.Tensor:
     return 0.5 * (1.0 - torch.cos(math.pi * x))
 
 
-def neutralise_fragments(raw: torch.Tensor, weights: torch.Tensor,
+def neutralise_fragments(raw: torch.Tensor, weights: torch.Tensor, formal: torch.Tensor,
                          batch: dict[str, torch.Tensor], cutoff: float):
-    """(charges, excess of each structure that is one fragment at the cutoff, that mask
-    per structure): the ``"fragments"`` scheme."""
+    """(charges, formal excess of each structure that is one fragment at the cutoff, that
+    mask per structure): the ``"fragments"`` scheme. ``raw``, ``weights``: the charge
+    network's outputs (e, > 0); ``formal``: the per-atom numbers whose fragment sums decide
+    the integers (e)."""
     links, lengths = spanning_links(batch, cutoff)
     n_atoms = len(raw)
     structure = batch[keys.BATCH].cpu().numpy()
@@ -123,26 +148,25 @@ def neutralise_fragments(raw: torch.Tensor, weights: torch.Tensor,
     length_values = lengths.detach().cpu().numpy()
     splits = np.argsort(-length_values, kind="stable")
     splits = splits[length_values[splits] >= INNER_FRACTION * cutoff]
-    raw_values = raw.detach().cpu().numpy().astype(np.float64)
+    formal_values = formal.detach().cpu().numpy().astype(np.float64)
 
     levels = _levels(n_atoms, links, bound, splits)
     labels = levels[0]
-    targets = _top_targets(labels, raw_values, structure, totals)
-    top_excess = _excess(targets, labels, raw)
+    targets = top_targets = _top_targets(labels, formal_values, structure, totals)
     mass_above = raw.new_tensor(1.0)  # P(r_c); P(r_c/2) = 0
-    charges, level_excess = raw, top_excess
+    charges, level_excess = raw, _excess(targets, labels, raw)
     for link, new_labels in zip(splits, levels[1:]):  # links removed from the longest down
         below = blend_fraction(lengths[link], cutoff)
         charges = charges + (mass_above - below) * shares(weights, _tensor(labels, raw),
                                                           level_excess)
         mass_above = below
-        targets = _split_targets(targets, labels, new_labels, links[:, link], raw_values)
+        targets = _split_targets(targets, labels, new_labels, links[:, link], formal_values)
         labels = new_labels
         level_excess = _excess(targets, labels, raw)
     charges = charges + mass_above * shares(weights, _tensor(labels, raw), level_excess)
     whole = _whole_structures(levels[0], structure, len(totals))
-    return charges, top_excess[whole[_owners(levels[0], structure)]], torch.as_tensor(
-        whole, device=raw.device)
+    excess = _excess(top_targets, levels[0], formal)[whole[_owners(levels[0], structure)]]
+    return charges, excess, torch.as_tensor(whole, device=raw.device)
 
 
 def _owners(labels: np.ndarray, structure: np.ndarray) -> np.ndarray:

@@ -25,14 +25,17 @@ class Electrostatics(nn.Module):
         n_radial, hidden: size of the charge network.
         pme_from: cells with at least this many atoms use PME instead of Ewald.
         neutrality: "fragments", "structure" or "none" (:mod:`mlpot.physics.charges`).
+        formal_networks: "fragments" decides the integers with networks of their own (else
+            with the raw charges, as files before version 9).
     """
 
     def __init__(self, elements, cutoff: float, exclusion_radius: float | None = None,
                  real_cutoff: float = 10.0, n_radial: int = 8, hidden: int = 16,
-                 pme_from: int = 400, neutrality: str = "fragments"):
+                 pme_from: int = 400, neutrality: str = "fragments",
+                 formal_networks: bool = True):
         super().__init__()
         self.charge_head = ChargeHead(elements, cutoff, n_radial=n_radial, hidden=hidden,
-                                      neutrality=neutrality)
+                                      neutrality=neutrality, formal_networks=formal_networks)
         self.coulomb = Coulomb(cutoff if exclusion_radius is None else exclusion_radius,
                                real_cutoff=real_cutoff, pme_from=pme_from)
         self._d4 = D4Reference()  # EEQ charges of the structures seen in training
@@ -43,7 +46,8 @@ class Electrostatics(nn.Module):
                     exclusion_radius=self.coulomb.exclusion_radius,
                     real_cutoff=self.coulomb.real_cutoff, n_radial=head["n_radial"],
                     hidden=head["hidden"], pme_from=self.coulomb.pme_from,
-                    neutrality=self.charge_head.neutrality)
+                    neutrality=self.charge_head.neutrality,
+                    formal_networks=self.charge_head.formal_networks is not None)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``keys.CHARGES`` (n_atoms,) e, per-atom Coulomb energies ``"atomic"`` (n_atoms,)

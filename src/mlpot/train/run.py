@@ -34,7 +34,7 @@ from mlpot.potential import Potential
 from mlpot.files import locked_folder, write_json_atomic
 from mlpot.serialize import load, save
 from mlpot.train.metrics import evaluate
-from mlpot.train.raw_charges import fit_raw_charges
+from mlpot.train.formal_charges import fit_formal_charges
 from mlpot.train.ridge import fit_linear
 from mlpot.train.distributed import context
 from mlpot.train.trainer import CHECKPOINT, Trainer, read_checkpoint, training_device
@@ -308,9 +308,9 @@ def train_member(config: RunConfig, train: list[Frame], valid: list[Frame], elem
         save(potential.to(dtype), out / "model", {**metadata, "fit": fit})
         return {"stopped_by": "closed form", "fit": fit}
     fit_statistics(potential, train)
-    start = fit_raw_charges(potential, train, seed=seed)
+    start = fit_formal_charges(potential, train, seed=seed)
     if start:
-        say(f"charge network started at the data's total charges: RMS excess "
+        say(f"formal charges fitted to the data's total charges: RMS excess "
             f"{start['rms_excess_before']:.3f} → {start['rms_excess_after']:.3f} e "
             f"({start['steps']} steps)", flush=True)
     caches = {} if caches is None else caches

@@ -1,17 +1,15 @@
-"""Start the charge network where the data puts each structure's charge, before training.
+"""Start the formal charges where the data puts each structure's charge, before training.
 
 With the default fragment neutralisation (:mod:`mlpot.physics.charges`) the integer charge of
-each fragment of a structure follows the rounding of the raw charges' sums. A network that
-starts with raw sums far from the data's charges can settle with an ion's charge on its
-neutral partner: once the local energies have adapted to that assignment, the energies
-defend it, and nothing in the gradient can move a rounding (two of three Cl⁻–water seeds did
-so, benchmarks/RESULTS.md). So before the first epoch the charge network alone is fitted to
-what the data says unambiguously: every structure that is one fragment at the cutoff carries
-its total charge (a lone Cl⁻ −1, a lone water 0, an ion with its water −1), the loss's
-charge-excess term (T − Σ q̃)² and nothing else. The rounding then starts right; the same
-term in the loss (σ ``training.sigma_charge_excess``, 0.02 e) keeps it so while the first
-epochs' large energy errors pull at the charges (at σ = 0.1 e they dragged a lone water's
-raw sum to +0.66 e within ten epochs and the ion's charge moved back onto the water).
+each fragment of a structure follows the rounding of its formal charges' sum. Formal networks
+that start with sums far from the data's charges can settle with an ion's charge on its
+neutral partner: nothing in the gradient can move a rounding, and once the local energies
+have adapted to an assignment they defend it (two of three Cl⁻–water seeds did so,
+benchmarks/RESULTS.md). So before the first epoch the formal networks are fitted to what the
+data says unambiguously: every structure that is one fragment at the cutoff carries its total
+charge (a lone Cl⁻ −1, a lone water 0, an ion with its water −1), the loss's charge-excess
+term (T − Σ f)² and nothing else. The rounding then starts right, and the same term in the
+loss (σ ``training.sigma_charge_excess``, 0.02 e) keeps it so.
 """
 
 from __future__ import annotations
@@ -26,11 +24,11 @@ from mlpot.data.records import Frame
 MAX_ATOMS = 4000  # atoms in the fitted sample (plus every lone ion), so big cells stay cheap
 
 
-def fit_raw_charges(potential, train: Sequence[Frame], seed: int = 0, steps: int = 300,
+def fit_formal_charges(potential, train: Sequence[Frame], seed: int = 0, steps: int = 1000,
                     tolerance: float = 0.02) -> dict | None:
-    """Fit the raw charges' sums of single-fragment structures to their total charges (e)
-    with Adam on the charge network only; stops when the RMS excess is below ``tolerance``
-    (e). Uses every lone ion and a random sample of the other structures up to
+    """Fit the formal charges' sums of single-fragment structures to their total charges (e)
+    with Adam on the charge head (the excess reaches its formal networks only); stops when the
+    RMS excess is below ``tolerance`` (e). Uses every lone ion and a random sample of the other structures up to
     ``MAX_ATOMS`` atoms. Returns {"steps", "rms_excess_before", "rms_excess_after"} or None
     without a charge network."""
     head = getattr(potential.long_range, "charge_head", None)
@@ -66,7 +64,9 @@ def fit_raw_charges(potential, train: Sequence[Frame], seed: int = 0, steps: int
     before = rms_excess(step=False)
     done = 0
     with torch.enable_grad():
-        while done < steps and rms_excess(step=True) > tolerance:
+        while done < steps:
             done += 1
+            if rms_excess(step=True) < tolerance and rms_excess(step=False) < tolerance:
+                break  # (the second look: Adam's last step can overshoot)
     return {"steps": done, "rms_excess_before": before,
             "rms_excess_after": rms_excess(step=False)}
