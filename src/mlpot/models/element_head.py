@@ -43,12 +43,17 @@ class ElementHead(nn.Module):
                                                   angular=([], [], [])))
         self.n_radial, self.hidden, self.n_outputs = int(n_radial), int(hidden), int(n_outputs)
         n_el, n_feat = len(self.descriptor.elements), self.descriptor.n_features
-        self.networks = nn.ModuleDict({
-            chemical_symbols[z]: nn.Sequential(nn.Linear(n_feat, self.hidden), nn.SiLU(),
-                                               nn.Linear(self.hidden, n_outputs))
-            for z in self.descriptor.elements})
+        self.networks = self.element_networks(n_outputs)
         self.register_buffer("feature_mean", torch.zeros(n_el, n_feat, dtype=torch.float64))
         self.register_buffer("feature_std", torch.ones(n_el, n_feat, dtype=torch.float64))
+
+    def element_networks(self, n_outputs: int) -> nn.ModuleDict:
+        """One network per element, features → ``hidden`` (SiLU) → ``n_outputs``."""
+        return nn.ModuleDict({
+            chemical_symbols[z]: nn.Sequential(
+                nn.Linear(self.descriptor.n_features, self.hidden), nn.SiLU(),
+                nn.Linear(self.hidden, n_outputs))
+            for z in self.descriptor.elements})
 
     def config(self) -> dict:
         return dict(elements=self.descriptor.elements, cutoff=self.descriptor.cutoff,

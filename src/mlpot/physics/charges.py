@@ -16,8 +16,8 @@ proportion to its weight (PhysNet-style neutralisation with learned weights):
   structure's charge Q. Below
   r_c a fragment splits where its longest link (single-linkage, the minimum spanning tree)
   is longer than r; the two parts share their parent's integer T, the part whose formal sum
-  lies nearer an integer keeping its rounding. The charges average the neutralisation over r with
-  a smooth weight on [r_c/2, r_c]:
+  lies nearer an integer keeping its rounding. The charges average the neutralisation over r
+  with a smooth weight on [r_c/2, r_c]:
 
       q = q̃ + ∫ ρ(r) δ(r) dr,   ρ(r) = d/dr (1 − cos π(r − r_c/2)/(r_c/2))/2,
 
@@ -49,8 +49,8 @@ proportion to its weight (PhysNet-style neutralisation with learned weights):
 "none"), for each structure that is one fragment at the cutoff (every structure for
 "structure" and "none"): there T is the data's total charge. Training penalises it (σ of
 ``training.sigma_charge_excess``), so the formal networks learn what each isolated fragment
-carries (a lone ion, a lone molecule), and :mod:`mlpot.train.formal_charges` fits them so before
-the first epoch. Structures of several fragments give none: their integers come from the
+carries (a lone ion, a lone molecule), and :mod:`mlpot.train.formal_charges` fits them so
+before the first epoch. Structures of several fragments give none: their integers come from the
 model's own rounding, and a prior on those would defend whatever assignment the network
 started with (an ion's charge on its distant neutral partner).
 """
@@ -61,8 +61,6 @@ import math
 
 import numpy as np
 import torch
-from ase.data import chemical_symbols
-from torch import nn
 from torch.nn import functional
 
 from mlpot import keys
@@ -85,12 +83,8 @@ class ChargeHead(ElementHead):
         self.neutrality = neutrality
         # "fragments": which fragment carries which integer follows these networks' sums (files
         # before version 9: the raw charges' sums)
-        self.formal_networks = nn.ModuleDict({
-            chemical_symbols[z]: nn.Sequential(
-                nn.Linear(self.descriptor.n_features, self.hidden), nn.SiLU(),
-                nn.Linear(self.hidden, 1))
-            for z in self.descriptor.elements}) if (
-                formal_networks and neutrality == "fragments") else None
+        self.formal_networks = (self.element_networks(1)
+                                if formal_networks and neutrality == "fragments" else None)
 
     def forward(self, batch: dict[str, torch.Tensor]
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

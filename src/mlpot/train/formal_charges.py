@@ -28,9 +28,9 @@ def fit_formal_charges(potential, train: Sequence[Frame], seed: int = 0, steps: 
                     tolerance: float = 0.02) -> dict | None:
     """Fit the formal charges' sums of single-fragment structures to their total charges (e)
     with Adam on the charge head (the excess reaches its formal networks only); stops when the
-    RMS excess is below ``tolerance`` (e). Uses every lone ion and a random sample of the other structures up to
-    ``MAX_ATOMS`` atoms. Returns {"steps", "rms_excess_before", "rms_excess_after"} or None
-    without a charge network."""
+    RMS excess is below ``tolerance`` (e). Uses every lone ion and a random sample of the other
+    structures up to ``MAX_ATOMS`` atoms. Returns {"steps", "rms_excess_before",
+    "rms_excess_after"}, or None without a charge network."""
     head = getattr(potential.long_range, "charge_head", None)
     if head is None or not len(train):
         return None

@@ -159,7 +159,10 @@ class Trainer:
 
         return DistributedDataParallel(
             module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-            find_unused_parameters=self.potential.variance_head is not None)
+            # the variance head waits for its NLL phase; the formal charge networks get no
+            # gradient from batches of multi-fragment structures alone
+            find_unused_parameters=(self.potential.variance_head is not None
+                                    or self.potential.long_range is not None))
 
     # -- state ---------------------------------------------------------------------------
     def state(self) -> dict:
