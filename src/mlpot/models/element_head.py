@@ -41,7 +41,7 @@ class ElementHead(nn.Module):
                            else SymmetryFunctions(elements, cutoff=cutoff,
                                                   radial=default_radial(cutoff, n_radial),
                                                   angular=([], [], [])))
-        self.n_radial, self.hidden, self.n_outputs = int(n_radial), int(hidden), int(n_outputs)
+        self.n_radial, self.hidden = int(n_radial), int(hidden)
         n_el, n_feat = len(self.descriptor.elements), self.descriptor.n_features
         self.networks = self.element_networks(n_outputs)
         self.register_buffer("feature_mean", torch.zeros(n_el, n_feat, dtype=torch.float64))

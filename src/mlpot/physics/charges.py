@@ -173,7 +173,7 @@ def _owners(labels: np.ndarray, structure: np.ndarray) -> np.ndarray:
 def _whole_structures(labels: np.ndarray, structure: np.ndarray, n_structures: int
                       ) -> np.ndarray:
     """(n_structures,) bool: the structure is one fragment at the cutoff (its integer
-    charge is the data's, not a rounding of the model's raw sums)."""
+    charge is the data's, not a rounding of the model's formal sums)."""
     return np.bincount(_owners(labels, structure), minlength=n_structures) == 1
 
 
@@ -181,10 +181,11 @@ def _tensor(labels: np.ndarray, like: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(labels, device=like.device)
 
 
-def _excess(targets: np.ndarray, labels: np.ndarray, raw: torch.Tensor) -> torch.Tensor:
-    """T_g − Σ_g q̃ of the groups ``labels`` (differentiable in the raw charges)."""
-    return torch.as_tensor(targets, dtype=raw.dtype, device=raw.device) - \
-        raw.new_zeros(len(targets)).index_add(0, _tensor(labels, raw), raw)
+def _excess(targets: np.ndarray, labels: np.ndarray, values: torch.Tensor) -> torch.Tensor:
+    """T_g − Σ_g of the per-atom ``values`` (raw or formal charges) over the groups
+    ``labels`` (differentiable in the values)."""
+    return torch.as_tensor(targets, dtype=values.dtype, device=values.device) - \
+        values.new_zeros(len(targets)).index_add(0, _tensor(labels, values), values)
 
 
 def spanning_links(batch: dict[str, torch.Tensor], cutoff: float):
@@ -246,14 +247,14 @@ def _levels(n_atoms: int, links: np.ndarray, bound: np.ndarray,
     return [np.unique(level, return_inverse=True)[1] for level in levels[::-1]]
 
 
-def _top_targets(labels: np.ndarray, raw: np.ndarray, structure: np.ndarray,
+def _top_targets(labels: np.ndarray, formal: np.ndarray, structure: np.ndarray,
                  totals: np.ndarray) -> np.ndarray:
-    """Integer charge of each fragment: its rounded raw sum, corrected by largest remainders
-    so that each structure's fragments add up to its total (a fractional total: the one
-    group of that structure carries it)."""
-    raw_sum = np.bincount(labels, weights=raw)
+    """Integer charge of each fragment: its rounded formal sum, corrected by largest
+    remainders so that each structure's fragments add up to its total (a fractional total:
+    the one group of that structure carries it)."""
+    formal_sum = np.bincount(labels, weights=formal)
     owner = _owners(labels, structure)
-    targets = np.rint(raw_sum)
+    targets = np.rint(formal_sum)
     for b, total in enumerate(totals):
         members = np.nonzero(owner == b)[0]
         if abs(total - round(total)) > 1e-9:
@@ -262,24 +263,24 @@ def _top_targets(labels: np.ndarray, raw: np.ndarray, structure: np.ndarray,
         missing = int(round(total - targets[members].sum()))
         step = np.sign(missing)
         for _ in range(abs(missing)):  # ±1 to the fragment whose raw sum lies nearest
-            remainder = (raw_sum[members] - targets[members]) * step
+            remainder = (formal_sum[members] - targets[members]) * step
             targets[members[np.argmax(remainder)]] += step
     return targets
 
 
 def _split_targets(targets: np.ndarray, labels: np.ndarray, new_labels: np.ndarray,
-                   link: np.ndarray, raw: np.ndarray) -> np.ndarray:
+                   link: np.ndarray, formal: np.ndarray) -> np.ndarray:
     """Targets after removing ``link``: unchanged groups keep theirs; if the link split a
-    fragment (charge T) into parts A and B with raw sums s_A, s_B, A gets the integer
-    nearest to (s_A + T − s_B)/2 (the split that leaves both parts nearest their raw sums)
-    and B the rest."""
+    fragment (charge T) into parts A and B with formal sums s_A, s_B, A gets the integer
+    nearest to (s_A + T − s_B)/2 (the split that leaves both parts nearest their formal
+    sums) and B the rest."""
     parent_of = np.zeros(new_labels.max() + 1, dtype=np.int64)
     parent_of[new_labels] = labels
     new_targets = targets[parent_of].copy()
     a, b = new_labels[link[0]], new_labels[link[1]]
     if a != b:
         total = targets[labels[link[0]]]
-        raw_sum = np.bincount(new_labels, weights=raw, minlength=len(parent_of))
-        new_targets[a] = np.rint((raw_sum[a] + total - raw_sum[b]) / 2)
+        formal_sum = np.bincount(new_labels, weights=formal, minlength=len(parent_of))
+        new_targets[a] = np.rint((formal_sum[a] + total - formal_sum[b]) / 2)
         new_targets[b] = total - new_targets[a]
     return new_targets

@@ -25,9 +25,10 @@ MAX_ATOMS = 4000  # atoms in the fitted sample (plus every lone ion), so big cel
 
 
 def fit_formal_charges(potential, train: Sequence[Frame], seed: int = 0, steps: int = 1000,
-                    tolerance: float = 0.02) -> dict | None:
+                       tolerance: float = 0.02) -> dict | None:
     """Fit the formal charges' sums of single-fragment structures to their total charges (e)
-    with Adam on the charge head (the excess reaches its formal networks only); stops when the
+    with Adam on the charge head (the excess reaches its formal networks only; with
+    neutrality "structure" or "none", which have none, the raw charges); stops when the
     RMS excess is below ``tolerance`` (e). Uses every lone ion and a random sample of the other
     structures up to ``MAX_ATOMS`` atoms. Returns {"steps", "rms_excess_before",
     "rms_excess_after"}, or None without a charge network."""

@@ -4,11 +4,13 @@ Derivation. Take the reference labels as the model's prediction plus independent
 noise: the per-atom energy error ΔE_b / N_b of structure b with standard deviation σ_E
 (eV/atom), each of its 3N_b force components with σ_F (eV/Å), each of the 6 independent
 stress components with σ_S (eV/Å³) and, for models with learned charges, each of the 3
-dipole components with σ_μ (e·Å), each reference partial charge with σ_q (e) and, as a prior,
-the charge each neutralisation group had to be given (its raw charges should already carry
-its total, :mod:`mlpot.physics.charges`) with σ_ex (e) and, for learned dispersion, each
-atom's log volume ratio against D4's with σ_v (:mod:`mlpot.physics.dispersion`). The negative
-log-likelihood of a batch is then, up to constants,
+dipole components with σ_μ (e·Å), each reference partial charge with σ_q (e) and, as priors,
+the charge each single-fragment structure's neutralisation had to supply (its formal charges
+should already carry its total, :mod:`mlpot.physics.charges`) with σ_ex (e) and each learned
+charge of such a structure around D4's EEQ charge with σ_eeq (e, :mod:`mlpot.physics.d4`)
+and, for learned dispersion, each atom's log volume ratio against D4's with σ_v
+(:mod:`mlpot.physics.dispersion`). The negative log-likelihood of a batch is then, up to
+constants,
 
     −log p = ½ Σ_b (ΔE_b / (N_b σ_E))² + ½ Σ_{b,i,α} (ΔF_{iα} / σ_F)² + ½ Σ_{b,αβ} (Δσ_{αβ} / σ_S)²
 
