@@ -4,9 +4,10 @@ threshold at ``--multiple`` × the model's typical largest atomic force σ on te
 (the quantity the watchdog compares, from `mlpot eval --json`), and reports for each start
 the step it stopped at and the geometry of the enol proton there: its distance to the far O
 atom and the O–O distance, beside their smallest values in the training file (a proton
-half-way between the two O atoms is the H-transfer region that 300 K training data lack). With ``--multiple 0`` there is no watchdog (any model, one network
-too): where does the model's own 300 K MD take the proton? Each start also reports the
-smallest far O–H distance along its trajectory.
+half-way between the two O atoms is the H-transfer region that 300 K training data lack).
+With ``--multiple 0`` there is no watchdog (any model, one network too): where does the
+model's own 300 K MD take the proton? Each start also reports the smallest far O–H distance
+along its trajectory.
 
     .venv/bin/python benchmarks/watchdog_starts.py MODEL [--frames 0,130,260,390,520]
         [--multiple 3] [--results benchmarks/results/calibration/watchdog_starts.json]
@@ -56,7 +57,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     training = np.array([proton_geometry(a) for a in read(ACAC / "train_300K.xyz", ":")])
     model = Path(args.model).resolve()
-    result = {"model": str(model.relative_to(ROOT) if model.is_relative_to(ROOT) else model.name),
+    result = {"model": str(model.relative_to(ROOT) if model.is_relative_to(ROOT)
+                           else model.name),
               "threshold_eV_per_A": None,
               "training_far_OH_min_A": float(training[:, 0].min()),
               "training_OO_min_A": float(training[:, 1].min()), "starts": {}}
