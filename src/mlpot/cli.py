@@ -375,20 +375,35 @@ def _ensemble(args) -> int:
 def _export(args) -> int:
     import torch
 
-    from mlpot.export import export_potential, uses_triplets
+    from mlpot.export import export_for_lammps, export_potential, uses_triplets
     from mlpot.uncertainty.ensemble import load_model
 
     potential = load_model(args.model)
     if args.dtype:
         potential = potential.to(getattr(torch, args.dtype))
+    if args.lammps and args.stress:
+        raise MlpotError("--lammps programs give LAMMPS the virial; --stress is for the "
+                         "Python program")
     try:
-        path = export_potential(potential, args.out, stress=args.stress, aoti=args.aoti)
+        if args.lammps:
+            path = export_for_lammps(potential, args.out)
+        else:
+            path = export_potential(potential, args.out, stress=args.stress, aoti=args.aoti)
     except ValueError as error:
         raise MlpotError(f"{args.model}: {error}") from error
-    print(f"{path}: exported ({str(potential.dtype).removeprefix('torch.')}; inputs: positions, "
-          f"numbers, cell, edges within {potential.cutoff} Å"
-          + (f", triplets within {potential.model.angular_cutoff} Å"
-             if uses_triplets(potential) else "") + ")")
+    triplets = (f", triplets within {potential.model.angular_cutoff} Å"
+                if uses_triplets(potential) else "")
+    dtype = str(potential.dtype).removeprefix("torch.")
+    if args.lammps:
+        from ase.data import chemical_symbols
+
+        symbols = " ".join(chemical_symbols[z] for z in potential.elements)
+        print(f"{path}: exported for LAMMPS ({dtype}; edges within {potential.cutoff} Å"
+              f"{triplets}); in LAMMPS: plugin load $(bash scripts/lammps.sh), "
+              f"pair_style mlpot {path}, pair_coeff * * (one of {symbols} per atom type)")
+    else:
+        print(f"{path}: exported ({dtype}; inputs: positions, numbers, cell, edges within "
+              f"{potential.cutoff} Å{triplets})")
     return 0
 
 
@@ -676,6 +691,9 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--aoti", action="store_true",
                         help="compile ahead of time (AOTInductor, needs a C++ compiler; minutes): "
                              "a package with a shared library for this machine, much faster")
+    export.add_argument("--lammps", action="store_true",
+                        help="compile (AOTInductor) the per-rank program of LAMMPS' pair_style "
+                             "mlpot (plugin: bash scripts/lammps.sh); bpnn and linear models")
     export.set_defaults(run=_export)
     return top
 

@@ -77,6 +77,28 @@ class _StructureProgram(nn.Module):
         return out[keys.ENERGY], out[keys.FORCES]
 
 
+class _LocalEnergyProgram(nn.Module):
+    """What ``pair_style mlpot`` runs on one MPI rank (see :func:`export_for_lammps`)."""
+
+    def __init__(self, potential: Potential, triplets: bool):
+        super().__init__()
+        self.potential, self.triplets = potential, triplets
+
+    def forward(self, edge_vectors, numbers, edge_index, *triplets):
+        vectors = edge_vectors.detach().requires_grad_(True)
+        n_atoms = numbers.shape[0]
+        batch = {keys.POSITIONS: vectors.new_zeros(n_atoms, 3), keys.NUMBERS: numbers,
+                 keys.CELL: vectors.new_zeros(1, 3, 3),
+                 keys.BATCH: torch.zeros(n_atoms, dtype=torch.long),
+                 keys.N_ATOMS: torch.ones(1, dtype=torch.long) * n_atoms,
+                 keys.EDGE_INDEX: edge_index, keys.EDGE_VECTORS: vectors}
+        if self.triplets:
+            batch[keys.TRIPLETS] = triplets[0]
+        atomic = self.potential.model(batch)[keys.ATOMIC_ENERGY]
+        (gradients,) = torch.autograd.grad(atomic.sum(), [vectors])
+        return atomic.double() + self.potential.e0[numbers], gradients
+
+
 def uses_triplets(potential: Potential) -> bool:
     """Whether the potential's program takes triplets (models with angular functions)."""
     return getattr(potential.model, "angular_cutoff", None) is not None
@@ -104,40 +126,23 @@ def _inputs(frame: Frame, graph: dict, dtype: torch.dtype, triplets: bool) -> tu
     return values
 
 
-def export_potential(potential: Potential, path: str | Path, stress: bool = False,
-                     aoti: bool = False) -> Path:
-    """Write ``potential`` as a ``.pt2`` program (see the module docstring), compiled by
-    AOTInductor if ``aoti``; returns the path.
-
-    Models with long-range terms (Coulomb, dispersion) or several members are refused: their
-    exported form is not built."""
-    from torch.fx.experimental.proxy_tensor import make_fx
-
+def _check_exportable(potential) -> None:
     if not isinstance(potential, Potential):
         raise ValueError("only a single potential can be exported (not an ensemble or a "
                          "last-layer uncertainty model)")
     if potential.physics_terms:
         raise ValueError("potentials with long-range terms (Coulomb, dispersion) cannot be "
                          "exported yet")
-    potential = potential.eval()
-    triplets = uses_triplets(potential)
-    program = _StructureProgram(potential, stress, triplets)
-    frame = _example_frame(potential.elements, periodic=stress)
-    example = _inputs(frame, potential.graph(frame), potential.dtype, triplets)
-    atoms, edges = torch.export.Dim("atoms", min=2), torch.export.Dim("edges", min=2)
-    dynamic = [{0: atoms}, {0: atoms}, None, {1: edges}, {0: edges}]
-    if triplets:
-        dynamic.append({1: torch.export.Dim("triplets", min=2)})
+
+
+def _write_program(program: nn.Module, example: tuple, dynamic: list, metadata: dict,
+                   path: str | Path, aoti: bool) -> Path:
+    """Trace ``program`` (energy and its gradient in one graph of aten operations), export
+    it with ``dynamic`` shapes and write it with ``metadata``, compiled if ``aoti``."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
     graph = make_fx(program, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*example)
     exported = torch.export.export(graph, example, dynamic_shapes=tuple(dynamic), strict=False)
-    metadata = {"format": FORMAT, "version": 1, "elements": potential.elements,
-                "cutoff": potential.cutoff,
-                "angular_cutoff": potential.model.angular_cutoff if triplets else None,
-                "dtype": str(potential.dtype).removeprefix("torch."), "stress": stress,
-                "inputs": ["positions", "numbers", "cell", "edge_index", "edge_shift"]
-                + ["triplets"] * triplets,
-                "outputs": ["energy", "forces"] + ["stress"] * stress,
-                "units": {"length": "Å", "energy": "eV"}}
     path = Path(path)
     if aoti:
         metadata["aoti"] = True
@@ -150,6 +155,84 @@ def export_potential(potential: Potential, path: str | Path, stress: bool = Fals
         torch.export.save(exported, buffer, extra_files={METADATA_FILE: json.dumps(metadata)})
         write_bytes_atomic(path, buffer.getvalue())
     return path
+
+
+def _metadata(potential: Potential, triplets: bool, inputs: list[str], outputs: list[str],
+              **extra) -> dict:
+    return {"format": FORMAT, "version": 1, "elements": potential.elements,
+            "cutoff": potential.cutoff,
+            "angular_cutoff": potential.model.angular_cutoff if triplets else None,
+            "dtype": str(potential.dtype).removeprefix("torch."), **extra,
+            "inputs": inputs + ["triplets"] * triplets, "outputs": outputs,
+            "units": {"length": "Å", "energy": "eV"}}
+
+
+def export_potential(potential: Potential, path: str | Path, stress: bool = False,
+                     aoti: bool = False) -> Path:
+    """Write ``potential`` as a ``.pt2`` program (see the module docstring), compiled by
+    AOTInductor if ``aoti``; returns the path.
+
+    Models with long-range terms (Coulomb, dispersion) or several members are refused: their
+    exported form is not built."""
+    _check_exportable(potential)
+    potential = potential.eval()
+    triplets = uses_triplets(potential)
+    program = _StructureProgram(potential, stress, triplets)
+    frame = _example_frame(potential.elements, periodic=stress)
+    example = _inputs(frame, potential.graph(frame), potential.dtype, triplets)
+    atoms, edges = torch.export.Dim("atoms", min=2), torch.export.Dim("edges", min=2)
+    dynamic = [{0: atoms}, {0: atoms}, None, {1: edges}, {0: edges}]
+    if triplets:
+        dynamic.append({1: torch.export.Dim("triplets", min=2)})
+    metadata = _metadata(potential, triplets,
+                         ["positions", "numbers", "cell", "edge_index", "edge_shift"],
+                         ["energy", "forces"] + ["stress"] * stress, stress=stress)
+    return _write_program(program, example, dynamic, metadata, path, aoti)
+
+
+LAMMPS_PROGRAM = "lammps"
+
+
+def export_for_lammps(potential: Potential, path: str | Path) -> Path:
+    """Compile ``potential`` (AOTInductor) into the program that ``pair_style mlpot`` runs
+    (``lammps/``, built by ``scripts/lammps.sh``); returns the path.
+
+    Each MPI rank hands it the edges of its own atoms, ghost neighbours included, as
+    vectors, and gets per-atom energies and their derivatives by edge vector:
+
+        edge_vectors (E, 3) Å, numbers (N,), edge_index (2, E) [, triplets (2, T)]
+            → atomic_energies (N,) eV (E0 included; the rank keeps its own atoms'),
+              edge_gradients (E, 3) eV/Å = ∂(Σ_i E_i)/∂r_e
+
+    From these the pair style forms forces on local and ghost atoms (LAMMPS sums the ghosts'
+    onto their owners), the virial −Σ_e r_e ⊗ ∂E/∂r_e and per-atom virials (half of each
+    edge's to either end). Only strictly local models qualify (bpnn, linear): a
+    message-passing model's atoms see n_interactions × cutoff, beyond one cutoff's ghosts."""
+    _check_exportable(potential)
+    if not getattr(potential.model, "strictly_local", False):
+        reach = getattr(potential.model, "n_interactions", 1) * potential.cutoff
+        raise ValueError(f"pair_style mlpot runs strictly local models (bpnn, linear); a "
+                         f"{potential.model.kind} model's atoms see {reach:g} Å "
+                         f"(n_interactions × cutoff), beyond LAMMPS' ghost atoms of one cutoff")
+    potential = potential.eval()
+    triplets = uses_triplets(potential)
+    frame = _example_frame(potential.elements, periodic=False)
+    graph = potential.graph(frame)
+    i, j = graph[keys.EDGE_INDEX]
+    example = (torch.as_tensor(frame.positions[j] - frame.positions[i], dtype=potential.dtype),
+               torch.as_tensor(frame.numbers, dtype=torch.long),
+               torch.as_tensor(graph[keys.EDGE_INDEX], dtype=torch.long))
+    if triplets:
+        example += (torch.as_tensor(graph[keys.TRIPLETS], dtype=torch.long),)
+    atoms, edges = torch.export.Dim("atoms", min=2), torch.export.Dim("edges", min=2)
+    dynamic = [{0: edges}, {0: atoms}, {1: edges}]
+    if triplets:
+        dynamic.append({1: torch.export.Dim("triplets", min=2)})
+    metadata = _metadata(potential, triplets, ["edge_vectors", "numbers", "edge_index"],
+                         ["atomic_energies", "edge_gradients"], program=LAMMPS_PROGRAM,
+                         stress=False)
+    return _write_program(_LocalEnergyProgram(potential, triplets), example, dynamic,
+                          metadata, path, aoti=True)
 
 
 def _is_aoti_package(names: list[str]) -> bool:
@@ -219,6 +302,9 @@ def _checked_metadata(path, metadata) -> dict:
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not an mlpot exported program (no {METADATA_FILE} with "
                              f"format {FORMAT!r})")
+    if metadata.get("program") == LAMMPS_PROGRAM:
+        raise ModelFileError(f"{path}: a program for LAMMPS' pair_style mlpot (exported with "
+                             "--lammps); run it there, or export again without --lammps")
     if metadata.get("dtype") not in DTYPES:
         raise ModelFileError(f"{file}: field 'dtype' must be one of {DTYPES}")
     finite_number(file, "cutoff", metadata.get("cutoff"), minimum=0.0)

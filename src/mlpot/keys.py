@@ -14,6 +14,7 @@ N_ATOMS = "n_atoms"  # (n_structures,) int64 | atoms per structure
 
 EDGE_INDEX = "edge_index"  # (2, n_edges) int64 | (centre i, neighbour j), both directions present
 EDGE_SHIFT = "edge_shift"  # (n_edges, 3) float | integer cell shifts S: r_ij = r_j - r_i + S @ cell
+EDGE_VECTORS = "edge_vectors"  # (n_edges, 3) float | r_ij given directly (LAMMPS' ghost atoms), Å
 TRIPLETS = "triplets"  # (2, n_triplets) int64 | pairs of edges (ij, ik) with j < k sharing centre i
 
 ENERGY = "energy"  # (n_structures,) float64 | total energy, eV (float64 whatever the model's dtype)

@@ -210,7 +210,10 @@ def edge_vectors(batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
     No branch on the values (whether any shift is non-zero): exported programs cannot keep
     one. One structure (MD, export) multiplies by its cell directly; a batch gathers each
-    edge's cell."""
+    edge's cell. A batch that holds the vectors themselves (``EDGE_VECTORS``: an MD code's
+    ghost atoms, which carry their images' coordinates) gives them unchanged."""
+    if keys.EDGE_VECTORS in batch:
+        return batch[keys.EDGE_VECTORS]
     i, j = batch[keys.EDGE_INDEX]
     positions = batch[keys.POSITIONS]
     # index_select, not positions[j]: its gradient is an index_add (on a GPU far cheaper than

@@ -8,7 +8,12 @@ from mlpot.descriptors.symmetry import SymmetryFunctions
 
 
 class DescriptorModel(nn.Module):
-    """Base of models built on :class:`SymmetryFunctions`; exposes elements and cutoffs (Å)."""
+    """Base of models built on :class:`SymmetryFunctions`; exposes elements and cutoffs (Å).
+
+    Strictly local: atom i's energy depends only on the edges centred on i (and the triplets
+    they form), which is what LAMMPS' domain decomposition needs (``pair_style mlpot``)."""
+
+    strictly_local = True
 
     def __init__(self, descriptor: dict | SymmetryFunctions):
         super().__init__()

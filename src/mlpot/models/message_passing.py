@@ -34,6 +34,8 @@ class MessagePassingModel(nn.Module):
         cutoff_function: "cosine" or "polynomial".
     """
 
+    strictly_local = False  # an atom's energy sees n_interactions × cutoff (not one cutoff)
+
     def __init__(self, elements, cutoff: float, n_features: int = 64, n_interactions: int = 3,
                  n_rbf: int = 20, cutoff_function: str = "cosine", min_rbf: int = 1,
                  baseline: str = "linear"):
