@@ -60,6 +60,9 @@ PairMlpot::~PairMlpot()
     memory->destroy(setflag);
     memory->destroy(cutsq);
   }
+  memory->destroy(member_forces);
+  memory->destroy(forces_std);
+  delete[] pvector;
 }
 
 void PairMlpot::allocate()
@@ -110,8 +113,28 @@ void PairMlpot::load_model(const std::string &path)
         ? -1.0 : info.at("angular_cutoff").get<double>();
     float64 = info.at("dtype").get<std::string>() == "float64";
     model_elements = info.at("elements").get<std::vector<int>>();
+    n_members = info.value("members", 1);
+    for (auto &[name, target] : {std::pair<std::string, Calibration *>{"energy", &energy_calibration},
+                                 {"forces", &forces_calibration}}) {
+      if (!info.contains("sigma_calibration") || !info["sigma_calibration"].contains(name))
+        continue;
+      const json &c = info["sigma_calibration"][name];
+      target->scale = c.value("scale", 1.0);
+      target->exponent = c.value("exponent", 1.0);
+      target->reference = c.value("reference", 1.0);
+      target->floor = c.value("floor", 0.0);
+      target->per_atom = c.value("per_atom", false);
+      target->atom_weight = c.value("atom_weight", 1.0);
+    }
   } catch (json::exception &e) {
     error->all(FLERR, "pair_style mlpot: {}: mlpot.json: {}", path, e.what());
+  }
+  if (n_members < 1) error->all(FLERR, "pair_style mlpot: {}: mlpot.json: members < 1", path);
+  comm_reverse = 3 * n_members;
+  if (n_members > 1) {
+    nextra = 2;
+    delete[] pvector;
+    pvector = new double[nextra]{0.0, 0.0};
   }
   if (!(cutoff > 0.0) || model_elements.empty())
     error->all(FLERR, "pair_style mlpot: {}: mlpot.json needs a cutoff > 0 and elements", path);
@@ -122,6 +145,10 @@ void PairMlpot::load_model(const std::string &path)
                utils::split_lines(e.what())[0]);
   }
   if (comm->me == 0) {
+    if (n_members > 1)
+      utils::logmesg(lmp, "pair_style mlpot: an ensemble of {} members (their mean drives the "
+                     "dynamics; per-atom forces_std via fix pair, [max σ_F, σ_E] via compute "
+                     "pair)\n", n_members);
     std::string elements;
     for (int z : model_elements) elements += std::string(" ") + SYMBOLS[z];
     utils::logmesg(lmp, "pair_style mlpot: {} (elements{}; cutoff {} Å{}; {})\n", path,
@@ -252,10 +279,13 @@ void PairMlpot::compute(int eflag, int vflag)
   } catch (std::exception &e) {
     error->one(FLERR, "pair_style mlpot: the program failed: {}", utils::split_lines(e.what())[0]);
   }
+  // (M, N) energies and (M, E, 3) gradients; the dynamics follow the members' mean
   const at::Tensor energies = outputs[0].to(at::kDouble).contiguous();
   const at::Tensor gradients = outputs[1].to(at::kDouble).contiguous();
-  const double *energy = energies.data_ptr<double>();
-  const double *gradient = gradients.data_ptr<double>();
+  const at::Tensor mean_energy = energies.mean(0);
+  const at::Tensor mean_gradient = gradients.mean(0).contiguous();
+  const double *energy = mean_energy.data_ptr<double>();
+  const double *gradient = mean_gradient.data_ptr<double>();
 
   for (int i = 0; i < nlocal; ++i) {
     if (eflag_global) eng_vdwl += energy[i];
@@ -283,4 +313,121 @@ void PairMlpot::compute(int eflag, int vflag)
         }
     }
   }
+  if (n_members > 1) {
+    std::vector<int> neighbor_atoms(n_edges);
+    for (int64_t e = 0; e < n_edges; ++e) neighbor_atoms[e] = owner[neighbors[e]];
+    gradient_stride = gradients.size(1);
+    member_spread(n_edges, centers, neighbor_atoms, gradients.data_ptr<double>(),
+                  energies.data_ptr<double>(), numbers.size());
+  }
+}
+
+double PairMlpot::Calibration::apply(double sigma) const
+{
+  sigma = std::max(sigma, floor);
+  if (exponent != 1.0) sigma = reference * std::pow(sigma / reference, exponent);
+  return scale * sigma;
+}
+
+/* The members' spread: each member's forces on local and ghost atoms, the ghosts' summed onto
+   their owners (reverse communication), then each local atom's calibrated |σ_F| and the
+   energy σ over all ranks, as Ensemble does in Python (population σ over members). */
+void PairMlpot::member_spread(int n_edges, const std::vector<int64_t> &centers,
+                             const std::vector<int> &neighbor_atoms, const double *gradient,
+                             const double *energy, int n_atoms)
+{
+  const int nlocal = atom->nlocal, nall = nlocal + atom->nghost, M = n_members;
+  if (atom->nmax > nmax) {
+    nmax = atom->nmax;
+    memory->destroy(member_forces);
+    memory->destroy(forces_std);
+    memory->create(member_forces, nmax, 3 * M, "pair:member_forces");
+    memory->create(forces_std, nmax, "pair:forces_std");
+  }
+  for (int i = 0; i < nall; ++i)
+    for (int k = 0; k < 3 * M; ++k) member_forces[i][k] = 0.0;
+  for (int m = 0; m < M; ++m)
+    for (int e = 0; e < n_edges; ++e) {
+      const double *g = gradient + 3 * ((int64_t) m * gradient_stride + e);
+      for (int k = 0; k < 3; ++k) {
+        member_forces[centers[e]][3 * m + k] += g[k];
+        member_forces[neighbor_atoms[e]][3 * m + k] -= g[k];
+      }
+    }
+  comm->reverse_comm(this);
+
+  // raw σ per component, then per atom (RMS over x, y, z) where the calibration says so
+  double sum_sq = 0.0;
+  std::vector<double> sigma(3 * nlocal);
+  for (int i = 0; i < nlocal; ++i) {
+    double atom_sq = 0.0;
+    for (int k = 0; k < 3; ++k) {
+      double mean = 0.0, var = 0.0;
+      for (int m = 0; m < M; ++m) mean += member_forces[i][3 * m + k] / M;
+      for (int m = 0; m < M; ++m) var += std::pow(member_forces[i][3 * m + k] - mean, 2) / M;
+      sigma[3 * i + k] = std::sqrt(var);
+      atom_sq += var / 3.0;
+    }
+    sum_sq += atom_sq;
+  }
+  const Calibration &cf = forces_calibration;
+  double pooled_mean = 0.0;
+  if (cf.per_atom && cf.atom_weight < 1.0) {
+    double local[2] = {sum_sq, (double) nlocal}, total[2];
+    MPI_Allreduce(local, total, 2, MPI_DOUBLE, MPI_SUM, world);
+    pooled_mean = total[1] > 0 ? total[0] / total[1] : 0.0;
+  }
+  double largest = 0.0;
+  for (int i = 0; i < nlocal; ++i) {
+    double norm_sq = 0.0;
+    if (cf.per_atom) {
+      double var = 0.0;
+      for (int k = 0; k < 3; ++k) var += sigma[3 * i + k] * sigma[3 * i + k] / 3.0;
+      if (cf.atom_weight < 1.0) var = cf.atom_weight * var + (1.0 - cf.atom_weight) * pooled_mean;
+      norm_sq = 3.0 * std::pow(cf.apply(std::sqrt(var)), 2);
+    } else {
+      for (int k = 0; k < 3; ++k) norm_sq += std::pow(cf.apply(sigma[3 * i + k]), 2);
+    }
+    forces_std[i] = std::sqrt(norm_sq);
+    largest = std::max(largest, forces_std[i]);
+  }
+
+  // energy σ: each member's total over all ranks
+  std::vector<double> local_energy(M, 0.0), total_energy(M);
+  for (int m = 0; m < M; ++m)
+    for (int i = 0; i < nlocal; ++i) local_energy[m] += energy[(int64_t) m * n_atoms + i];
+  MPI_Allreduce(local_energy.data(), total_energy.data(), M, MPI_DOUBLE, MPI_SUM, world);
+  double mean = 0.0, var = 0.0;
+  for (int m = 0; m < M; ++m) mean += total_energy[m] / M;
+  for (int m = 0; m < M; ++m) var += std::pow(total_energy[m] - mean, 2) / M;
+  double global_largest;
+  MPI_Allreduce(&largest, &global_largest, 1, MPI_DOUBLE, MPI_MAX, world);
+  // compute pair sums pvector over ranks: rank 0 holds the global values, the others zeros
+  pvector[0] = comm->me == 0 ? global_largest : 0.0;
+  pvector[1] = comm->me == 0 ? energy_calibration.apply(std::sqrt(var)) : 0.0;
+}
+
+int PairMlpot::pack_reverse_comm(int n, int first, double *buf)
+{
+  int p = 0;
+  for (int i = first; i < first + n; ++i)
+    for (int k = 0; k < 3 * n_members; ++k) buf[p++] = member_forces[i][k];
+  return p;
+}
+
+void PairMlpot::unpack_reverse_comm(int n, int *list, double *buf)
+{
+  int p = 0;
+  for (int i = 0; i < n; ++i)
+    for (int k = 0; k < 3 * n_members; ++k) member_forces[list[i]][k] += buf[p++];
+}
+
+void *PairMlpot::extract_peratom(const char *name, int &ncol)
+{
+  ncol = 0;
+  if (strcmp(name, "forces_std") == 0) {
+    if (n_members < 2) error->all(FLERR, "pair_style mlpot: forces_std needs an exported ensemble");
+    return (void *) forces_std;
+  }
+  return nullptr;
 }

@@ -78,25 +78,31 @@ class _StructureProgram(nn.Module):
 
 
 class _LocalEnergyProgram(nn.Module):
-    """What ``pair_style mlpot`` runs on one MPI rank (see :func:`export_for_lammps`)."""
+    """What ``pair_style mlpot`` runs on one MPI rank (see :func:`export_for_lammps`): the
+    members' per-atom energies and their derivatives by edge vector, members on a leading
+    axis (one for a single potential)."""
 
-    def __init__(self, potential: Potential, triplets: bool):
+    def __init__(self, members: list[Potential], triplets: bool):
         super().__init__()
-        self.potential, self.triplets = potential, triplets
+        self.members, self.triplets = nn.ModuleList(members), triplets
 
     def forward(self, edge_vectors, numbers, edge_index, *triplets):
-        vectors = edge_vectors.detach().requires_grad_(True)
         n_atoms = numbers.shape[0]
-        batch = {keys.POSITIONS: vectors.new_zeros(n_atoms, 3), keys.NUMBERS: numbers,
-                 keys.CELL: vectors.new_zeros(1, 3, 3),
-                 keys.BATCH: torch.zeros(n_atoms, dtype=torch.long),
-                 keys.N_ATOMS: torch.ones(1, dtype=torch.long) * n_atoms,
-                 keys.EDGE_INDEX: edge_index, keys.EDGE_VECTORS: vectors}
-        if self.triplets:
-            batch[keys.TRIPLETS] = triplets[0]
-        atomic = self.potential.model(batch)[keys.ATOMIC_ENERGY]
-        (gradients,) = torch.autograd.grad(atomic.sum(), [vectors])
-        return atomic.double() + self.potential.e0[numbers], gradients
+        vectors = edge_vectors.detach()[None].repeat(len(self.members), 1, 1).requires_grad_()
+        energies = []
+        for member, member_vectors in zip(self.members, vectors):
+            batch = {keys.POSITIONS: edge_vectors.new_zeros(n_atoms, 3), keys.NUMBERS: numbers,
+                     keys.CELL: edge_vectors.new_zeros(1, 3, 3),
+                     keys.BATCH: torch.zeros(n_atoms, dtype=torch.long),
+                     keys.N_ATOMS: torch.ones(1, dtype=torch.long) * n_atoms,
+                     keys.EDGE_INDEX: edge_index, keys.EDGE_VECTORS: member_vectors}
+            if self.triplets:
+                batch[keys.TRIPLETS] = triplets[0]
+            atomic = member.model(batch)[keys.ATOMIC_ENERGY]
+            energies.append(atomic.double() + member.e0[numbers])
+        energies = torch.stack(energies)
+        (gradients,) = torch.autograd.grad(energies.sum(), [vectors])
+        return energies, gradients
 
 
 def uses_triplets(potential: Potential) -> bool:
@@ -193,31 +199,39 @@ def export_potential(potential: Potential, path: str | Path, stress: bool = Fals
 LAMMPS_PROGRAM = "lammps"
 
 
-def export_for_lammps(potential: Potential, path: str | Path) -> Path:
-    """Compile ``potential`` (AOTInductor) into the program that ``pair_style mlpot`` runs
-    (``lammps/``, built by ``scripts/lammps.sh``); returns the path.
+def export_for_lammps(potential, path: str | Path) -> Path:
+    """Compile ``potential`` (a :class:`Potential` or an ensemble of them) with AOTInductor
+    into the program that ``pair_style mlpot`` runs (``lammps/``, built by
+    ``scripts/lammps.sh``); returns the path.
 
     Each MPI rank hands it the edges of its own atoms, ghost neighbours included, as
-    vectors, and gets per-atom energies and their derivatives by edge vector:
+    vectors, and gets each member's per-atom energies and their derivatives by edge vector:
 
         edge_vectors (E, 3) Å, numbers (N,), edge_index (2, E) [, triplets (2, T)]
-            → atomic_energies (N,) eV (E0 included; the rank keeps its own atoms'),
-              edge_gradients (E, 3) eV/Å = ∂(Σ_i E_i)/∂r_e
+            → atomic_energies (M, N) eV (E0 included; the rank keeps its own atoms'),
+              edge_gradients (M, E, 3) eV/Å = ∂(Σ_i E_m,i)/∂r_e
 
-    From these the pair style forms forces on local and ghost atoms (LAMMPS sums the ghosts'
-    onto their owners), the virial −Σ_e r_e ⊗ ∂E/∂r_e and per-atom virials (half of each
-    edge's to either end). Only strictly local models qualify (bpnn, linear): a
-    message-passing model's atoms see n_interactions × cutoff, beyond one cutoff's ghosts."""
-    _check_exportable(potential)
-    if not getattr(potential.model, "strictly_local", False):
-        reach = getattr(potential.model, "n_interactions", 1) * potential.cutoff
-        raise ValueError(f"pair_style mlpot runs strictly local models (bpnn, linear); a "
-                         f"{potential.model.kind} model's atoms see {reach:g} Å "
-                         f"(n_interactions × cutoff), beyond LAMMPS' ghost atoms of one cutoff")
+    with M = 1 for a single potential. From these the pair style forms the members' mean
+    forces on local and ghost atoms (LAMMPS sums the ghosts' onto their owners), the virial
+    −Σ_e r_e ⊗ ∂E/∂r_e, per-atom virials (half of each edge's to either end) and, for an
+    ensemble, the members' spread: each atom's force σ and the energy σ, calibrated as the
+    ensemble's (metadata ``sigma_calibration``; members' variance heads are not exported).
+    Only strictly local models qualify (bpnn, linear): a message-passing model's atoms see
+    n_interactions × cutoff, beyond one cutoff's ghost atoms."""
+    members = list(getattr(potential, "members", [potential]))
+    for member in members:
+        _check_exportable(member)
+        if not getattr(member.model, "strictly_local", False):
+            reach = getattr(member.model, "n_interactions", 1) * member.cutoff
+            raise ValueError(f"pair_style mlpot runs strictly local models (bpnn, linear); a "
+                             f"{member.model.kind} model's atoms see {reach:g} Å "
+                             "(n_interactions × cutoff), beyond LAMMPS' ghost atoms of one "
+                             "cutoff")
     potential = potential.eval()
     triplets = uses_triplets(potential)
     frame = _example_frame(potential.elements, periodic=False)
-    graph = potential.graph(frame)
+    graph = graph_arrays(frame.positions, frame.cell, frame.pbc, potential.cutoff,
+                         potential.model.angular_cutoff)
     i, j = graph[keys.EDGE_INDEX]
     example = (torch.as_tensor(frame.positions[j] - frame.positions[i], dtype=potential.dtype),
                torch.as_tensor(frame.numbers, dtype=torch.long),
@@ -228,11 +242,13 @@ def export_for_lammps(potential: Potential, path: str | Path) -> Path:
     dynamic = [{0: edges}, {0: atoms}, {1: edges}]
     if triplets:
         dynamic.append({1: torch.export.Dim("triplets", min=2)})
+    calibration = {name: getattr(potential, f"calibration_{name}").to_json()
+                   for name in ("energy", "forces") if hasattr(potential, f"calibration_{name}")}
     metadata = _metadata(potential, triplets, ["edge_vectors", "numbers", "edge_index"],
                          ["atomic_energies", "edge_gradients"], program=LAMMPS_PROGRAM,
-                         stress=False)
-    return _write_program(_LocalEnergyProgram(potential, triplets), example, dynamic,
-                          metadata, path, aoti=True)
+                         stress=False, members=len(members), sigma_calibration=calibration)
+    return _write_program(_LocalEnergyProgram(members, triplets), example, dynamic, metadata,
+                          path, aoti=True)
 
 
 def _is_aoti_package(names: list[str]) -> bool:

@@ -191,6 +191,50 @@ def test_nve_follows_ase_velocity_verlet(plugin, model, tmp_path):
     assert np.ptp(lammps_total) == pytest.approx(np.ptp(ase_total), rel=0.05, abs=1e-6)
 
 
+def test_ensemble_sigma_matches_the_python_ensemble(plugin, tmp_path):
+    """An exported ensemble of 3 with a per-atom, pooled, non-linear σ calibration on 2 ranks:
+    its mean energies and forces, each atom's |σ_F| (fix pair), max |σ_F| and σ_E (compute
+    pair) equal the Python ensemble's; fix halt on max |σ_F| stops the run."""
+    from mlpot.uncertainty.calibration import SigmaCalibration
+    from mlpot.uncertainty.ensemble import Ensemble
+
+    ensemble = Ensemble([random_bpnn(seed) for seed in (1, 2, 3)],
+                        calibration_energy=SigmaCalibration(scale=1.7, exponent=1.1,
+                                                            reference=0.5),
+                        calibration_forces=SigmaCalibration(scale=2.0, exponent=1.2,
+                                                            reference=0.3, floor=0.01,
+                                                            per_atom=True, atom_weight=0.6))
+    program = export_for_lammps(ensemble, tmp_path / "ensemble.pt2")
+    atoms = water_box(2)
+    halt = 0.5  # eV/Å, below the largest σ of these random members
+    out = run_lammps(tmp_path, plugin, program, atoms, 2, commands=(
+        "fix sigma all pair 1 mlpot forces_std 0\n"
+        "compute spread all pair mlpot\n"
+        "variable largest equal c_spread[1]\n"
+        "thermo_style custom step pe c_spread[1] c_spread[2]\n"
+        "thermo_modify format float %.17g\n"
+        "dump s all custom 1000000 sigma.txt id f_sigma\n"
+        "dump_modify s format float %.17g sort id\n"
+        "run 0\n"
+        f"fix stop all halt 1 v_largest > {halt} error soft\n"
+        "fix nve all nve\n"
+        "run 10"))
+    atoms.positions = out["positions"]
+    calculator = MlpotCalculator(ensemble)
+    atoms.calc = calculator
+    energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+    sigma = np.linalg.norm(calculator.results["forces_std"], axis=1)
+    thermo = out["thermo"][0]
+    assert thermo[1] == pytest.approx(energy, rel=1e-12)
+    np.testing.assert_allclose(out["forces"], forces, rtol=1e-6, atol=1e-9)
+    lammps_sigma = np.loadtxt(tmp_path / "sigma.txt", skiprows=9)[:, 1]
+    np.testing.assert_allclose(lammps_sigma, sigma, rtol=1e-6)
+    assert thermo[2] == pytest.approx(sigma.max(), rel=1e-6) and sigma.max() > halt
+    assert thermo[3] == pytest.approx(calculator.results["energy_std"], rel=1e-6)
+    log = (tmp_path / "log.lammps").read_text()
+    assert "Fix halt condition" in log and "Loop time of" in log
+
+
 def test_what_pair_style_mlpot_refuses(plugin, model, tmp_path):
     """A LAMMPS program in Python, message-passing models, an element the model lacks and a
     program that is not for LAMMPS: each one clear error."""
