@@ -192,6 +192,38 @@ def test_brute_force_with_shorter_angular_cutoff(acac_frames, kind, cutoff_funct
     assert_features_close(ours, reference)
 
 
+@pytest.mark.parametrize("structure", ["acac", "periodic"])
+def test_g5_from_moments_equals_the_triplet_sum(acac_frames, structure):
+    """G5 summed from neighbour moments (integer ζ up to 8, both λ) equals the sum over
+    triplets, values and their position derivatives, on a molecule and on a small periodic
+    cell where atoms see several images of one neighbour; ζ = 16 or 2.5 keep the triplets."""
+    atoms = periodic_cell() if structure == "periodic" else acac_frames[3].to_atoms()
+    elements = sorted(set(atoms.numbers.tolist()))
+    angular = default_angular(CUTOFF, 2, (1.0, 2.0, 3.0, 5.0, 8.0))
+    sf = SymmetryFunctions(elements, cutoff=CUTOFF, angular_cutoff=4.0, radial=RADIAL,
+                           angular=angular, angular_kind="G5")
+    assert sf.moments is not None and not sf.needs_triplets
+    triplet_sum = SymmetryFunctions(elements, cutoff=CUTOFF, angular_cutoff=4.0, radial=RADIAL,
+                                    angular=angular, angular_kind="G5")
+    triplet_sum.moments = None
+    frame = frame_from_atoms(atoms, source="<test>", index=0)
+    graph = graph_arrays(frame.positions, frame.cell, frame.pbc, CUTOFF, 4.0)
+    batch = collate([frame], [graph], dtype=torch.float64)
+    positions = batch[keys.POSITIONS].requires_grad_(True)
+    weights = torch.randn(len(atoms), sf.n_features, generator=torch.Generator().manual_seed(0),
+                          dtype=torch.float64)
+    ours, reference = sf(batch), triplet_sum(batch)
+    assert_features_close(ours.detach().numpy(), reference.detach().numpy(), rel=1e-12)
+    (grad_ours,) = torch.autograd.grad((ours * weights).sum(), positions)
+    (grad_ref,) = torch.autograd.grad((reference * weights).sum(), positions)
+    np.testing.assert_allclose(grad_ours.numpy(), grad_ref.numpy(), rtol=1e-9,
+                               atol=1e-11 * grad_ref.abs().max().item())
+    for zetas in [(1.0, 16.0), (1.0, 2.5)]:
+        other = SymmetryFunctions(elements, cutoff=CUTOFF,
+                                  angular=default_angular(CUTOFF, 1, zetas), angular_kind="G5")
+        assert other.moments is None and other.needs_triplets
+
+
 # --- cutoff functions ------------------------------------------------------------------------
 
 CUTOFFS = {"polynomial": polynomial_cutoff, "cosine": cosine_cutoff}

@@ -7,6 +7,9 @@ Equations (J. Behler, J. Chem. Phys. 134, 074106 (2011)), with f_c a smooth cuto
                exp(−η (r_ij² + r_ik² + r_jk²)) f_c(r_ij) f_c(r_ik) f_c(r_jk)  (one block per pair)
   G5_i[e,e'] = as G4 without the r_jk terms.
 
+G5 with integer ζ ≤ 8 is summed from neighbour moments (descriptors/angular_moments.py): the
+same values at a cost per neighbour instead of per neighbour pair, and no triplets needed.
+
 Each unordered neighbour pair (j, k) is counted once (as dscribe does); Behler's sum over
 all j ≠ k is twice this. Features are ordered [radial blocks by element | angular blocks by
 element pair], each block ordered by the parameter grid.
@@ -21,6 +24,7 @@ import torch
 from torch import nn
 
 from mlpot import keys
+from mlpot.descriptors.angular_moments import G5Moments, can_use_moments
 from mlpot.descriptors.cutoff import CUTOFF_FUNCTIONS
 from mlpot.neighbors import edge_vectors
 
@@ -106,9 +110,18 @@ class SymmetryFunctions(nn.Module):
         self.register_buffer("eta_column", torch.as_tensor(eta_column.ravel()), persistent=False)
         self.register_buffer("shape_column", torch.as_tensor(shape_column.ravel()),
                              persistent=False)
+        # G5 with integer ζ ≤ 8: neighbour moments instead of a sum over triplets (same values)
+        self.moments = (G5Moments(etas, shapes) if angular_kind == "G5" and angular[0]
+                        and can_use_moments(angular[1]) else None)
         self.n_pairs = n_el * (n_el + 1) // 2
         self.n_radial = n_el * len(radial[0])
         self.n_features = self.n_radial + self.n_pairs * len(angular[0])
+
+    @property
+    def needs_triplets(self) -> bool:
+        """Whether the features need the batch's triplets (angular terms summed per pair of
+        neighbours; G5 from moments does not)."""
+        return bool(self.angular_parameters[0]) and self.moments is None
 
     def config(self) -> dict:
         """Arguments that rebuild this descriptor."""
@@ -152,6 +165,12 @@ class SymmetryFunctions(nn.Module):
         return torch.cat(features, dim=1)
 
     def _angular(self, batch, vectors, species, n_atoms) -> torch.Tensor:
+        if self.moments is not None:
+            center, neighbor = batch[keys.EDGE_INDEX]
+            cut = self._cutoff(vectors.norm(dim=-1), self.angular_cutoff)
+            sums = self.moments(vectors, cut, center, species[neighbor], n_atoms,
+                                len(self.elements))  # (N, pairs, distinct η, distinct ζ, λ)
+            return sums[:, :, self.eta_column, self.shape_column].reshape(n_atoms, -1)
         ij, ik = batch[keys.TRIPLETS]
         center = batch[keys.EDGE_INDEX][0]
         g = self.angular_terms(vectors.index_select(0, ij), vectors.index_select(0, ik))

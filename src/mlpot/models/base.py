@@ -30,5 +30,7 @@ class DescriptorModel(nn.Module):
         return self.descriptor.cutoff
 
     @property
-    def angular_cutoff(self) -> float:
-        return self.descriptor.angular_cutoff
+    def angular_cutoff(self) -> float | None:
+        """Cutoff of the triplets the descriptor needs, Å; None if it needs none (no angular
+        terms, or G5 from moments): neighbour lists then build no triplets."""
+        return self.descriptor.angular_cutoff if self.descriptor.needs_triplets else None

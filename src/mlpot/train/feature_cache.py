@@ -61,15 +61,22 @@ class FeatureCache:
             return torch.cat([descriptor(moved, angular=False),
                               model.coordination(moved)[:, None]], 1)
 
+        def all_rows(pos):  # angular features without triplets (G5 from moments)
+            moved = {**batch, keys.POSITIONS: pos}
+            return torch.cat([descriptor(moved), model.coordination(moved)[:, None]], 1)
+
         with torch.no_grad():
             q = torch.cat([descriptor(batch), model.coordination(batch)[:, None]], 1)
         n_atoms = batch[keys.N_ATOMS]
         offsets = torch.cumsum(n_atoms, 0) - n_atoms
         # jac[i, d, a, α] = ∂q_id / ∂r_{b(i), a, α}, (n_atoms, D+1, max_n, 3)
-        radial = structure_jacobian(radial_rows, batch).permute(2, 3, 0, 1)
-        n_radial = descriptor.n_radial
-        jac = torch.cat([radial[:, :n_radial], angular_jacobian(descriptor, batch),
-                         radial[:, n_radial:]], dim=1)
+        if descriptor.needs_triplets or descriptor.n_features == descriptor.n_radial:
+            radial = structure_jacobian(radial_rows, batch).permute(2, 3, 0, 1)
+            n_radial = descriptor.n_radial
+            jac = torch.cat([radial[:, :n_radial], angular_jacobian(descriptor, batch),
+                             radial[:, n_radial:]], dim=1)
+        else:
+            jac = structure_jacobian(all_rows, batch).permute(2, 3, 0, 1)
         e0 = potential.e0.double()[batch[keys.NUMBERS]]
         species = model.descriptor.species_index[batch[keys.NUMBERS]]
         items = []
