@@ -191,6 +191,25 @@ def test_nve_follows_ase_velocity_verlet(plugin, model, tmp_path):
     assert np.ptp(lammps_total) == pytest.approx(np.ptp(ase_total), rel=0.05, abs=1e-6)
 
 
+def test_npt_is_the_same_on_one_and_two_ranks(plugin, model, tmp_path):
+    """100 steps of LAMMPS' Nosé–Hoover NPT (the box shrinks or grows, atoms change ranks and
+    ghosts): volume, pressure and energy the same on 1 and 2 ranks."""
+    _, program = model
+    runs = []
+    for ranks in (1, 2):
+        folder = tmp_path / f"np{ranks}"
+        folder.mkdir()
+        out = run_lammps(folder, plugin, program, water_box(3), ranks, commands=(
+            "velocity all create 300 5 dist gaussian\n"
+            "fix npt all npt temp 300 300 0.05 iso 1000 1000 0.5\n"
+            "timestep 0.0005\nthermo_style custom step pe press vol\n"
+            "thermo_modify format float %.15g\nthermo 25\nrun 100"))
+        runs.append(out["thermo"])
+    one, two = runs
+    assert one.shape == (5, 4) and abs(one[-1, 3] - one[0, 3]) > 1e-3  # the volume moved
+    np.testing.assert_allclose(two, one, rtol=1e-8)
+
+
 def test_ensemble_sigma_matches_the_python_ensemble(plugin, tmp_path):
     """An exported ensemble of 3 with a per-atom, pooled, non-linear σ calibration on 2 ranks:
     its mean energies and forces, each atom's |σ_F| (fix pair), max |σ_F| and σ_E (compute
