@@ -148,13 +148,14 @@ def test_periodic_water_matches_the_calculator(plugin, model, tmp_path, ranks):
                                rtol=1e-6, atol=1e-8)
 
 
-def test_molecule_in_a_fixed_box_on_two_ranks(plugin, model, acac_frames, tmp_path):
-    """acac in a non-periodic box split between 2 ranks equals the molecule in ASE."""
+@pytest.mark.parametrize("ranks", [1, 2, 4])
+def test_molecule_in_a_fixed_box(plugin, model, acac_frames, tmp_path, ranks):
+    """acac in a non-periodic box split between 1, 2 and 4 ranks equals the molecule in ASE."""
     potential, program = model
     frame = acac_frames[0]
     atoms = Atoms(frame.numbers, frame.positions - frame.positions.mean(0) + 8.0,
                   cell=np.eye(3) * 16.0, pbc=False)
-    out = run_lammps(tmp_path, plugin, program, atoms, 2, boundary="f f f")
+    out = run_lammps(tmp_path, plugin, program, atoms, ranks, boundary="f f f")
     expected = reference(potential, Atoms(atoms.numbers, out["positions"]))
     assert out["thermo"][0, 1] == pytest.approx(expected["energy"], rel=1e-12)
     np.testing.assert_allclose(out["forces"], expected["forces"], rtol=1e-6, atol=1e-9)
