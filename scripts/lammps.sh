@@ -19,6 +19,7 @@ FLAGS=(-O2 -std=c++20 -fPIC -shared -DLAMMPS_SMALLBIG -D_GLIBCXX_USE_CXX11_ABI=1
        -L"$TORCH/lib" -ltorch -ltorch_cpu -lc10 -Wl,-rpath,"$TORCH/lib")
 STAMP="$OUT.flags"
 mkdir -p build/lammps
+exec 9> build/lammps/.lock && flock 9  # one build at a time
 if [ -f "$OUT" ] && [ "$(cat "$STAMP" 2>/dev/null)" = "${FLAGS[*]}" ] \
    && [ -z "$(find lammps scripts/lammps.sh -newer "$OUT" -type f)" ]; then
   realpath "$OUT"
