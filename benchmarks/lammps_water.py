@@ -136,7 +136,7 @@ run {steps}
 CONFIG = """# mlpot bpnn of n2p2's water potential's size: cutoff 6.35 Å (12 bohr), 2 × 25 tanh,
 # 36 symmetry functions per element (n2p2: 23 and 24), G5 summed from moments
 data:
-  train: [data/train_300K.xyz, data/train_360K.xyz]
+  train: data/train.xyz  # train_300K and train_360K
   test: [data/test_330K.xyz, data/test_1080atoms_300K.xyz]
   valid_fraction: 0.1
 model:
@@ -163,6 +163,10 @@ def train(epochs: int) -> Path:
     """Fit (resumable), evaluate on the two test sets, export for LAMMPS in float64."""
     config = OUT / "config.yaml"
     config.write_text(CONFIG.format(epochs=epochs))
+    both = OUT / "data" / "train.xyz"
+    if not both.exists():
+        both.write_text("".join((OUT / "data" / f"{name}.xyz").read_text()
+                                for name in ("train_300K", "train_360K")))
     model = OUT / "run" / "model"
     if not model.exists():
         resume = ["--resume"] if (OUT / "run").exists() else []
@@ -254,7 +258,7 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("step", choices=["data", "train", "time"])
     parser.add_argument("--hdnnp-plugin", default=str(ROOT / "build/n2p2/hdnnpplugin.so"))
-    parser.add_argument("--epochs", type=int, default=200, help="train: epoch budget")
+    parser.add_argument("--epochs", type=int, default=120, help="train: epoch budget")
     parser.add_argument("--steps", type=int, default=50, help="time: timed MD steps")
     args = parser.parse_args()
     if args.step == "data":

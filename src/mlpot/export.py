@@ -24,6 +24,10 @@ C++ shared library for this kind of CPU (or GPU), loadable from Python or C++ (a
 pair style): many times faster per call than the interpreted program (benchmarks/RESULTS.md),
 but it is native code — load only packages you built.
 
+:func:`export_for_lammps` writes a second kind of program, the one LAMMPS' ``pair_style
+mlpot`` runs on each MPI rank: edge vectors in (ghost atoms need no cell shifts), each
+member's per-atom energies and their derivatives by edge vector out (see there).
+
 ``torch.export.load`` itself can execute code: it unpickles some archive members without
 torch's weights-only restriction (see :func:`check_no_pickle`); mlpot checks every such
 member before handing a file to torch and refuses archives that would need it.
