@@ -138,6 +138,9 @@ void PairMlpot::load_model(const std::string &path)
   }
   if (!(cutoff > 0.0) || model_elements.empty())
     error->all(FLERR, "pair_style mlpot: {}: mlpot.json needs a cutoff > 0 and elements", path);
+  for (int z : model_elements)
+    if (z < 1 || z >= N_SYMBOLS)
+      error->all(FLERR, "pair_style mlpot: {}: mlpot.json: element {} is no atomic number", path, z);
   try {
     program = std::make_unique<torch::inductor::AOTIModelPackageLoader>(path, "model", true);
   } catch (std::exception &e) {
