@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "examples" / "acac"
+from common import ACAC as DATA, OUT, ROOT, write_json
+
 TESTS = ["test_MD_300K", "test_MD_600K", "test_H_transfer"]
 
 
@@ -116,7 +116,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=60)
     parser.add_argument("--snapshots", default="10,30")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "acac_core"))
+    parser.add_argument("--out", default=str(OUT / "acac_core"))
     parser.add_argument("--mace", action="store_true", help="train MACE beside bpnn")
     parser.add_argument("--score-only", action="store_true",
                         help="skip training; score and time the models of an earlier run")
@@ -166,7 +166,7 @@ def main() -> None:
     results["linear_inference"] = inference(out / "linear" / "model", args.threads)
     if args.mace:
         results["mace"] = json.loads((out / "mace" / "results.json").read_text())
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    write_json(out / "results.json", results)
     print(markdown(results))
 
 

@@ -44,7 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import OUT, write_json
+
 TEMPERATURE = 600.0  # K
 REPEAT_STRIDE = 10007  # --repeat r offsets every random seed by r × this
 
@@ -187,7 +188,7 @@ def plot(results: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks/out/al_xtb"))
+    parser.add_argument("--out", default=str(OUT / "al_xtb"))
     parser.add_argument("--sizes", default="10,20,40,80,160")
     parser.add_argument("--minutes", type=float, default=0.5)
     parser.add_argument("--iterations", type=int, default=8)
@@ -229,7 +230,7 @@ def main() -> None:
                    wall_minutes=(time.time() - started) / 60, threshold=args.threshold,
                    stop_sigma=args.stop_sigma, trajectories=args.trajectories,
                    strategy=args.strategy, repeat=args.repeat)
-    (out / f"results_{args.name}.json").write_text(json.dumps(results, indent=1))
+    write_json(out / f"results_{args.name}.json", results)
     plot(results, out / f"{args.name}_vs_random.png")
     print("| strategy | labels | test force RMSE (meV/Å) |\n|---|---|---|")
     for name in ("random", "active"):

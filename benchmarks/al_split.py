@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ase.io import read
 
+from common import write_json
 from mlpot.data.records import read_frames
 from mlpot.train.metrics import evaluate
 from mlpot.uncertainty.ensemble import load_model
@@ -59,7 +60,7 @@ def main() -> None:
         if k in wanted:
             split[f"active_{history[k]['labels']}"] = {
                 **force_rmse_by_half(run / f"iter_{k:02d}" / "train" / "model", test), "hot": hot}
-    (out / f"split_{args.name}.json").write_text(json.dumps(split, indent=1))
+    write_json(out / f"split_{args.name}.json", split)
     print(json.dumps(split, indent=1))
 
 

@@ -32,9 +32,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-ACAC = ROOT / "examples" / "acac"
-RESULTS = ROOT / "benchmarks" / "results" / "busy_machine"
+import common
+from common import ACAC, OUT, ROOT, write_json
+
+RESULTS = common.RESULTS / "busy_machine"
 LINES = 17  # lines per acac frame in the extxyz files
 MD_MODEL_EPOCHS = 40  # enough for 400 steps of NVE at 300 K without leaving the data
 
@@ -134,7 +135,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=48, help="training frames")
     parser.add_argument("--pin", action="store_true", help="pin the busy loop to core 0")
     parser.add_argument("--label", default="indicative")
-    parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "out" / "busy")
+    parser.add_argument("--work", type=Path, default=OUT / "busy")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     began, load_at_start = time.time(), os.getloadavg()
@@ -174,8 +175,7 @@ def main() -> None:
               "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg(),
               "runs": runs,
               "slowdown_busy_over_idle": ratios}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.label}.json").write_text(json.dumps(result, indent=1))
+    write_json(RESULTS / f"{args.label}.json", result)
 
     print(f"\n{'':22}{'idle':>12}{'busy':>12}{'slowdown':>10}   threads (idle/busy)")
     for version in ("before", "after"):

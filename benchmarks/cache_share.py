@@ -17,8 +17,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "busy_machine"
+import common
+from common import OUT, ROOT, write_json
+
+RESULTS = common.RESULTS / "busy_machine"
 
 # what run_training does up to the Trainer, which builds the cache (setup_seconds)
 DRIVER = """
@@ -68,7 +70,7 @@ def main() -> None:
     parser.add_argument("--busy", action="store_true", help="one spinning process beside")
     parser.add_argument("--label", default="indicative")
     args = parser.parse_args()
-    out = ROOT / "benchmarks" / "out" / "cache_share"
+    out = OUT / "cache_share"
     busy = (subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy
             else None)
     if busy is not None:  # other work that has been running a while (the 1-minute load average
@@ -81,9 +83,7 @@ def main() -> None:
             busy.wait()
     result = {"label": args.label, "busy": args.busy, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               "load_average_at_end": os.getloadavg(), "runs": runs}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"cache_share_{args.label}.json"
-    path.write_text(json.dumps(result, indent=1))
+    path = write_json(RESULTS / f"cache_share_{args.label}.json", result)
     for version, record in runs.items():
         print(f"{version:>7}: descriptor cache {record['setup_s']:.1f} s for "
               f"{record['frames']} frames = {record['share_of_budget']:.0%} of the "

@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import OUT, RESULTS, ROOT, write_json
+
 REPLICAS = [(1, 1, 1), (2, 1, 1), (3, 1, 1), (2, 2, 1)]  # 4, 8, 12, 16 atoms
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
 
@@ -153,11 +154,9 @@ def analyse(run: Path, paths: dict[str, Path], out: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "calib_cells"))
+    parser.add_argument("--out", default=str(OUT / "calib_cells"))
     parser.add_argument("--minutes", type=float, default=2.0)
-    parser.add_argument("--results",
-                        default=str(ROOT / "benchmarks" / "results" / "calibration" /
-                                    "cells.json"))
+    parser.add_argument("--results", default=str(RESULTS / "calibration" / "cells.json"))
     args = parser.parse_args()
     out = Path(args.out)
     paths = reference_data(out)
@@ -165,8 +164,7 @@ def main() -> None:
               "command": "mlpot train --train cells.xyz --test test.xyz --ensemble 2 "
                          f"--max-minutes {args.minutes:g} --seed 0",
               **analyse(train(out, paths, args.minutes), paths, out)}
-    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.results).write_text(json.dumps(result, indent=1) + "\n")
+    write_json(args.results, result, newline=True)
     for name, m in result["metrics"].items():
         print(f"{name:>6}: force RMSE {m['force_rmse']:.1f}, σ {m['force_sigma_epistemic']:.1f} "
               f"meV/Å (σ/RMSE {m['force_sigma_over_rmse'] or float('nan'):.2f}), NLL "

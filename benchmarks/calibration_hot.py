@@ -19,7 +19,6 @@ Finished steps are reused (delete OUT to start again).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -27,8 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import OUT, RESULTS, ROOT, write_json
 
 
 def reference_data(out: Path) -> dict[str, Path]:
@@ -108,10 +106,9 @@ def analyse(model_path: Path, paths: dict[str, Path]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "calib_hot"))
+    parser.add_argument("--out", default=str(OUT / "calib_hot"))
     parser.add_argument("--minutes", type=float, default=0.5)
-    parser.add_argument("--results",
-                        default=str(ROOT / "benchmarks" / "results" / "calibration" / "hot.json"))
+    parser.add_argument("--results", default=str(RESULTS / "calibration" / "hot.json"))
     parser.add_argument("--data-only", action="store_true", help="only make the xTB data")
     parser.add_argument("--bootstrap", action="store_true",
                         help="members train on bootstrap resamples (mlpot train --bootstrap)")
@@ -123,8 +120,7 @@ def main() -> None:
     result = {"molecule": "ethanol", "labels": "GFN2-xTB", "members": 4,
               "minutes_per_member": args.minutes, "bootstrap": args.bootstrap,
               **analyse(train(out, paths, args.minutes, args.bootstrap), paths)}
-    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.results).write_text(json.dumps(result, indent=1) + "\n")
+    write_json(args.results, result, newline=True)
     for name in ("raw_spread", "calibrated"):
         row = result[name]
         print(f"{name:>10}: σ 900K/300K {row['sigma_ratio']:.2f}   "

@@ -25,9 +25,10 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "acac"
-OUT = ROOT / "benchmarks" / "out" / "ddp_throughput"
+import common
+
+DATA = common.SHARED_DATA / "acac"
+OUT = common.OUT / "ddp_throughput"
 
 
 def run(name: str, processes: int, threads: int, args, torchrun: bool = False) -> dict:

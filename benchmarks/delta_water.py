@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import OUT, write_json
+
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 CC = "pyscf/ccsd(t)/cc-pvdz"
 DFT = "pyscf/b3lyp/cc-pvdz"
@@ -91,19 +92,18 @@ def score(model: Path, test_db: Path, baseline: str | None) -> dict:
 
     frames = (delta_frames(test_db, CC, baseline) if baseline
               else read_frames(test_db, db_select=f"level={CC}"))
-    _, predicted = evaluate(load_model(model), frames)
+    metrics, predicted = evaluate(load_model(model), frames)
     n = np.array([len(f) for f in frames])
     energy_error = (np.array(predicted["energy"]) - [f.energy for f in frames]) / n
-    force_error = np.concatenate([p - f.forces for p, f in zip(predicted["forces"], frames)])
     return {"energy_rmse_offset_removed": float(np.std(energy_error) * 1000),
             "energy_offset": float(np.mean(energy_error) * 1000),
-            "force_rmse": float(np.sqrt(np.mean(force_error**2)) * 1000)}
+            "force_rmse": metrics["force_rmse"]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks/out/delta_water"))
+    parser.add_argument("--out", default=str(OUT / "delta_water"))
     parser.add_argument("--n-dft", type=int, default=200)
     parser.add_argument("--n-cc", type=int, default=10)
     parser.add_argument("--n-test", type=int, default=50)
@@ -160,7 +160,7 @@ def main() -> None:
     summary = {"models": results, "ledger_train": ledger, "n_dft": args.n_dft,
                "n_cc": args.n_cc, "n_test": args.n_test, "minutes": args.minutes,
                "date": time.ctime(), "wall_minutes": (time.time() - started) / 60}
-    (out / "results.json").write_text(json.dumps(summary, indent=1))
+    write_json(out / "results.json", summary)
     print("| model | labels | E RMSE (offset removed), meV/atom | F RMSE, meV/Å |")
     print("|---|---|---|---|")
     labels = {"A": f"{args.n_dft} DFT", "B": f"{args.n_dft} DFT + {args.n_cc} CCSD(T)",

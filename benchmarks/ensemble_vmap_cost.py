@@ -28,11 +28,11 @@ import argparse
 import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from torch.func import functional_call, grad_and_value, vmap
 
+from common import ACAC
 from long_range_cost import water_box
 from mlpot import keys
 from mlpot.config import config_from_dict
@@ -41,7 +41,6 @@ from mlpot.train.run import build_potential
 from mlpot.uncertainty.ensemble import Ensemble
 from mlpot.uncertainty.vmapped import stacked_state, vmapped_forward
 
-ACAC = Path(__file__).resolve().parents[1] / "examples" / "acac" / "test_MD_300K.xyz"
 E0 = {"H": -13.568422178253735, "C": -1026.8538996116154, "O": -2037.796869412825}
 
 
@@ -98,7 +97,7 @@ def main() -> None:
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
-    systems = {"acac molecule": [read_frames(ACAC)[0]],
+    systems = {"acac molecule": [read_frames(ACAC / "test_MD_300K.xyz")[0]],
                "water box": [frame_from_atoms(water_box(4), source="water box", index=0)]}
     results = []
     for kind in args.kinds:

@@ -17,16 +17,15 @@ import argparse
 import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
+from common import ACAC
 from long_range_cost import water_box
 from mlpot.config import config_from_dict
 from mlpot.data.records import frame_from_atoms, read_frames
 from mlpot.train.run import build_potential
 
-ACAC = Path(__file__).resolve().parents[1] / "examples" / "acac" / "test_MD_300K.xyz"
 KINDS = ("bpnn", "schnet", "painn", "equivariant")
 
 
@@ -48,7 +47,7 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    systems = {"acac": (read_frames(ACAC)[0], [1, 6, 8]),
+    systems = {"acac": (read_frames(ACAC / "test_MD_300K.xyz")[0], [1, 6, 8]),
                "water": (frame_from_atoms(water_box(args.side), source="water", index=0),
                          [1, 8])}
     results = []

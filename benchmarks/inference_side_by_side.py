@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -32,16 +31,15 @@ import numpy as np
 from ase import Atoms
 from ase.io import read, write
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks" / "peers"))
-import peer_common as pc  # noqa: E402
+from common import ACAC, OUT, ROOT, write_json
+from peers import peer_common as pc
 
 
 def acac_box(n_side: int = 3, spacing: float = 8.0, seed: int = 0) -> Atoms:
     """n_side³ acac molecules (test_MD_300K frame 0), randomly rotated, on a cubic lattice of
     ``spacing`` Å in a periodic box."""
     rng = np.random.default_rng(seed)
-    molecule = read(ROOT / "examples/acac/test_MD_300K.xyz", index=0)
+    molecule = read(ACAC / "test_MD_300K.xyz", index=0)
     molecule.calc = None
     box = Atoms(cell=np.eye(3) * spacing * n_side, pbc=True)
     for index in np.ndindex(n_side, n_side, n_side):
@@ -56,8 +54,8 @@ def acac_box(n_side: int = 3, spacing: float = 8.0, seed: int = 0) -> Atoms:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", default=str(ROOT / "benchmarks/out/compare/acac"))
-    parser.add_argument("--out", default=str(ROOT / "benchmarks/out/side_by_side"))
+    parser.add_argument("--runs", default=str(OUT / "compare" / "acac"))
+    parser.add_argument("--out", default=str(OUT / "side_by_side"))
     parser.add_argument("--bpnn", help="mlpot model folder to use instead of RUNS/bpnn/train/model "
                                        "(e.g. one retrained under the same protocol)")
     args = parser.parse_args()
@@ -73,7 +71,7 @@ def main() -> None:
         compile_seconds[name] = time.perf_counter() - started
     systems = {"acac (15 atoms)": out / "acac.xyz", "27 acac, periodic (405 atoms)":
                out / "acac_box.xyz"}
-    molecule = read(ROOT / "examples/acac/test_MD_300K.xyz", index=0)
+    molecule = read(ACAC / "test_MD_300K.xyz", index=0)
     molecule.calc = None
     write(systems["acac (15 atoms)"], molecule)
     write(systems["27 acac, periodic (405 atoms)"], acac_box())
@@ -101,7 +99,7 @@ def main() -> None:
             row = {"model": name, "system": system, **timing}
             results["timings"].append(row)
             print(json.dumps(row), flush=True)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    write_json(out / "results.json", results)
     print("\n| model | " + " | ".join(systems) + " |")
     print("|---" * (1 + len(systems)) + "|")
     for name, *_ in models:

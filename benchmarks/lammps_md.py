@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,15 +25,13 @@ from ase.io import read
 from ase.io.lammpsdata import write_lammps_data
 from ase.md.verlet import VelocityVerlet
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from inference_side_by_side import acac_box  # noqa: E402
-
-import mlpot  # noqa: E402
-from mlpot.dynamics.lammps import couple, open_lammps  # noqa: E402
-from mlpot.dynamics.md import thermalize  # noqa: E402
+import mlpot
+from common import ACAC, RESULTS, write_json
+from inference_side_by_side import acac_box
+from mlpot.dynamics.lammps import couple, open_lammps
+from mlpot.dynamics.md import thermalize
 
 SPECIES = ["H", "C", "O"]
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def lammps_run(atoms, model: str, steps: int, dt: float, folder: Path) -> dict:
@@ -96,9 +93,9 @@ def main() -> None:
     parser.add_argument("model")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--dt", type=float, default=0.5, help="fs")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/lammps/lammps_md.json"))
+    parser.add_argument("--out", default=str(RESULTS / "lammps" / "lammps_md.json"))
     args = parser.parse_args()
-    molecule = read(ROOT / "examples/acac/test_MD_300K.xyz", 0)
+    molecule = read(ACAC / "test_MD_300K.xyz", 0)
     molecule.center(vacuum=10.0)  # a box for LAMMPS' data file; not periodic
     # 12 Å apart: no two molecules within the 5 Å cutoff (the model knows no contacts)
     systems = {"acac (15 atoms)": molecule,
@@ -125,8 +122,7 @@ def main() -> None:
                 "max_position_difference_after_100_steps_A": float(np.abs(apart).max()),
             }
             print(name, json.dumps(results[name]), flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"model": args.model, "results": results}, indent=1))
+    write_json(args.out, {"model": args.model, "results": results})
 
 
 if __name__ == "__main__":

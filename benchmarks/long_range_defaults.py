@@ -43,13 +43,14 @@ import numpy as np
 import yaml
 from ase.io import read, write
 
+import common
+from common import ROOT, write_json
 from long_range_demo import interaction_curve
 from mlpot.data.records import frame_from_atoms
 
-ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "examples" / "long_range"
-OUT = ROOT / "benchmarks" / "out" / "long_range_defaults"
-RESULTS = ROOT / "benchmarks" / "results" / "long_range_defaults"
+OUT = common.OUT / "long_range_defaults"
+RESULTS = common.RESULTS / "long_range_defaults"
 COULOMB = ("local", "fragments", "structure", "none")
 SYSTEMS = {"na_water": COULOMB, "cl_water": COULOMB, "water_dimer": COULOMB,
            "methane_dimer": ("local", "dispersion", "dispersion, no pin")}
@@ -234,7 +235,7 @@ def main() -> None:
         # read again just before writing: runs of other systems may have written meanwhile
         summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
         summary[system] = entry
-        summary_file.write_text(json.dumps(summary, indent=1))
+        write_json(summary_file, summary)
         for scan, result in entry.items():
             if scan == "molecular_c6":
                 print(f"\n{system}: molecular C6 (Hartree·bohr⁶)")

@@ -26,9 +26,11 @@ from pathlib import Path
 import numpy as np
 from ase.io import read
 
-ROOT = Path(__file__).resolve().parents[1]
+import common
+from common import ROOT, write_json
+
 DATA = ROOT / "examples" / "long_range"
-OUT = ROOT / "benchmarks" / "out" / "long_range"
+OUT = common.OUT / "long_range"
 SYSTEMS = {"na_water": "coulomb", "cl_water": "coulomb", "methane_dimer": "dispersion"}
 
 
@@ -134,7 +136,7 @@ def main() -> None:
             summary[system]["max_relative_error_8_30"][name] = float(relative.max())
             print(f"  {name}: largest relative error over 8–30 Å {relative.max():.1%}")
         plot(system, distances, curves, ROOT / "docs" / f"long_range_{system}.png")
-    summary_file.write_text(json.dumps(summary, indent=1))
+    write_json(summary_file, summary)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
-import peer_common as pc  # noqa: E402
+from peers import peer_common as pc
 
 log = pc.Logger("mlpot_run")
 
@@ -86,7 +85,7 @@ def main() -> None:
         trained = pc.run_budgeted(command, pc.thread_env(args.threads), str(out / "train.log"),
                                   args.minutes * 60 + 300, [], lambda key, m: {}, log=log,
                                   name="mlpot train")
-        (out / "train_info.json").write_text(json.dumps(trained, indent=1))
+        pc.write_json(str(out / "train_info.json"), trained)
     trained = json.loads((out / "train_info.json").read_text())
 
     models = {pc.fmt_min(m): out / "train" / "snapshots" / f"model_{pc.fmt_min(m)}min"
@@ -127,11 +126,10 @@ def main() -> None:
         "peak_rss_mb_train": trained.get("peak_rss_mb_train"),
         "peak_rss_mb_infer": timing["float32"]["peak_rss_mb_infer"],
         "train_wall_s": trained.get("train_wall_s"),
-        "metric_units": {"energy": "meV/atom", "force": "meV/A, over Cartesian components"},
+        "metric_units": dict(pc.METRIC_UNITS),
         "data": data["info"], "command": " ".join(command),
     }
-    (out / "results.json").write_text(json.dumps(res, indent=1))
-    log(f"wrote {out / 'results.json'}")
+    pc.write_results(str(out), res, log)
 
 
 if __name__ == "__main__":

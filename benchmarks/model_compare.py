@@ -26,12 +26,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
+from common import ACAC, OUT, ROOT, SHARED_DATA as SHARED, write_json
+
 DATASETS = {
-    "acac": {"train": ROOT / "examples/acac/train_300K.xyz",
-             "isolated": ROOT / "examples/acac/isolated_atoms.xyz",
-             "tests": [ROOT / f"examples/acac/{name}.xyz"
+    "acac": {"train": ACAC / "train_300K.xyz",
+             "isolated": ACAC / "isolated_atoms.xyz",
+             "tests": [ACAC / f"{name}.xyz"
                        for name in ("test_MD_300K", "test_MD_600K", "test_H_transfer")]},
     "ethanol": {"train": SHARED / "ethanol/train.xyz",
                 "isolated": SHARED / "ethanol/isolated_atoms.xyz",
@@ -115,7 +115,7 @@ def main() -> None:
                (item.split(":") for item in args.data.split(","))}
     if set(budgets) - set(DATASETS):
         parser.error(f"unknown data set in {args.data!r}")
-    out = Path(args.out or ROOT / "benchmarks/out/compare").resolve()
+    out = Path(args.out or OUT / "compare").resolve()
     out.mkdir(parents=True, exist_ok=True)
     models = [m for m in args.models.split(",") if m]
     for model in models:
@@ -129,7 +129,7 @@ def main() -> None:
         per_model = {model: results[(name, model)] for model in models}
         summary = {"data": name, "minutes": minutes, "threads": args.threads,
                    "workers": args.workers, "date": time.ctime(), "results": per_model}
-        (out / name / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+        write_json(out / name / "summary.json", summary, default=str)
         print(f"\n{name}, {minutes:g} min each:")
         print(table(per_model, [Path(t).stem for t in DATASETS[name]["tests"]], minutes))
 

@@ -34,10 +34,11 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data" / "acac"
+from common import ACAC, OUT, RESULTS, SHARED_DATA, write_json
+
+SHARED = SHARED_DATA / "acac"
 BASE_FILES = [SHARED / "train_300K.xyz", SHARED / "train_600K.xyz"]
-FALLBACK = [ROOT / "examples" / "acac" / "train_300K.xyz"]
+FALLBACK = [ACAC / "train_300K.xyz"]
 RATTLE = 0.01  # Å, standard deviation of the displacement
 # glibc raises its mmap threshold after large frees, after which big transient tensors come
 # from the heap and fragment it: peak RSS then drifts with the number of batches. A fixed
@@ -171,8 +172,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=0.5, help="training budget per run")
     parser.add_argument("--valid", type=int, default=400,
                         help="validation frames (the same number at every size)")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks/out/ondisk_memory"))
-    parser.add_argument("--results", default=str(ROOT / "benchmarks/results/ondisk_memory.md"))
+    parser.add_argument("--out", default=str(OUT / "ondisk_memory"))
+    parser.add_argument("--results", default=str(RESULTS / "ondisk_memory.md"))
     parser.add_argument("--eval", metavar="MODEL",
                         help="measure `mlpot eval MODEL` on each file instead of training")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -210,7 +211,7 @@ def main() -> None:
         for path in (out / f"acac_{size}.xyz", h5):
             path.unlink(missing_ok=True)
         assert written["frames"] == size
-    (out / "results.json").write_text(json.dumps(rows, indent=1))
+    write_json(out / "results.json", rows)
     print(Path(args.results).read_text())
 
 

@@ -20,13 +20,14 @@ import sys
 import time
 from pathlib import Path
 
+from common import write_json
+
 
 def one_size(side: int, size: str, angular_cutoff: float | None, dtype: str, repeats: int,
              threads: int, device: str = "cpu") -> dict:
     import numpy as np
     import torch
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from long_range_cost import water_box
 
     from mlpot.config import config_from_dict
@@ -128,11 +129,9 @@ def main() -> None:
               f"{row['us_per_atom_step']:8.1f} µs/atom/step  peak {row['peak_rss_MiB']:8.0f} MiB",
               flush=True)
         if args.out:  # after every size: a run stopped at a time limit keeps what it did
-            args.out.parent.mkdir(parents=True, exist_ok=True)
             settings = {k: v for k, v in vars(args).items()
                         if k not in ("out", "one", "plot", "results", "label")}
-            args.out.write_text(json.dumps({"settings": settings, "rows": rows,
-                                            "label": args.label}, indent=1))
+            write_json(args.out, {"settings": settings, "rows": rows, "label": args.label})
 
 
 if __name__ == "__main__":

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "examples" / "acac"
+from common import ACAC as DATA, OUT
 
 
 def main() -> None:
@@ -23,7 +21,7 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--floor", type=float, required=True)
     parser.add_argument("--minutes", type=float, default=5.0)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks/out/std_floor"))
+    parser.add_argument("--out", default=str(OUT / "std_floor"))
     args = parser.parse_args()
     from mlpot.config import config_from_dict
     from mlpot.models import standardize

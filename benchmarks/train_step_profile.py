@@ -15,13 +15,13 @@ import argparse
 import os
 import statistics
 import time
-from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
+from common import SHARED_DATA  # noqa: E402
 from mlpot.config import config_from_dict  # noqa: E402
 from mlpot.data.batch import GraphCache  # noqa: E402
 from mlpot.data.dataset import elements_of, reference_energies  # noqa: E402
@@ -29,7 +29,7 @@ from mlpot.data.records import read_frames  # noqa: E402
 from mlpot.train.loss import EnergyForceLoss  # noqa: E402
 from mlpot.train.run import build_potential, fit_statistics  # noqa: E402
 
-DEFAULT_TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "acac" / "train_300K.xyz"
+DEFAULT_TRAIN = SHARED_DATA / "acac" / "train_300K.xyz"
 
 
 def main() -> None:

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "examples" / "acac"
+from common import ACAC as DATA, OUT, write_json
+
 TESTS = ["test_MD_300K", "test_MD_600K", "test_H_transfer"]
 
 
@@ -152,7 +152,7 @@ def main() -> None:
     parser.add_argument("--beta", type=float, default=0.5, help="β-NLL exponent")
     parser.add_argument("--noise-force", type=float, default=0.15, help="eV/Å")
     parser.add_argument("--noise-energy", type=float, default=0.005, help="eV/atom")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks/out/uncertainty_acac"))
+    parser.add_argument("--out", default=str(OUT / "uncertainty_acac"))
     args = parser.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -179,7 +179,7 @@ def main() -> None:
                          "recalibration": summary.get("recalibration"),
                          "spearman_union": union_spearman(out / name / "model")}
     results["cost_ms_per_call"] = cost(out / "clean" / "model")
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    write_json(out / "results.json", results)
     print(markdown(results))
 
 

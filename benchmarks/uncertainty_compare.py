@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from uncertainty_acac import DATA, ROOT, TESTS, fmt, union_scores  # same data, sets, scores
+from common import OUT, write_json
+from uncertainty_acac import DATA, TESTS, fmt, union_scores  # same data, sets, scores
 
 
 def score(model) -> dict:
@@ -150,7 +150,7 @@ def markdown(results: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", default=str(ROOT / "benchmarks/out/uncertainty_acac"))
+    parser.add_argument("--runs", default=str(OUT / "uncertainty_acac"))
     parser.add_argument("--heads", type=int, default=16)
     args = parser.parse_args()
     runs = Path(args.runs).resolve()
@@ -160,7 +160,7 @@ def main() -> None:
         results = {labels: job.result() for labels, job in jobs.items()}
     results["cost_ms_per_call"] = cost(runs / "clean", args.heads)
     results["date"] = time.ctime()
-    (runs / "compare.json").write_text(json.dumps(results, indent=1))
+    write_json(runs / "compare.json", results)
     print(markdown(results))
 
 

@@ -19,16 +19,14 @@ run's seed (a second draw of members); ensembles whose members were not trained 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-
+from common import OUT, write_json
 from uncertainty_acac import DATA, TESTS, config, union_scores
 
-ROOT = Path(__file__).resolve().parents[1]
 RUNS = {  # name: (kind, members, epochs or None, minutes or None, seed)
     "bpnn": ("bpnn", 4, 150, None, 0),
     "schnet": ("schnet", 1, None, 5, 0),
@@ -134,7 +132,7 @@ def row(label: str, result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks/out/uncertainty_hetero"))
+    parser.add_argument("--out", default=str(OUT / "uncertainty_hetero"))
     parser.add_argument("--evaluate-only", action="store_true",
                         help="score the ensembles of an earlier run's members")
     parser.add_argument("--minutes", type=float, help="every member this many minutes")
@@ -150,7 +148,7 @@ def main() -> None:
     print("| ensemble | union Spearman E: total / epistemic σ (calibrated ref.) | union "
           "Spearman F per structure: total / epistemic | E RMSE 300 K / 600 K / H transfer "
           "(meV/atom) | F RMSE 300 K / 600 K (meV/Å) |\n|---|---|---|---|---|")
-    (out / "results.json").write_text(json.dumps(evaluate(out), indent=1))
+    write_json(out / "results.json", evaluate(out))
 
 
 if __name__ == "__main__":

@@ -30,8 +30,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "examples" / "acac"
+from common import ACAC as DATA, OUT, write_json
+
 TESTS = ["test_MD_300K", "test_MD_600K"]
 
 
@@ -124,7 +124,7 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=3)
     parser.add_argument("--minutes", type=float, default=1.5)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks/out/uncertainty_lc"))
+    parser.add_argument("--out", default=str(OUT / "uncertainty_lc"))
     parser.add_argument("--epochs", type=int, help="epochs per member instead of --minutes")
     parser.add_argument("--aleatoric", action="store_true", help="members with variance heads")
     parser.add_argument("--beta", type=float, default=1.0, help="β-NLL exponent")
@@ -155,7 +155,7 @@ def main() -> None:
                "noise": {"force_eV_per_A": args.noise_force,
                          "energy_eV_per_atom": args.noise_energy if args.noise_force else None},
                "date": time.ctime(), "rows": rows}
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    write_json(out / "results.json", results)
     plot(rows, out / "sigma_vs_size.png")
     lines = ["| labels | n train | test set | F RMSE | epistemic F σ: spread / recalibrated | "
              "aleatoric F σ | Spearman F |", "|---" * 7 + "|"]

@@ -22,12 +22,12 @@ table. Runs whose metrics.json exists are reused.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from common import write_json
 from uncertainty_acac import noisy_copy
 from uncertainty_learning_curve import DATA, TESTS, row, train
 
@@ -93,10 +93,11 @@ def main() -> None:
                 f"{r['force_sigma_spread']:.1f} / {r['force_sigma_aleatoric']:.1f} | "
                 f"{r['force_noise_recovered']:.1f} of {1000 * jobs[name][3]:.0f} | "
                 f"{r['force_sigma_spread'] / r['force_rmse']:.3f} |")
-    (out / "results.json").write_text(json.dumps(
-        {"n_train": N_TRAIN, "members": args.members, "epochs": args.epochs, "beta": args.beta,
-         "lr_schedule": "cosine", "energy_noise_per_force_noise": ENERGY_PER_FORCE,
-         "date": time.ctime(), "rows": rows}, indent=1))
+    write_json(out / "results.json",
+               {"n_train": N_TRAIN, "members": args.members, "epochs": args.epochs,
+                "beta": args.beta, "lr_schedule": "cosine",
+                "energy_noise_per_force_noise": ENERGY_PER_FORCE, "date": time.ctime(),
+                "rows": rows})
     print("\n".join(lines))
 
 

@@ -24,8 +24,7 @@ from pathlib import Path
 import numpy as np
 from ase.io import read
 
-ROOT = Path(__file__).resolve().parents[1]
-ACAC = ROOT / "examples" / "acac"
+from common import ACAC, OUT, RESULTS, ROOT, write_json
 
 
 def proton_geometry(atoms) -> tuple[float, float]:
@@ -49,10 +48,9 @@ def main() -> None:
     parser.add_argument("--frames", default="0,130,260,390,520")
     parser.add_argument("--multiple", type=float, default=3.0)
     parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "watchdog")
+    parser.add_argument("--out", type=Path, default=OUT / "watchdog")
     parser.add_argument("--results", type=Path,
-                        default=ROOT / "benchmarks" / "results" / "calibration" /
-                        "watchdog_starts.json")
+                        default=RESULTS / "calibration" / "watchdog_starts.json")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     training = np.array([proton_geometry(a) for a in read(ACAC / "train_300K.xyz", ":")])
@@ -91,8 +89,7 @@ def main() -> None:
               f"{path[:, 0].min():.2f} Å")
     print(f"training data: far O–H ≥ {result['training_far_OH_min_A']:.2f} Å, "
           f"O–O ≥ {result['training_OO_min_A']:.2f} Å")
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(result, indent=1))
+    write_json(args.results, result)
     print(args.results)
 
 

@@ -21,6 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from common import write_json
+
 # epochs per kind: about 5–8 idle minutes each on 475 ethanol frames, one thread
 EPOCHS = {"bpnn": 400, "linear": 1, "schnet": 300, "painn": 200, "equivariant": 80}
 
@@ -100,7 +102,7 @@ def main() -> None:
         train(kind, args.data, args.out / name, EPOCHS[kind], extra)
         results[name] = {**row(args.out / name, scales), "settings": args.set}
         print(name, json.dumps(results[name]), flush=True)
-        results_file.write_text(json.dumps(results, indent=1))
+        write_json(results_file, results)
     print(markdown(results, args.data.name))
 
 

@@ -16,12 +16,13 @@ temperature and start, the time of failure (ps) or None, and survivors.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
 
 import numpy as np
+
+from common import write_json
 
 CHECK_EVERY = 10  # steps
 MIN_DISTANCE = 0.6  # Å
@@ -108,8 +109,7 @@ def main() -> None:
             print(f"{temperature:g} K, start {index}: {runs[int(index)]}", flush=True)
         result["runs"][f"{temperature:g}K"] = {
             "starts": runs, "survivors": sum(r["failed_ps"] is None for r in runs.values())}
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1))
+        write_json(args.out, result)
 
 
 if __name__ == "__main__":

@@ -38,8 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
-DATA = ROOT.parent / "shared" / "data"
+from common import RESULTS, SHARED_DATA as DATA, write_json
+
 SNAPSHOT_MINUTES = [10, 30, 60, 90, 120, 150]
 
 # Published errors [energy, force] as quoted in issue 19 from the MACE paper's tables (None: not
@@ -223,7 +223,7 @@ def report(out: Path, protocol: dict, threads: int) -> dict:
         "published": protocol["published"],
         "config": without_paths(json.loads((run / "run.json").read_text()).get("config")),
     }
-    (out / "results.json").write_text(json.dumps(result, indent=1))
+    write_json(out / "results.json", result)
     plot(rows, out, f"{out.name}: {result['epochs_done']} epochs, "
                     f"{result['training_minutes']} training minutes")
     return result
@@ -244,7 +244,7 @@ def main() -> None:
                              "training.batch_size=4 (repeatable; give it again on resume)")
     parser.add_argument("--out", help="run folder (default: benchmarks/results/paper/NAME)")
     args = parser.parse_args()
-    root = ROOT / "benchmarks" / "results" / "paper"
+    root = RESULTS / "paper"
     if args.protocol == "report":
         out = Path(args.out) if args.out else root / args.name
         protocol = PROTOCOLS[out.name.split("_")[0]]

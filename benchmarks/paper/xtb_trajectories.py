@@ -26,7 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "rmd17"
+from common import SHARED_DATA
+
+DATA = SHARED_DATA / "rmd17"
 TRAJECTORIES = {  # name: (temperature K, seed, start frame of the rMD17 file, frames kept)
     "train_300K": (300.0, 1, 0, 500),
     "test_300K": (300.0, 2, 500, 200),

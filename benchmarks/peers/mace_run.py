@@ -35,7 +35,6 @@ Metrics: see peer_common.py (meV/atom for energies, meV/A over Cartesian compone
 from __future__ import annotations
 
 import copy
-import json
 import os
 import re
 import shlex
@@ -44,8 +43,7 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import peer_common as pc  # noqa: E402
+import peer_common as pc
 
 CKPT_RE = re.compile(r"_epoch-(\d+)\.pt$")
 EPOCH_RE = re.compile(r"Epoch (\d+): .*RMSE_E_per_atom=\s*([\d.]+) meV, RMSE_F=\s*([\d.]+) meV")
@@ -199,18 +197,8 @@ def main() -> None:
     train_dir = os.path.join(out_dir, "train")
     cmd = mace_command(args, train_file, train_dir, e0s, args.max_num_epochs)
     cmd_str = f"OMP_NUM_THREADS={args.threads} " + " ".join(shlex.quote(c) for c in cmd)
-    info_path = os.path.join(out_dir, "train_info.json")
-    if args.eval_only:
-        with open(info_path) as f:
-            tr = json.load(f)
-        log(f"--eval_only: using snapshots recorded in {info_path}")
-    else:
-        shutil.rmtree(train_dir, ignore_errors=True)  # a stale checkpoint would be mistaken for ours
-        log(f"command: {cmd_str}")
-        tr = train(args, cmd, out_dir, marks)
-        tr.update(command=cmd_str, threads=args.threads, budget_minutes=args.minutes)
-        with open(info_path, "w") as f:
-            json.dump(tr, f, indent=1)
+    tr = pc.train_or_reuse(args, out_dir, train_dir, cmd_str,
+                           lambda: train(args, cmd, out_dir, marks), log)
 
     # 5. models from checkpoints, evaluation
     template_path, template_s = build_template(args, train_file, out_dir, e0s)
@@ -244,48 +232,24 @@ def main() -> None:
             f"({timing['n_atoms']} atoms, {args.threads} threads), peak RSS {timing['peak_rss_mb_infer']} MB")
 
     # 7. results
-    curve = tr["valid_curve"]
     res = {
         "peer": "mace",
         "mace_version": md.version("mace-torch"),
         "torch_version": torch.__version__,
         "ase_version": ase.__version__,
-        "date": pc.now_iso(),
-        "machine": pc.machine_info(),
-        "threads": tr.get("threads", args.threads),
-        "eval_threads": args.threads,
-        "seed": args.seed,
-        "budget_minutes": tr.get("budget_minutes", args.minutes),
+        **pc.run_fields(args, tr),
         "hyperparameters": HYPER,
         "snapshot_clock": "seconds since launch of mace_run_train (includes MACE preprocessing)",
         "snapshot_selection": "newest MACE checkpoint = best validation loss so far (MACE default)",
-        "preprocess_s": tr["preprocess_s"],
-        "train_wall_s": tr["train_wall_s"],
-        "killed_at_budget": tr["killed_at_budget"],
-        "epochs_done": tr.get("epochs_done"),
-        "s_per_epoch": pc.s_per_epoch(curve, tr["preprocess_s"]),
-        "snapshots": results,
-        "epochs_at_snapshot": {k: s["epochs_completed"] for k, s in tr["snapshots"].items()},
-        "checkpoint_epoch_at_snapshot": {k: s["checkpoint_epoch"] for k, s in tr["snapshots"].items()},
-        "snapshot_files": {k: s.get("model_path") for k, s in tr["snapshots"].items()},
+        **pc.training_fields(tr, results),
         "template_build_s": template_s,
         "ms_per_call": timing.get("ms_per_call"),
-        "ms_per_call_note": "ASE MACECalculator energy+forces (MACE also computes stress) in a fresh "
-                            f"subprocess, {timing.get('n_atoms')} atoms ({data['timing_structure']}), mean of "
-                            f"{args.timing_calls} calls after 10 warm-up, positions jittered 1e-3 A, "
-                            f"torch threads={args.threads}",
-        "model_load_s": timing.get("load_s"),
-        "peak_rss_mb_train": tr.get("peak_rss_mb_train"),
-        "peak_rss_mb_infer": timing.get("peak_rss_mb_infer"),
-        "metric_units": {"energy": "meV/atom", "force": "meV/A, over Cartesian components"},
-        "data": data["info"],
-        "E0s": {str(k): v for k, v in e0s.items()},
-        "command": tr.get("command", cmd_str),
-        "valid_curve": curve,
+        "ms_per_call_note": pc.timing_note(
+            "ASE MACECalculator energy+forces (MACE also computes stress)", timing, data, args),
+        **pc.closing_fields(timing, tr, data, cmd_str),
+        "valid_curve": tr["valid_curve"],
     }
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump(res, f, indent=1)
-    log(f"wrote {os.path.join(out_dir, 'results.json')}")
+    pc.write_results(out_dir, res, log)
 
 
 if __name__ == "__main__":

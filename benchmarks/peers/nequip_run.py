@@ -36,7 +36,6 @@ Same command line and results.json layout as mace_run.py. What it does
 from __future__ import annotations
 
 import csv
-import json
 import os
 import shlex
 import shutil
@@ -44,8 +43,7 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import peer_common as pc  # noqa: E402
+import peer_common as pc
 
 log = pc.Logger("nequip_run")
 MONITOR = "val0_epoch/weighted_sum"
@@ -307,18 +305,8 @@ def main() -> None:
     cmd_str = f"OMP_NUM_THREADS={args.threads} " + " ".join(shlex.quote(c) for c in cmd)
 
     # 3-4. train under the budget
-    info_path = os.path.join(out_dir, "train_info.json")
-    if args.eval_only:
-        with open(info_path) as f:
-            tr = json.load(f)
-        log(f"--eval_only: using snapshots recorded in {info_path}")
-    else:
-        shutil.rmtree(train_dir, ignore_errors=True)  # a stale best.ckpt would be mistaken for ours
-        log(f"command: {cmd_str}")
-        tr = train(args, cmd, out_dir, marks)
-        tr.update(command=cmd_str, threads=args.threads, budget_minutes=args.minutes)
-        with open(info_path, "w") as f:
-            json.dump(tr, f, indent=1)
+    tr = pc.train_or_reuse(args, out_dir, train_dir, cmd_str,
+                           lambda: train(args, cmd, out_dir, marks), log)
 
     # 5. compile + evaluate
     keys = [k for k, snap in tr["snapshots"].items() if snap["path"] is not None]
@@ -384,7 +372,6 @@ def main() -> None:
     timed_model = compiled_last or eager_last
 
     # 7. results
-    curve = tr["valid_curve"]
     res = {
         "peer": "nequip",
         "nequip_version": md.version("nequip"),
@@ -392,48 +379,25 @@ def main() -> None:
         "e3nn_version": md.version("e3nn"),
         "lightning_version": md.version("lightning"),
         "ase_version": ase.__version__,
-        "date": pc.now_iso(),
-        "machine": pc.machine_info(),
-        "threads": tr.get("threads", args.threads),
-        "eval_threads": args.threads,
-        "seed": args.seed,
-        "budget_minutes": tr.get("budget_minutes", args.minutes),
+        **pc.run_fields(args, tr),
         "hyperparameters": {"model": "NequIPGNNModel", **NEQUIP_MODEL, **NEQUIP_TRAIN, "zbl": args.zbl},
         "snapshot_clock": "seconds since launch of nequip-train (includes data loading, statistics, model build)",
         "snapshot_selection": f"Lightning ModelCheckpoint best.ckpt (monitor {MONITOR}, EMA weights) "
                               "= best validation so far",
-        "preprocess_s": tr["preprocess_s"],
-        "train_wall_s": tr["train_wall_s"],
-        "killed_at_budget": tr["killed_at_budget"],
-        "epochs_done": tr.get("epochs_done"),
-        "s_per_epoch": pc.s_per_epoch(curve, tr["preprocess_s"]),
-        "snapshots": results,
-        "epochs_at_snapshot": {k: s["epochs_completed"] for k, s in tr["snapshots"].items()},
-        "checkpoint_epoch_at_snapshot": {k: s["checkpoint_epoch"] for k, s in tr["snapshots"].items()},
-        "snapshot_files": {k: s.get("model_path") for k, s in tr["snapshots"].items()},
+        **pc.training_fields(tr, results),
         "calculator": calc_kind,
         "compile_s": compile_s,
         "compiled_vs_eager": agreement,
         "ms_per_call": timing.get("ms_per_call"),
         "ms_per_call_eager": timing_eager.get("ms_per_call"),
         "peak_rss_mb_infer_eager": timing_eager.get("peak_rss_mb_infer"),
-        "ms_per_call_note": "ASE NequIPCalculator energy+forces in a fresh subprocess, "
-                            f"{timing.get('n_atoms')} atoms ({data['timing_structure']}), mean of "
-                            f"{args.timing_calls} calls after 10 warm-up, positions jittered 1e-3 A, "
-                            f"torch threads={args.threads}; model: {os.path.basename(str(timed_model))}",
-        "model_load_s": timing.get("load_s"),
-        "peak_rss_mb_train": tr.get("peak_rss_mb_train"),
-        "peak_rss_mb_infer": timing.get("peak_rss_mb_infer"),
-        "metric_units": {"energy": "meV/atom", "force": "meV/A, over Cartesian components"},
-        "data": data["info"],
-        "E0s": {str(k): v for k, v in e0s.items()},
-        "command": tr.get("command", cmd_str),
+        "ms_per_call_note": pc.timing_note("ASE NequIPCalculator energy+forces", timing, data, args)
+                            + f"; model: {os.path.basename(str(timed_model))}",
+        **pc.closing_fields(timing, tr, data, cmd_str),
         "config": config,
-        "valid_curve": curve,
+        "valid_curve": tr["valid_curve"],
     }
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump(res, f, indent=1)
-    log(f"wrote {os.path.join(out_dir, 'results.json')}")
+    pc.write_results(out_dir, res, log)
 
 
 if __name__ == "__main__":

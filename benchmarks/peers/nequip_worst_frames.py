@@ -12,15 +12,12 @@ the mean squared error, and the per-frame errors of ``--frames`` (e.g. bpnn's wo
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 from ase.io import read
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from nequip_run import make_calculator  # noqa: E402
+from nequip_run import make_calculator
 
 
 def main() -> None:

@@ -3,8 +3,8 @@
 Each runner is executed with its peer's own venv python, so this module uses only the standard
 library, numpy and ASE (present in every peer venv). It holds the common command line, the data
 rewriting, the wall-clock-budgeted training loop with snapshots and memory sampling, the
-evaluation (errors against the reference labels) and the timing of an ASE calculator in a fresh
-subprocess.
+evaluation (errors against the reference labels), the timing of an ASE calculator in a fresh
+subprocess and the results.json fields every runner writes.
 
 Conventions (identical for all peers):
 - energy RMSE/MAE in meV/atom: error of the total energy of a frame divided by its number of atoms;
@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -37,6 +38,7 @@ import numpy as np
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 TIMING_TAG = "PEER_TIMING_JSON "
+METRIC_UNITS = {"energy": "meV/atom", "force": "meV/A, over Cartesian components"}
 
 
 class Logger:
@@ -451,3 +453,76 @@ def s_per_epoch(curve: list[dict], preprocess_s) -> float | None:
     if len(curve) == 1 and preprocess_s is not None:
         return round(curve[0]["t_s"] - preprocess_s, 2)
     return None
+
+
+# --------------------------------------------------------------------------------------------
+# results
+# --------------------------------------------------------------------------------------------
+def write_json(path: str, data) -> None:
+    """``data`` as JSON (indent 1) in ``path``."""
+    with open(path, "w") as f:
+        json.dump(data, f, indent=1)
+
+
+def train_or_reuse(args, out_dir: str, train_dir: str, cmd_str: str, train, log) -> dict:
+    """The training record: ``train()``'s (after removing ``train_dir``, where a stale
+    checkpoint would be mistaken for this run's), with the command, threads and budget, saved
+    to OUT/train_info.json; with --eval_only the one an earlier run saved there."""
+    info_path = os.path.join(out_dir, "train_info.json")
+    if args.eval_only:
+        with open(info_path) as f:
+            tr = json.load(f)
+        log(f"--eval_only: using snapshots recorded in {info_path}")
+        return tr
+    shutil.rmtree(train_dir, ignore_errors=True)
+    log(f"command: {cmd_str}")
+    tr = train()
+    tr.update(command=cmd_str, threads=args.threads, budget_minutes=args.minutes)
+    write_json(info_path, tr)
+    return tr
+
+
+def run_fields(args, tr: dict) -> dict:
+    """results.json's date, machine, threads (of training; --threads of evaluation in
+    eval_threads), seed and budget_minutes."""
+    return {"date": now_iso(), "machine": machine_info(),
+            "threads": tr.get("threads", args.threads), "eval_threads": args.threads,
+            "seed": args.seed, "budget_minutes": tr.get("budget_minutes", args.minutes)}
+
+
+def training_fields(tr: dict, results: dict) -> dict:
+    """results.json's training record (preprocess_s … s_per_epoch), the metrics per snapshot
+    (``results``) and per snapshot its epochs, checkpoint epoch and model file."""
+    snaps = tr["snapshots"]
+    return {"preprocess_s": tr["preprocess_s"], "train_wall_s": tr["train_wall_s"],
+            "killed_at_budget": tr["killed_at_budget"], "epochs_done": tr.get("epochs_done"),
+            "s_per_epoch": s_per_epoch(tr["valid_curve"], tr["preprocess_s"]),
+            "snapshots": results,
+            "epochs_at_snapshot": {k: s["epochs_completed"] for k, s in snaps.items()},
+            "checkpoint_epoch_at_snapshot": {k: s["checkpoint_epoch"] for k, s in snaps.items()},
+            "snapshot_files": {k: s.get("model_path") for k, s in snaps.items()}}
+
+
+def timing_note(calculator: str, timing: dict, data: dict, args) -> str:
+    """results.json's ms_per_call_note: what ``calculator`` was timed on, and how."""
+    return (f"{calculator} in a fresh subprocess, {timing.get('n_atoms')} atoms "
+            f"({data['timing_structure']}), mean of {args.timing_calls} calls after 10 warm-up, "
+            f"positions jittered 1e-3 A, torch threads={args.threads}")
+
+
+def closing_fields(timing: dict, tr: dict, data: dict, cmd_str: str) -> dict:
+    """results.json's model_load_s, peak memory (training, inference), metric units, data,
+    E0s (eV by Z) and the training command."""
+    return {"model_load_s": timing.get("load_s"),
+            "peak_rss_mb_train": tr.get("peak_rss_mb_train"),
+            "peak_rss_mb_infer": timing.get("peak_rss_mb_infer"),
+            "metric_units": dict(METRIC_UNITS), "data": data["info"],
+            "E0s": {str(k): v for k, v in data["e0s"].items()},
+            "command": tr.get("command", cmd_str)}
+
+
+def write_results(out_dir: str, res: dict, log) -> None:
+    """OUT/results.json."""
+    path = os.path.join(out_dir, "results.json")
+    write_json(path, res)
+    log(f"wrote {path}")

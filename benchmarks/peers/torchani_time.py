@@ -13,10 +13,8 @@ calculator (``model.ase()``), float32, TorchANI's default neighbour list (all pa
 from __future__ import annotations
 
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import peer_common as pc  # noqa: E402
+import peer_common as pc
 
 
 def make_calculator(_: str):
