@@ -29,10 +29,10 @@ from ase.build import molecule
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read, write
 from ase.io.lammpsdata import write_lammps_data
+from common import RESULTS, ROOT, write_json
 
-ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-OUT = ROOT / "benchmarks" / "results" / "lammps_water"
+OUT = RESULTS / "lammps_water"
 EXAMPLE = Path("/usr/share/lammps/examples/PACKAGES/hdnnp")
 HDNNP = ("pair_style hdnnp 6.36 dir {dir} showew no showewsum 0 resetew yes maxew 1000000 "
          "cflength 1.8897261328 cfenergy 0.0367493254\npair_coeff * * H O")
@@ -177,7 +177,7 @@ def train(epochs: int) -> Path:
                                  str(OUT / "data" / f"{name}.xyz"), "--json"],
                                 capture_output=True, text=True, check=True)
         results[name] = json.loads(report.stdout)
-    (OUT / "accuracy.json").write_text(json.dumps(results, indent=1))
+    write_json(OUT / "accuracy.json", results)
     program = OUT / "water_bpnn.pt2"
     if not program.exists():
         subprocess.run([str(BIN / "mlpot"), "export", str(model), str(program), "--lammps",
@@ -273,7 +273,7 @@ def main() -> None:
                    "command": f"python benchmarks/lammps_water.py time --steps {args.steps}",
                    **time_pair_styles(program, args.hdnnp_plugin, args.steps),
                    **time_python_paths(OUT / "run" / "model", min(args.steps, 10))}
-        (OUT / "timing.json").write_text(json.dumps(results, indent=1))
+        write_json(OUT / "timing.json", results)
 
 
 if __name__ == "__main__":
