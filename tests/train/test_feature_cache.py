@@ -11,9 +11,10 @@ from mlpot.potential import Potential
 from mlpot.train.feature_cache import FeatureCache, cache_bytes, predict_cached
 
 
-def small_bpnn(elements, cutoff=4.0) -> Potential:
+def small_bpnn(elements, cutoff=4.0, angular_kind="G4") -> Potential:
     descriptor = SymmetryFunctions(elements, cutoff=cutoff, radial=default_radial(cutoff, 5),
-                                   angular=default_angular(cutoff, 2, (1.0, 4.0)))
+                                   angular=default_angular(cutoff, 2, (1.0, 4.0)),
+                                   angular_kind=angular_kind)
     model = BehlerParrinello(descriptor, hidden=[16])
     torch.manual_seed(0)
     n = descriptor.n_features
@@ -23,8 +24,10 @@ def small_bpnn(elements, cutoff=4.0) -> Potential:
     return Potential(model, e0).double()
 
 
-def test_cached_energies_and_forces_equal_autograd(acac_frames):
-    potential = small_bpnn([1, 6, 8])
+@pytest.mark.parametrize("angular_kind", ["G4", "G5"])  # G5: from moments, no triplets
+def test_cached_energies_and_forces_equal_autograd(acac_frames, angular_kind):
+    potential = small_bpnn([1, 6, 8], angular_kind=angular_kind)
+    assert potential.model.descriptor.needs_triplets == (angular_kind == "G4")
     frames = acac_frames[:6]
     cache = FeatureCache(potential, frames, dtype=torch.float64, chunk=4, progress=False)
     cached = predict_cached(potential.model, cache.batch([4, 0, 5]), create_graph=False)
@@ -104,7 +107,7 @@ def test_trainer_uses_cache_when_asked(acac_frames, tmp_path, use_cache):
 def test_angular_jacobian_equals_forward_mode_over_positions(acac_frames, angular_kind):
     """The per-triplet derivatives, scattered to centre and neighbours, are the Jacobian that
     forward-mode autograd over every atom's position gives (acac and a periodic cell whose
-    atoms see their own images)."""
+    atoms see their own images). G5 with ζ = 16 (beyond the moments' reach) sums triplets."""
     from ase.build import bulk
 
     from mlpot.data.batch import structure_jacobian
@@ -115,8 +118,9 @@ def test_angular_jacobian_equals_forward_mode_over_positions(acac_frames, angula
     periodic = Frame(numbers=cell.numbers.astype(np.int64), positions=cell.positions,
                      cell=cell.cell.array, pbc=cell.pbc, energy=0.0, index=9)
     descriptor = SymmetryFunctions([1, 6, 8], cutoff=3.5, radial=default_radial(3.5, 3),
-                                   angular=default_angular(3.5, 2, (1.0, 4.0)),
+                                   angular=default_angular(3.5, 2, (1.0, 16.0)),
                                    angular_kind=angular_kind).double()
+    assert descriptor.needs_triplets
     potential = Potential(BehlerParrinello(descriptor, hidden=[4]),
                           {"H": -13.6, "C": -1026.8, "O": -2037.8}).double()
     batch = potential.batch([acac_frames[0], periodic, acac_frames[1]], dtype=torch.float64)
