@@ -178,11 +178,12 @@ def train(epochs: int) -> Path:
                                 capture_output=True, text=True, check=True)
         results[name] = json.loads(report.stdout)
     write_json(OUT / "accuracy.json", results)
-    program = OUT / "water_bpnn.pt2"
-    if not program.exists():
-        subprocess.run([str(BIN / "mlpot"), "export", str(model), str(program), "--lammps",
-                        "--dtype", "float64"], check=True)
-    return program
+    for dtype in ("float64", "float32"):
+        program = OUT / f"water_bpnn_{dtype}.pt2"
+        if not program.exists():
+            subprocess.run([str(BIN / "mlpot"), "export", str(model), str(program), "--lammps",
+                            "--dtype", dtype], check=True)
+    return OUT / "water_bpnn_float64.pt2"
 
 
 def time_pair_styles(mlpot_program: Path, hdnnp_plugin: str, steps: int) -> dict:
@@ -190,14 +191,18 @@ def time_pair_styles(mlpot_program: Path, hdnnp_plugin: str, steps: int) -> dict
     steps), 1 and 2 ranks of one thread each; weak scaling: the box doubled on 2 ranks."""
     mlpot_plugin = subprocess.run(["bash", str(ROOT / "scripts" / "lammps.sh")],
                                   capture_output=True, text=True, check=True).stdout.split()[-1]
+    float32 = mlpot_program.with_name(mlpot_program.name.replace("float64", "float32"))
     styles = {"mlpot": f"plugin load {mlpot_plugin}\npair_style mlpot {mlpot_program}\n"
                        "pair_coeff * * H O",
+              "mlpot float32": f"plugin load {mlpot_plugin}\npair_style mlpot {float32}\n"
+                               "pair_coeff * * H O",
               "hdnnp": f"plugin load {hdnnp_plugin}\n"
                        + HDNNP.format(dir=EXAMPLE / "hdnnp-data")}
     results = {}
     for style, pair in styles.items():
         for ranks, replicate in [(1, "1 1 1"), (2, "1 1 1"), (2, "2 1 1")]:
-            folder = OUT / "work" / f"time_{style}_{ranks}_{replicate.replace(' ', '')}"
+            tag = f"{style.replace(' ', '_')}_{ranks}_{replicate.replace(' ', '')}"
+            folder = OUT / "work" / f"time_{tag}"
             folder.mkdir(parents=True, exist_ok=True)
             script = (f"units metal\natom_style atomic\nboundary p p p\n"
                       f"read_data {EXAMPLE / 'data.H2O-360mol'}\nreplicate {replicate}\n{pair}\n"
