@@ -263,7 +263,7 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("step", choices=["data", "train", "time"])
     parser.add_argument("--hdnnp-plugin", default=str(ROOT / "build/n2p2/hdnnpplugin.so"))
-    parser.add_argument("--epochs", type=int, default=100, help="train: epoch budget")
+    parser.add_argument("--epochs", type=int, default=160, help="train: epoch budget")
     parser.add_argument("--steps", type=int, default=50, help="time: timed MD steps")
     args = parser.parse_args()
     if args.step == "data":
