@@ -256,12 +256,10 @@ void PairMlpot::compute(int eflag, int vflag)
   neighbors.insert(neighbors.end(), 2, dummy + 1);
   triplet_a.insert(triplet_a.end(), 2, n_edges);
   triplet_b.insert(triplet_b.end(), 2, n_edges + 1);
-  // the program's edge_index holds its own atom indices
-  std::vector<int64_t> edge_index(2 * centers.size());
-  for (size_t e = 0; e < centers.size(); ++e) {
-    edge_index[e] = e < (size_t) n_edges ? index[centers[e]] : centers[e];
-    edge_index[centers.size() + e] = neighbors[e];
-  }
+  // the program's edge_index in its own atom indices: centres are local atoms, whose indices
+  // are LAMMPS' (index[i] = i), and the dummy; neighbours were mapped as they came
+  std::vector<int64_t> edge_index(centers);
+  edge_index.insert(edge_index.end(), neighbors.begin(), neighbors.end());
 
   const auto dtype = float64 ? at::kDouble : at::kFloat;
   const auto int64 = at::TensorOptions().dtype(at::kLong);

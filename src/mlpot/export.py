@@ -93,16 +93,17 @@ class _LocalEnergyProgram(nn.Module):
     def forward(self, edge_vectors, numbers, edge_index, *triplets):
         n_atoms = numbers.shape[0]
         vectors = edge_vectors.detach()[None].repeat(len(self.members), 1, 1).requires_grad_()
+        batch = {keys.POSITIONS: edge_vectors.new_zeros(n_atoms, 3), keys.NUMBERS: numbers,
+                 keys.CELL: edge_vectors.new_zeros(1, 3, 3),
+                 keys.BATCH: torch.zeros(n_atoms, dtype=torch.long),
+                 keys.N_ATOMS: torch.ones(1, dtype=torch.long) * n_atoms,
+                 keys.EDGE_INDEX: edge_index}
+        if self.triplets:
+            batch[keys.TRIPLETS] = triplets[0]
         energies = []
         for member, member_vectors in zip(self.members, vectors):
-            batch = {keys.POSITIONS: edge_vectors.new_zeros(n_atoms, 3), keys.NUMBERS: numbers,
-                     keys.CELL: edge_vectors.new_zeros(1, 3, 3),
-                     keys.BATCH: torch.zeros(n_atoms, dtype=torch.long),
-                     keys.N_ATOMS: torch.ones(1, dtype=torch.long) * n_atoms,
-                     keys.EDGE_INDEX: edge_index, keys.EDGE_VECTORS: member_vectors}
-            if self.triplets:
-                batch[keys.TRIPLETS] = triplets[0]
-            atomic = member.model(batch)[keys.ATOMIC_ENERGY]
+            atomic = member.model({**batch, keys.EDGE_VECTORS: member_vectors})[
+                keys.ATOMIC_ENERGY]
             energies.append(atomic.double() + member.e0[numbers])
         energies = torch.stack(energies)
         (gradients,) = torch.autograd.grad(energies.sum(), [vectors])

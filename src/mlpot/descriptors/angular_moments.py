@@ -62,13 +62,14 @@ class G5Moments(nn.Module):
         self.register_buffer("at_one", torch.tensor(at_one), persistent=False)
         self.max_degree = max_degree
 
-    def forward(self, vectors: torch.Tensor, cut: torch.Tensor, center: torch.Tensor,
-                neighbor_species: torch.Tensor, n_atoms: int, n_elements: int) -> torch.Tensor:
+    def forward(self, vectors: torch.Tensor, r: torch.Tensor, cut: torch.Tensor,
+                center: torch.Tensor, neighbor_species: torch.Tensor, n_atoms: int,
+                n_elements: int) -> torch.Tensor:
         """G5 sums (n_atoms, n_pairs, n_eta, n_shapes) for edge vectors (E, 3) Å, their
-        angular cutoff values f_c (E,), centre atoms (E,) and neighbour element indices (E,);
-        pairs ordered as itertools.combinations_with_replacement of the elements."""
+        lengths (E,) Å and angular cutoff values f_c (E,), centre atoms (E,) and neighbour
+        element indices (E,); pairs ordered as itertools.combinations_with_replacement of
+        the elements."""
         dtype = vectors.dtype
-        r = vectors.norm(dim=-1)
         u = vectors / r[:, None]
         weights = torch.exp(-self.etas.to(dtype) * (r * r)[:, None]) * cut[:, None]  # (E, η)
         powers = [torch.ones_like(u)]

@@ -161,14 +161,14 @@ class SymmetryFunctions(nn.Module):
         features = [radial.reshape(n_atoms, -1)]
 
         if angular and self.angular_parameters[0]:
-            features.append(self._angular(batch, vectors, species, n_atoms))
+            features.append(self._angular(batch, vectors, r, species, n_atoms))
         return torch.cat(features, dim=1)
 
-    def _angular(self, batch, vectors, species, n_atoms) -> torch.Tensor:
+    def _angular(self, batch, vectors, r, species, n_atoms) -> torch.Tensor:
         if self.moments is not None:
             center, neighbor = batch[keys.EDGE_INDEX]
-            cut = self._cutoff(vectors.norm(dim=-1), self.angular_cutoff)
-            sums = self.moments(vectors, cut, center, species[neighbor], n_atoms,
+            cut = self._cutoff(r, self.angular_cutoff)
+            sums = self.moments(vectors, r, cut, center, species[neighbor], n_atoms,
                                 len(self.elements))  # (N, pairs, distinct η, distinct ζ, λ)
             return sums[:, :, self.eta_column, self.shape_column].reshape(n_atoms, -1)
         ij, ik = batch[keys.TRIPLETS]

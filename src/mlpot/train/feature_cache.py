@@ -56,27 +56,26 @@ class FeatureCache:
         batch = potential.batch(frames, dtype=self.dtype)
         descriptor = model.descriptor
 
-        def radial_rows(pos):  # radial features and coordination: cheap per tangent
+        def rows(pos, angular: bool = True):  # descriptor rows and coordination
             moved = {**batch, keys.POSITIONS: pos}
-            return torch.cat([descriptor(moved, angular=False),
+            return torch.cat([descriptor(moved, angular=angular),
                               model.coordination(moved)[:, None]], 1)
 
-        def all_rows(pos):  # angular features without triplets (G5 from moments)
-            moved = {**batch, keys.POSITIONS: pos}
-            return torch.cat([descriptor(moved), model.coordination(moved)[:, None]], 1)
-
         with torch.no_grad():
-            q = torch.cat([descriptor(batch), model.coordination(batch)[:, None]], 1)
+            q = rows(batch[keys.POSITIONS])
         n_atoms = batch[keys.N_ATOMS]
         offsets = torch.cumsum(n_atoms, 0) - n_atoms
         # jac[i, d, a, α] = ∂q_id / ∂r_{b(i), a, α}, (n_atoms, D+1, max_n, 3)
         if descriptor.needs_triplets or descriptor.n_features == descriptor.n_radial:
-            radial = structure_jacobian(radial_rows, batch).permute(2, 3, 0, 1)
+            # radial rows by forward mode over positions (cheap per tangent), angular ones
+            # from their six per-triplet tangents
+            radial = structure_jacobian(lambda pos: rows(pos, angular=False),
+                                        batch).permute(2, 3, 0, 1)
             n_radial = descriptor.n_radial
             jac = torch.cat([radial[:, :n_radial], angular_jacobian(descriptor, batch),
                              radial[:, n_radial:]], dim=1)
-        else:
-            jac = structure_jacobian(all_rows, batch).permute(2, 3, 0, 1)
+        else:  # angular features without triplets (G5 from moments): all by positions
+            jac = structure_jacobian(rows, batch).permute(2, 3, 0, 1)
         e0 = potential.e0.double()[batch[keys.NUMBERS]]
         species = model.descriptor.species_index[batch[keys.NUMBERS]]
         items = []
